@@ -1,0 +1,2 @@
+//! Helpers for the end-to-end postcopy demo: a tiny KVM guest harness.
+pub mod kvm;

@@ -1,0 +1,74 @@
+//! Dropping pages on the destination, so that the next touch faults.
+
+use std::io;
+
+use crate::block::{Backing, RamBlock};
+use crate::error::{Error, Result};
+
+/// Drops `[start, start+length)` (bytes into `block`) the way its backing requires:
+/// private anonymous memory with `MADV_DONTNEED`; shared anonymous (shmem) with
+/// `MADV_REMOVE`; file-backed (memfd, hugetlbfs) with `fallocate(PUNCH_HOLE|KEEP_SIZE)` on
+/// the file, plus `MADV_DONTNEED` when mapped private so that private copies go too.
+///
+/// The range must already have been checked against the block (see [`check_range`]).
+pub fn drop_range(block: &RamBlock, start: u64, length: u64) -> Result<()> {
+    let addr = block.host + start as usize;
+    let len = length as usize;
+    let madvise = |advice: libc::c_int, what: &str| -> Result<()> {
+        // SAFETY: the range lies inside the block, which the hypervisor owns and described to
+        // us as guest RAM to be managed; dropping its pages is exactly what it asked for.
+        if unsafe { libc::madvise(addr as *mut libc::c_void, len, advice) } != 0 {
+            return Err(Error::os(
+                &io::Error::last_os_error(),
+                format_args!("discard {} [{start:#x}, +{length:#x}): madvise({what})", block.name),
+            ));
+        }
+        Ok(())
+    };
+    match block.backing {
+        Backing::Anonymous { shared: false } => madvise(libc::MADV_DONTNEED, "MADV_DONTNEED"),
+        Backing::Anonymous { shared: true } => madvise(libc::MADV_REMOVE, "MADV_REMOVE"),
+        Backing::File { fd, offset, shared } => {
+            // SAFETY: fallocate on the hypervisor's descriptor for the block's file range;
+            // it touches no memory of this process directly.
+            let rc = unsafe {
+                libc::fallocate(
+                    fd,
+                    libc::FALLOC_FL_PUNCH_HOLE | libc::FALLOC_FL_KEEP_SIZE,
+                    (offset + start) as libc::off_t,
+                    length as libc::off_t,
+                )
+            };
+            if rc != 0 {
+                return Err(Error::os(
+                    &io::Error::last_os_error(),
+                    format_args!("discard {} [{start:#x}, +{length:#x}): fallocate(PUNCH_HOLE) on fd {fd}", block.name),
+                ));
+            }
+            if shared {
+                Ok(())
+            } else {
+                madvise(libc::MADV_DONTNEED, "MADV_DONTNEED")
+            }
+        }
+    }
+}
+
+/// Checks that `[start, start+length)` is non-empty, aligned to the block's page size at
+/// both ends and inside the block.
+pub fn check_range(block: &RamBlock, start: u64, length: u64) -> Result<()> {
+    let end = start.checked_add(length);
+    if length == 0 || start % block.page_size != 0 || length % block.page_size != 0 {
+        return Err(Error::invalid(format!(
+            "discard {} [{start:#x}, +{length:#x}): empty or not aligned to the block page size {:#x}",
+            block.name, block.page_size
+        )));
+    }
+    match end {
+        Some(end) if end <= block.length => Ok(()),
+        _ => Err(Error::invalid(format!(
+            "discard {} [{start:#x}, +{length:#x}): past the block end {:#x}",
+            block.name, block.length
+        ))),
+    }
+}

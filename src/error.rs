@@ -1,0 +1,48 @@
+//! The library's error: an errno for C callers plus a message naming the cause.
+
+use std::fmt;
+
+/// An error with the errno a C caller receives (negated) and a human-readable cause.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Error {
+    errno: i32,
+    message: String,
+}
+
+impl Error {
+    /// An error with positive `errno` and `message`.
+    pub fn new(errno: i32, message: impl Into<String>) -> Error {
+        Error { errno, message: message.into() }
+    }
+
+    /// `EINVAL`: bad argument.
+    pub fn invalid(message: impl Into<String>) -> Error {
+        Error::new(libc::EINVAL, message)
+    }
+
+    /// An OS error, with `context` saying what was attempted.
+    pub fn os(err: &std::io::Error, context: impl fmt::Display) -> Error {
+        Error::new(err.raw_os_error().unwrap_or(libc::EIO), format!("{context}: {err}"))
+    }
+
+    /// The positive errno.
+    pub fn errno(&self) -> i32 {
+        self.errno
+    }
+
+    /// The cause, as text.
+    pub fn message(&self) -> &str {
+        &self.message
+    }
+}
+
+impl fmt::Display for Error {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.message)
+    }
+}
+
+impl std::error::Error for Error {}
+
+/// Result with [`Error`].
+pub type Result<T> = std::result::Result<T, Error>;

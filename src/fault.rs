@@ -1,0 +1,224 @@
+//! The fault thread: reads missing-page faults from the userfaultfd and asks the source for
+//! each page, once.
+//!
+//! Hot path rules: no allocation, no lock, messages read in batches, block lookup by binary
+//! search in the immutable sorted table, per-page "requested"/"received" bits updated with
+//! atomics so that a page that many threads fault on is requested once.
+
+use std::os::fd::{AsFd, AsRawFd, OwnedFd};
+use std::panic::{catch_unwind, AssertUnwindSafe};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use crate::block::BlockTable;
+use crate::incoming::IncomingHooks;
+use crate::stats::Counters;
+use crate::uffd::{Uffd, UffdMsg, EVENT_PAGEFAULT};
+
+/// How many messages one read takes at most.
+const BATCH: usize = 64;
+
+/// How the fault thread waits for faults.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum WaitStrategy {
+    /// Sleep in `poll(2)` until a fault arrives: no CPU used while idle (the default).
+    #[default]
+    Block,
+    /// Poll the userfaultfd without sleeping for up to this long after the last fault,
+    /// then sleep in `poll(2)`. Trades one busy core for a lower fault round trip.
+    Spin(Duration),
+}
+
+/// What the fault thread shares with its owner.
+pub(crate) struct FaultShared {
+    pub uffd: Arc<Uffd>,
+    pub table: Arc<BlockTable>,
+    pub hooks: Arc<dyn IncomingHooks>,
+    pub counters: Arc<Counters>,
+    /// Set to make the next request name its block (after a return-path reset).
+    pub name_next_request: AtomicBool,
+    pub quit: AtomicBool,
+    pub wake: OwnedFd,
+    pub wait: WaitStrategy,
+}
+
+/// A running fault thread.
+pub(crate) struct FaultThread {
+    shared: Arc<FaultShared>,
+    handle: JoinHandle<()>,
+}
+
+impl FaultThread {
+    pub(crate) fn spawn(shared: Arc<FaultShared>) -> std::io::Result<FaultThread> {
+        let thread_shared = shared.clone();
+        let handle = std::thread::Builder::new().name("postcopy/fault".into()).spawn(move || {
+            if let Err(payload) = catch_unwind(AssertUnwindSafe(|| run(&thread_shared))) {
+                log::error!(
+                    "postcopy fault thread: internal panic, faults are no longer served: {}",
+                    crate::ffi::panic_text(&payload)
+                );
+            }
+        })?;
+        Ok(FaultThread { shared, handle })
+    }
+
+    pub(crate) fn shared(&self) -> &Arc<FaultShared> {
+        &self.shared
+    }
+
+    /// Tells the thread to quit, wakes it and joins it.
+    pub(crate) fn stop(self) {
+        self.shared.quit.store(true, Ordering::Release);
+        let one: u64 = 1;
+        // SAFETY: writes 8 bytes from a live u64 to the eventfd the thread polls.
+        let n = unsafe { libc::write(self.shared.wake.as_raw_fd(), (&one as *const u64).cast(), 8) };
+        if n != 8 {
+            log::error!(
+                "postcopy cleanup: waking the fault thread failed: {}",
+                std::io::Error::last_os_error()
+            );
+        }
+        if self.handle.join().is_err() {
+            log::error!("postcopy cleanup: the fault thread ended by panic");
+        }
+    }
+}
+
+fn drain_eventfd(fd: &OwnedFd) {
+    let mut value: u64 = 0;
+    // SAFETY: reads at most 8 bytes into a live u64; the eventfd is non-blocking.
+    unsafe { libc::read(fd.as_raw_fd(), (&mut value as *mut u64).cast(), 8) };
+}
+
+/// Blocks in poll until the uffd or the wake fd is readable. Returns false on a fatal error.
+fn wait_readable(shared: &FaultShared) -> bool {
+    let mut fds = [
+        libc::pollfd { fd: shared.uffd.raw_fd(), events: libc::POLLIN, revents: 0 },
+        libc::pollfd { fd: shared.wake.as_fd().as_raw_fd(), events: libc::POLLIN, revents: 0 },
+    ];
+    loop {
+        // SAFETY: `fds` is a live array of two pollfd structures.
+        let rc = unsafe { libc::poll(fds.as_mut_ptr(), 2, -1) };
+        if rc >= 0 {
+            if fds[1].revents != 0 {
+                drain_eventfd(&shared.wake);
+            }
+            return true;
+        }
+        let err = std::io::Error::last_os_error();
+        if err.raw_os_error() != Some(libc::EINTR) {
+            log::error!("postcopy fault thread: poll failed, faults are no longer served: {err}");
+            return false;
+        }
+    }
+}
+
+fn run(shared: &FaultShared) {
+    let mut msgs = [UffdMsg::default(); BATCH];
+    // Index of the block named by the last request; usize::MAX = none yet.
+    let mut last_block = usize::MAX;
+    let mut spin_until: Option<Instant> = None;
+    log::debug!("postcopy fault thread: serving faults");
+    loop {
+        if shared.quit.load(Ordering::Acquire) {
+            break;
+        }
+        let n = match shared.uffd.read_messages(&mut msgs) {
+            Ok(n) => n,
+            Err(e) => {
+                log::error!("postcopy fault thread: reading the userfaultfd failed, faults are no longer served: {e}");
+                break;
+            }
+        };
+        if n == 0 {
+            if let WaitStrategy::Spin(window) = shared.wait {
+                let deadline = *spin_until.get_or_insert_with(|| Instant::now() + window);
+                if Instant::now() < deadline {
+                    std::hint::spin_loop();
+                    continue;
+                }
+            }
+            spin_until = None;
+            if !wait_readable(shared) {
+                break;
+            }
+            continue;
+        }
+        spin_until = None;
+        if shared.name_next_request.swap(false, Ordering::AcqRel) {
+            last_block = usize::MAX;
+        }
+        for msg in &msgs[..n] {
+            handle_message(shared, msg, &mut last_block);
+        }
+    }
+    log::debug!("postcopy fault thread: exiting");
+}
+
+#[inline]
+fn handle_message(shared: &FaultShared, msg: &UffdMsg, last_block: &mut usize) {
+    let c = &shared.counters;
+    if msg.event != EVENT_PAGEFAULT {
+        c.unexpected_events.fetch_add(1, Ordering::Relaxed);
+        log::warn!("postcopy fault thread: unexpected userfaultfd event {:#x}, ignored", msg.event);
+        return;
+    }
+    c.faults.fetch_add(1, Ordering::Relaxed);
+    let addr = msg.address as usize;
+    let Some(index) = shared.table.index_of(addr) else {
+        c.faults_outside.fetch_add(1, Ordering::Relaxed);
+        log::error!("postcopy fault thread: fault at {addr:#x} outside every RAM block; still serving");
+        return;
+    };
+    let entry = &shared.table.entries()[index];
+    let page = ((addr - entry.block.host) as u64) >> entry.page_shift;
+    if entry.received.test(page) {
+        c.late_faults.fetch_add(1, Ordering::Relaxed);
+        return;
+    }
+    if entry.requested.test_and_set(page) {
+        c.duplicate_faults.fetch_add(1, Ordering::Relaxed);
+        return;
+    }
+    // The page may have been placed between the two tests; a request then is harmless
+    // (the placer sees EEXIST) but wasteful, so look once more.
+    if entry.received.test(page) {
+        entry.requested.clear(page);
+        c.late_faults.fetch_add(1, Ordering::Relaxed);
+        return;
+    }
+    let name = if *last_block == index { None } else { Some(&entry.name) };
+    let offset = page << entry.page_shift;
+    let len = entry.block.page_size;
+    let result = catch_unwind(AssertUnwindSafe(|| shared.hooks.request_page(name, offset, len)));
+    match result {
+        Ok(Ok(())) => {
+            *last_block = index;
+            c.requests.fetch_add(1, Ordering::Relaxed);
+        }
+        Ok(Err(errno)) => {
+            entry.requested.clear(page);
+            // The peer may not have seen the block name: name it again next time.
+            *last_block = usize::MAX;
+            c.request_errors.fetch_add(1, Ordering::Relaxed);
+            c.last_request_errno.store(errno, Ordering::Relaxed);
+            log::error!(
+                "postcopy fault thread: page request {} +{offset:#x} ({len} bytes) failed: {}",
+                entry.name.as_str(),
+                std::io::Error::from_raw_os_error(errno)
+            );
+        }
+        Err(payload) => {
+            entry.requested.clear(page);
+            *last_block = usize::MAX;
+            c.request_errors.fetch_add(1, Ordering::Relaxed);
+            c.last_request_errno.store(libc::EFAULT, Ordering::Relaxed);
+            log::error!(
+                "postcopy fault thread: page-request callback panicked: {}",
+                crate::ffi::panic_text(&payload)
+            );
+        }
+    }
+}

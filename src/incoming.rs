@@ -1,0 +1,696 @@
+//! The destination side of postcopy: QEMU's `MigrationIncomingState` functions.
+//!
+//! Lifecycle, as driven by a hypervisor (see the README's sequence):
+//! [`Incoming::new`] -> [`Incoming::supported_by_host`] -> [`Incoming::init`] (precopy may run)
+//! -> [`Incoming::prepare_discard`] + [`Incoming::discard_range`]... ->
+//! [`Incoming::enable_notify`] -> [`Incoming::place_page`] / [`Incoming::place_page_zero`]
+//! from any thread, while the fault thread requests missing pages -> [`Incoming::cleanup`].
+
+use std::os::fd::{FromRawFd, OwnedFd};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+
+use parking_lot::{Mutex, RwLock};
+
+use crate::block::{host_page_size, Backing, BlockEntry, BlockName, BlockTable, RamBlock};
+use crate::discard;
+use crate::error::{Error, Result};
+use crate::fault::{FaultShared, FaultThread, WaitStrategy};
+use crate::mapping::AnonMapping;
+use crate::state::State;
+use crate::stats::{Counters, Stats};
+use crate::uffd::{self, feature, ioctl_bit, PlaceError, Uffd};
+
+/// What the library needs from the hypervisor on the destination. Every method but
+/// [`IncomingHooks::ram_blocks`] and [`IncomingHooks::request_page`] has a default.
+pub trait IncomingHooks: Send + Sync {
+    /// The guest's RAM blocks. Called by [`Incoming::supported_by_host`] and
+    /// [`Incoming::init`] (which keeps the table until [`Incoming::cleanup`]).
+    fn ram_blocks(&self) -> Result<Vec<RamBlock>>;
+
+    /// Asks the source for `length` bytes at `offset` in `block` (`None`: the same block as
+    /// the previous successful request). Runs on the fault thread; it may call
+    /// [`Incoming::place_page`]. An `Err(errno)` is counted, logged, and the page is
+    /// requested again when it next faults.
+    fn request_page(&self, block: Option<&BlockName>, offset: u64, length: u64) -> std::result::Result<(), i32>;
+
+    /// Drops `[start, start+length)` of `block`. `None` (the default) lets the library do
+    /// it (see [`crate::discard::drop_range`]).
+    fn discard_range(&self, _block: &RamBlock, _start: u64, _length: u64) -> Option<Result<()>> {
+        None
+    }
+
+    /// The state moved from `old` to `new`.
+    fn state_changed(&self, _old: State, _new: State) {}
+
+    /// Postcopy ended (cleanup); `failed` says whether anything went wrong. QEMU sends the
+    /// return-path SHUT message here.
+    fn shut(&self, _failed: bool) {}
+
+    /// Ballooning must stop (`true`, at enable_notify) or may resume (`false`, at cleanup):
+    /// a balloon would drop pages and cause false faults.
+    fn balloon_inhibit(&self, _inhibit: bool) {}
+
+    /// Unlock (`false`, before registering) or re-lock (`true`, at cleanup) guest memory.
+    /// `None` (the default) lets the library do it: with
+    /// [`IncomingConfig::enable_mlock`], `munlockall()` and `mlockall(MCL_CURRENT|MCL_FUTURE)`;
+    /// without, nothing.
+    fn mlock(&self, _lock: bool) -> Option<Result<()>> {
+        None
+    }
+}
+
+/// Tunables of an [`Incoming`].
+#[derive(Debug, Clone)]
+pub struct IncomingConfig {
+    /// The guest's target page size (discards and bitmaps count in it). Default 4096.
+    pub target_page_size: u64,
+    /// Whether guest memory is mlocked outside postcopy (QEMU's `-realtime mlock=on`).
+    pub enable_mlock: bool,
+    /// How the fault thread waits.
+    pub wait: WaitStrategy,
+}
+
+impl Default for IncomingConfig {
+    fn default() -> Self {
+        IncomingConfig { target_page_size: 4096, enable_mlock: false, wait: WaitStrategy::Block }
+    }
+}
+
+/// What a successful placement did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Placement {
+    /// The page was placed and its waiters woken.
+    Placed,
+    /// The page was already present (another placer won the race); its waiters were woken.
+    AlreadyPresent,
+}
+
+/// Result of placing a run of pages.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct RunPlacement {
+    /// Pages this call placed.
+    pub placed: u64,
+    /// Pages that were already present.
+    pub already_present: u64,
+}
+
+/// State that exists between enable_notify and cleanup.
+struct Active {
+    uffd: Arc<Uffd>,
+    table: Arc<BlockTable>,
+    zero_page: AnonMapping,
+    fault_thread: Mutex<Option<FaultThread>>,
+}
+
+/// The destination of a postcopy migration (QEMU's `MigrationIncomingState`, RAM part).
+pub struct Incoming {
+    hooks: Arc<dyn IncomingHooks>,
+    config: IncomingConfig,
+    state: crate::state::StateCell,
+    /// Serialises init / prepare_discard / enable_notify / cleanup.
+    control: Mutex<()>,
+    table: RwLock<Option<Arc<BlockTable>>>,
+    active: RwLock<Option<Arc<Active>>>,
+    tmp_page: Mutex<Option<AnonMapping>>,
+    counters: Arc<Counters>,
+}
+
+fn munlockall_checked() -> Result<()> {
+    // SAFETY: munlockall has no memory-safety preconditions.
+    if unsafe { libc::munlockall() } != 0 {
+        return Err(Error::os(&std::io::Error::last_os_error(), "munlockall"));
+    }
+    Ok(())
+}
+
+fn mlockall_checked() -> Result<()> {
+    // SAFETY: mlockall has no memory-safety preconditions.
+    if unsafe { libc::mlockall(libc::MCL_CURRENT | libc::MCL_FUTURE) } != 0 {
+        return Err(Error::os(&std::io::Error::last_os_error(), "mlockall"));
+    }
+    Ok(())
+}
+
+/// The userfaultfd features blocks of these kinds need.
+fn features_needed(table: &BlockTable) -> u64 {
+    let host = host_page_size();
+    table.entries().iter().fold(0, |acc, e| {
+        let b = &e.block;
+        let huge = b.page_size != host;
+        let shmem = !huge && matches!(b.backing, Backing::File { .. } | Backing::Anonymous { shared: true });
+        acc | if huge { feature::MISSING_HUGETLBFS } else { 0 } | if shmem { feature::MISSING_SHMEM } else { 0 }
+    })
+}
+
+fn feature_names(bits: u64) -> String {
+    let mut names = Vec::new();
+    if bits & feature::MISSING_HUGETLBFS != 0 {
+        names.push("UFFD_FEATURE_MISSING_HUGETLBFS (huge-page blocks)");
+    }
+    if bits & feature::MISSING_SHMEM != 0 {
+        names.push("UFFD_FEATURE_MISSING_SHMEM (shared-memory blocks)");
+    }
+    names.join(", ")
+}
+
+/// Checks that this host can do postcopy for `blocks` with `target_page_size`, without side
+/// effects: the target page is not larger than the host page; userfaultfd opens and
+/// handshakes; the features the blocks need (huge pages, shared memory) are there; and an
+/// anonymous test area registers with WAKE, COPY and ZEROPAGE offered.
+pub fn check_host_support(blocks: Vec<RamBlock>, target_page_size: u64) -> Result<()> {
+    let host = host_page_size();
+    if target_page_size == 0 || !target_page_size.is_power_of_two() || target_page_size > host {
+        return Err(Error::invalid(format!(
+            "target page size {target_page_size} is not a power of two no bigger than the host page size {host}"
+        )));
+    }
+    let table = BlockTable::new(blocks)?;
+    let caps = uffd::probe().map_err(|m| Error::new(libc::ENOSYS, m))?;
+    let missing = features_needed(&table) & !caps.features;
+    if missing != 0 {
+        return Err(Error::new(
+            libc::ENOTSUP,
+            format!("userfaultfd on this kernel lacks {}", feature_names(missing)),
+        ));
+    }
+    let uffd = Uffd::open(0).map_err(|m| Error::new(libc::ENOSYS, m))?;
+    let area = AnonMapping::new(host as usize).map_err(|e| Error::os(&e, "mapping a test page"))?;
+    let ioctls = uffd
+        .register_missing(area.as_ptr() as usize, area.len())
+        .map_err(|e| Error::os(&e, "UFFDIO_REGISTER of a test page"))?;
+    uffd.unregister(area.as_ptr() as usize, area.len())
+        .map_err(|e| Error::os(&e, "UFFDIO_UNREGISTER of a test page"))?;
+    let wanted = ioctl_bit::WAKE | ioctl_bit::COPY | ioctl_bit::ZEROPAGE;
+    if ioctls & wanted != wanted {
+        return Err(Error::new(
+            libc::ENOTSUP,
+            format!("userfaultfd registration lacks ioctls {:#x} (WAKE/COPY/ZEROPAGE)", wanted & !ioctls),
+        ));
+    }
+    Ok(())
+}
+
+impl Incoming {
+    /// A destination with no migration in progress (state NONE).
+    pub fn new(hooks: Arc<dyn IncomingHooks>, config: IncomingConfig) -> Incoming {
+        Incoming {
+            hooks,
+            config,
+            state: Default::default(),
+            control: Mutex::new(()),
+            table: RwLock::new(None),
+            active: RwLock::new(None),
+            tmp_page: Mutex::new(None),
+            counters: Default::default(),
+        }
+    }
+
+    /// The configuration.
+    pub fn config(&self) -> &IncomingConfig {
+        &self.config
+    }
+
+    /// The current state.
+    pub fn state(&self) -> State {
+        self.state.get()
+    }
+
+    /// Moves to `new` if legal (see [`State::can_go_to`]); returns the old state. A refused
+    /// step leaves the state as it is and is logged.
+    pub fn set_state(&self, new: State) -> Result<State> {
+        match self.state.transition(new) {
+            Ok(old) => {
+                if old != new {
+                    log::debug!("postcopy state {old:?} -> {new:?}");
+                    self.hooks.state_changed(old, new);
+                }
+                Ok(old)
+            }
+            Err(current) => Err(Error::invalid(format!(
+                "postcopy state change {current:?} -> {new:?} is not allowed"
+            ))),
+        }
+    }
+
+    /// A snapshot of the counters.
+    pub fn stats(&self) -> Stats {
+        self.counters.snapshot()
+    }
+
+    /// The block table built by [`Incoming::init`], if any.
+    pub fn blocks(&self) -> Option<Arc<BlockTable>> {
+        self.table.read().clone()
+    }
+
+    /// Whether this host can do postcopy for this guest's blocks (from
+    /// [`IncomingHooks::ram_blocks`]); see [`check_host_support`]. No side effects.
+    pub fn supported_by_host(&self) -> Result<()> {
+        check_host_support(self.hooks.ram_blocks()?, self.config.target_page_size)
+    }
+
+    fn discard_with_hook(&self, block: &RamBlock, start: u64, length: u64) -> Result<()> {
+        match self.hooks.discard_range(block, start, length) {
+            Some(result) => result,
+            None => discard::drop_range(block, start, length),
+        }
+    }
+
+    /// Reads the RAM blocks, validates them, and discards all of their memory so that every
+    /// page will fault later; state NONE -> ADVISE. `ram_pages` (the guest's RAM in target
+    /// pages, as QEMU passes it) is checked against the blocks when non-zero.
+    pub fn init(&self, ram_pages: usize) -> Result<()> {
+        let _control = self.control.lock();
+        if self.table.read().is_some() {
+            return Err(Error::new(libc::EBUSY, "incoming_init called again before cleanup"));
+        }
+        let state = self.state();
+        if !matches!(state, State::None | State::Advise | State::End) {
+            return Err(Error::invalid(format!("incoming_init in state {state:?}")));
+        }
+        let table = BlockTable::new(self.hooks.ram_blocks()?)?;
+        let total: u64 = table.entries().iter().map(|e| e.block.length).sum();
+        if ram_pages != 0 && ram_pages as u64 != total / self.config.target_page_size {
+            log::warn!(
+                "incoming_init: ram_pages {ram_pages} differs from the blocks' {} target pages",
+                total / self.config.target_page_size
+            );
+        }
+        for entry in table.entries() {
+            self.discard_with_hook(&entry.block, 0, entry.block.length)?;
+        }
+        if state == State::End {
+            self.set_state(State::None)?;
+        }
+        self.set_state(State::Advise)?;
+        *self.table.write() = Some(Arc::new(table));
+        Ok(())
+    }
+
+    fn require_table(&self, what: &str) -> Result<Arc<BlockTable>> {
+        self.table
+            .read()
+            .clone()
+            .ok_or_else(|| Error::invalid(format!("{what} before incoming_init (or after cleanup)")))
+    }
+
+    /// Turns transparent huge pages off on the blocks so that discards really drop pages;
+    /// state -> DISCARD.
+    pub fn prepare_discard(&self) -> Result<()> {
+        let _control = self.control.lock();
+        let table = self.require_table("prepare_discard")?;
+        let state = self.state();
+        if !matches!(state, State::Advise | State::Discard) {
+            return Err(Error::invalid(format!("prepare_discard in state {state:?}")));
+        }
+        for entry in table.entries() {
+            if entry.block.page_size == host_page_size() {
+                // SAFETY: only changes the THP advice of the hypervisor's own guest RAM.
+                let rc = unsafe {
+                    libc::madvise(entry.block.host as *mut libc::c_void, entry.block.length as usize, libc::MADV_NOHUGEPAGE)
+                };
+                if rc != 0 {
+                    log::debug!(
+                        "prepare_discard: MADV_NOHUGEPAGE on {}: {}",
+                        entry.block.name,
+                        std::io::Error::last_os_error()
+                    );
+                }
+            }
+        }
+        self.set_state(State::Discard)?;
+        Ok(())
+    }
+
+    /// Drops `[start, start+length)` (bytes) of block `name`: allowed in ADVISE and DISCARD;
+    /// the range must be non-empty, aligned to the block's page size and inside it.
+    pub fn discard_range(&self, name: &str, start: u64, length: u64) -> Result<()> {
+        let table = self.require_table("discard_range")?;
+        let state = self.state();
+        if !matches!(state, State::Advise | State::Discard) {
+            return Err(Error::invalid(format!("discard_range in state {state:?}")));
+        }
+        let entry = table
+            .by_name(name)
+            .ok_or_else(|| Error::invalid(format!("discard_range: no RAM block named {name:?}")))?;
+        discard::check_range(&entry.block, start, length)?;
+        self.discard_with_hook(&entry.block, start, length)
+    }
+
+    fn set_mlock(&self, lock: bool) -> Result<()> {
+        match self.hooks.mlock(lock) {
+            Some(result) => result,
+            None if !self.config.enable_mlock => Ok(()),
+            None if lock => mlockall_checked(),
+            None => munlockall_checked(),
+        }
+    }
+
+    /// Opens a userfaultfd, registers every block for missing-page faults, starts the fault
+    /// thread, inhibits ballooning; state -> LISTENING.
+    pub fn enable_notify(&self) -> Result<()> {
+        let _control = self.control.lock();
+        let table = self.require_table("enable_notify")?;
+        if self.active.read().is_some() {
+            return Err(Error::new(libc::EBUSY, "enable_notify called twice"));
+        }
+        let state = self.state();
+        if !matches!(state, State::Advise | State::Discard | State::Listening) {
+            return Err(Error::invalid(format!("enable_notify in state {state:?}")));
+        }
+        self.set_mlock(false)?;
+        let caps = uffd::probe().map_err(|m| Error::new(libc::ENOSYS, m))?;
+        let needed = features_needed(&table);
+        if needed & !caps.features != 0 {
+            return Err(Error::new(
+                libc::ENOTSUP,
+                format!("userfaultfd on this kernel lacks {}", feature_names(needed & !caps.features)),
+            ));
+        }
+        let uffd = Arc::new(
+            Uffd::open(needed | (caps.features & feature::THREAD_ID)).map_err(|m| Error::new(libc::ENOSYS, m))?,
+        );
+        let zero_page =
+            AnonMapping::new(table.largest_page() as usize).map_err(|e| Error::os(&e, "mapping the zero page"))?;
+        let mut registered: Vec<&BlockEntry> = Vec::new();
+        let unregister_all = |registered: &[&BlockEntry]| {
+            for e in registered {
+                let _ = uffd.unregister(e.block.host, e.block.length as usize);
+            }
+        };
+        for entry in table.entries() {
+            let b = &entry.block;
+            let ioctls = match uffd.register_missing(b.host, b.length as usize) {
+                Ok(ioctls) => ioctls,
+                Err(e) => {
+                    unregister_all(&registered);
+                    return Err(Error::os(&e, format_args!("UFFDIO_REGISTER of RAM block {}", b.name)));
+                }
+            };
+            registered.push(entry);
+            if ioctls & ioctl_bit::COPY == 0 {
+                unregister_all(&registered);
+                return Err(Error::new(
+                    libc::ENOTSUP,
+                    format!("RAM block {}: userfaultfd offers no UFFDIO_COPY there", b.name),
+                ));
+            }
+            entry.zeropage_ok.store(ioctls & ioctl_bit::ZEROPAGE != 0, Ordering::Release);
+            entry.received.clear_all();
+            entry.requested.clear_all();
+        }
+        // SAFETY: eventfd takes no pointers; the result is checked before it is owned.
+        let wake = unsafe { libc::eventfd(0, libc::EFD_CLOEXEC | libc::EFD_NONBLOCK) };
+        if wake < 0 {
+            let err = std::io::Error::last_os_error();
+            unregister_all(&registered);
+            return Err(Error::os(&err, "eventfd for the fault thread"));
+        }
+        // SAFETY: eventfd just returned this descriptor; nothing else owns it.
+        let wake = unsafe { OwnedFd::from_raw_fd(wake) };
+        let shared = Arc::new(FaultShared {
+            uffd: uffd.clone(),
+            table: table.clone(),
+            hooks: self.hooks.clone(),
+            counters: self.counters.clone(),
+            name_next_request: AtomicBool::new(false),
+            quit: AtomicBool::new(false),
+            wake,
+            wait: self.config.wait,
+        });
+        let thread = match FaultThread::spawn(shared) {
+            Ok(thread) => thread,
+            Err(e) => {
+                unregister_all(&registered);
+                return Err(Error::os(&e, "starting the fault thread"));
+            }
+        };
+        *self.active.write() = Some(Arc::new(Active {
+            uffd,
+            table,
+            zero_page,
+            fault_thread: Mutex::new(Some(thread)),
+        }));
+        self.hooks.balloon_inhibit(true);
+        self.set_state(State::Listening)?;
+        Ok(())
+    }
+
+    /// Makes the next page request name its block again (call after the return path to the
+    /// source was re-established).
+    pub fn reset_request_block(&self) {
+        if let Some(active) = self.active.read().as_ref() {
+            if let Some(thread) = active.fault_thread.lock().as_ref() {
+                thread.shared().name_next_request.store(true, Ordering::Release);
+            }
+        }
+    }
+
+    fn active(&self, what: &str) -> Result<Arc<Active>> {
+        self.active
+            .read()
+            .clone()
+            .ok_or_else(|| Error::invalid(format!("{what} before enable_notify (or after cleanup)")))
+    }
+
+    /// Checks a placement of `len` bytes at `host` against the blocks: inside one block,
+    /// aligned to its page size, a non-zero multiple of it; and exactly one page when
+    /// `single` is set.
+    fn check_place<'a>(table: &'a BlockTable, what: &str, host: usize, len: u64, single: bool) -> Result<&'a BlockEntry> {
+        let entry = table
+            .find(host)
+            .ok_or_else(|| Error::invalid(format!("{what}: host address {host:#x} is outside every RAM block")))?;
+        let b = &entry.block;
+        if host as u64 % b.page_size != 0 {
+            return Err(Error::invalid(format!(
+                "{what}: host address {host:#x} is not aligned to block {}'s page size {:#x}",
+                b.name, b.page_size
+            )));
+        }
+        if (single && len != b.page_size) || len == 0 || len % b.page_size != 0 {
+            return Err(Error::invalid(format!(
+                "{what}: size {len:#x} does not match block {}'s page size {:#x}",
+                b.name, b.page_size
+            )));
+        }
+        if host + len as usize > entry.end() {
+            return Err(Error::invalid(format!("{what}: {len:#x} bytes at {host:#x} run past block {}", b.name)));
+        }
+        Ok(entry)
+    }
+
+    fn mark_received(&self, entry: &BlockEntry, host: usize, len: u64) {
+        let first = ((host - entry.block.host) as u64) >> entry.page_shift;
+        for page in first..first + (len >> entry.page_shift) {
+            entry.received.test_and_set(page);
+            entry.requested.clear(page);
+        }
+    }
+
+    /// Atomically places one host page at `host` from `from` (`pagesize` bytes, the block's
+    /// page size), waking the threads that faulted on it.
+    ///
+    /// # Safety
+    /// `from` must point to `pagesize` readable bytes.
+    pub unsafe fn place_page(&self, host: usize, from: *const u8, pagesize: u64) -> Result<Placement> {
+        let active = self.active("place_page")?;
+        let entry = Self::check_place(&active.table, "place_page", host, pagesize, true)?;
+        if from.is_null() {
+            return Err(Error::invalid("place_page: source pointer is NULL"));
+        }
+        // SAFETY: the caller guarantees `from` readable for `pagesize` bytes; the destination
+        // was checked to be one page inside a registered block.
+        let result = unsafe { active.uffd.copy(host, from as usize, pagesize as usize) };
+        self.finish_place(&active, entry, host, pagesize, result, "place_page", false)
+    }
+
+    /// Atomically places a zero page at `host`: UFFDIO_ZEROPAGE where the block's
+    /// registration offered it, otherwise a copy of a zero page (hugetlbfs).
+    pub fn place_page_zero(&self, host: usize, pagesize: u64) -> Result<Placement> {
+        let active = self.active("place_page_zero")?;
+        let entry = Self::check_place(&active.table, "place_page_zero", host, pagesize, true)?;
+        let result = Self::zero_fill(&active, entry, host, pagesize);
+        self.finish_place(&active, entry, host, pagesize, result, "place_page_zero", true)
+    }
+
+    fn zero_fill(active: &Active, entry: &BlockEntry, host: usize, len: u64) -> std::result::Result<(), PlaceError> {
+        if entry.zeropage_ok.load(Ordering::Acquire) {
+            return active.uffd.zeropage(host, len as usize);
+        }
+        let step = entry.block.page_size as usize;
+        let mut outcome = Ok(());
+        for page in (host..host + len as usize).step_by(step) {
+            // SAFETY: the zero page mapping is at least the largest block page size long and
+            // stays mapped while `active` is alive.
+            match unsafe { active.uffd.copy(page, active.zero_page.as_ptr() as usize, step) } {
+                Ok(()) => {}
+                Err(PlaceError::AlreadyPresent) => outcome = Err(PlaceError::AlreadyPresent),
+                Err(e) => return Err(e),
+            }
+        }
+        outcome
+    }
+
+    fn finish_place(
+        &self,
+        active: &Active,
+        entry: &BlockEntry,
+        host: usize,
+        len: u64,
+        result: std::result::Result<(), PlaceError>,
+        what: &str,
+        zero: bool,
+    ) -> Result<Placement> {
+        let _ = active;
+        match result {
+            Ok(()) => {
+                self.mark_received(entry, host, len);
+                let counter = if zero { &self.counters.zero_pages_placed } else { &self.counters.pages_placed };
+                counter.fetch_add(len >> entry.page_shift, Ordering::Relaxed);
+                Ok(Placement::Placed)
+            }
+            Err(PlaceError::AlreadyPresent) => {
+                self.mark_received(entry, host, len);
+                self.counters.already_present.fetch_add(1, Ordering::Relaxed);
+                log::debug!("{what}: page at {host:#x} in {} was already present", entry.block.name);
+                Ok(Placement::AlreadyPresent)
+            }
+            Err(PlaceError::Os(errno)) => Err(Error::new(
+                errno,
+                format!(
+                    "{what}: {} bytes at {host:#x} in {}: {}",
+                    len,
+                    entry.block.name,
+                    std::io::Error::from_raw_os_error(errno)
+                ),
+            )),
+        }
+    }
+
+    /// Places a run of whole pages (`len` bytes, one block) from `from` in one UFFDIO_COPY.
+    /// Pages already present are skipped (the rest is placed page by page after the first
+    /// such page); every waiter in the run is woken.
+    ///
+    /// # Safety
+    /// `from` must point to `len` readable bytes.
+    pub unsafe fn place_pages(&self, host: usize, from: *const u8, len: u64) -> Result<RunPlacement> {
+        let active = self.active("place_pages")?;
+        let entry = Self::check_place(&active.table, "place_pages", host, len, false)?;
+        if from.is_null() {
+            return Err(Error::invalid("place_pages: source pointer is NULL"));
+        }
+        // SAFETY: as in place_page, for `len` bytes.
+        match unsafe { active.uffd.copy(host, from as usize, len as usize) } {
+            Ok(()) => {
+                self.mark_received(entry, host, len);
+                self.counters.pages_placed.fetch_add(len >> entry.page_shift, Ordering::Relaxed);
+                Ok(RunPlacement { placed: len >> entry.page_shift, already_present: 0 })
+            }
+            Err(PlaceError::AlreadyPresent) => {
+                let step = entry.block.page_size;
+                let mut run = RunPlacement::default();
+                for off in (0..len).step_by(step as usize) {
+                    // SAFETY: each page is inside the checked run; `from + off` is inside the
+                    // caller's readable source.
+                    let r = unsafe { active.uffd.copy(host + off as usize, from as usize + off as usize, step as usize) };
+                    match self.finish_place(&active, entry, host + off as usize, step, r, "place_pages", false)? {
+                        Placement::Placed => run.placed += 1,
+                        Placement::AlreadyPresent => run.already_present += 1,
+                    }
+                }
+                Ok(run)
+            }
+            Err(e) => self.finish_place(&active, entry, host, len, Err(e), "place_pages", false).map(|_| RunPlacement::default()),
+        }
+    }
+
+    /// Places a run of zero pages (`len` bytes, one block), one UFFDIO_ZEROPAGE where
+    /// offered; pages already present are skipped as in [`Incoming::place_pages`].
+    pub fn place_pages_zero(&self, host: usize, len: u64) -> Result<RunPlacement> {
+        let active = self.active("place_pages_zero")?;
+        let entry = Self::check_place(&active.table, "place_pages_zero", host, len, false)?;
+        match Self::zero_fill(&active, entry, host, len) {
+            Ok(()) => {
+                self.mark_received(entry, host, len);
+                self.counters.zero_pages_placed.fetch_add(len >> entry.page_shift, Ordering::Relaxed);
+                Ok(RunPlacement { placed: len >> entry.page_shift, already_present: 0 })
+            }
+            Err(PlaceError::AlreadyPresent) => {
+                let step = entry.block.page_size;
+                let mut run = RunPlacement::default();
+                for off in (0..len).step_by(step as usize) {
+                    let page = host + off as usize;
+                    let r = Self::zero_fill(&active, entry, page, step);
+                    match self.finish_place(&active, entry, page, step, r, "place_pages_zero", true)? {
+                        Placement::Placed => run.placed += 1,
+                        Placement::AlreadyPresent => run.already_present += 1,
+                    }
+                }
+                Ok(run)
+            }
+            Err(e) => self.finish_place(&active, entry, host, len, Err(e), "place_pages_zero", true).map(|_| RunPlacement::default()),
+        }
+    }
+
+    /// A scratch page as large as the largest block page, for assembling a host page before
+    /// [`Incoming::place_page`]. The same page is returned every time; it stays valid until
+    /// cleanup. Needs [`Incoming::init`].
+    pub fn tmp_page(&self) -> Result<*mut u8> {
+        let table = self.require_table("get_tmp_page")?;
+        let mut slot = self.tmp_page.lock();
+        if let Some(page) = slot.as_ref() {
+            return Ok(page.as_ptr());
+        }
+        let page = AnonMapping::new(table.largest_page() as usize)
+            .map_err(|e| Error::os(&e, "get_tmp_page: mapping the temporary page"))?;
+        let ptr = page.as_ptr();
+        *slot = Some(page);
+        Ok(ptr)
+    }
+
+    /// Ends postcopy: stops and joins the fault thread, then unregisters every block (waking
+    /// any thread still blocked on a missing page), closes the userfaultfd, re-allows
+    /// ballooning, re-locks memory per the mlock policy, frees the temporary pages; state ->
+    /// END; calls [`IncomingHooks::shut`]. Needs [`Incoming::init`]; a second call fails.
+    pub fn cleanup(&self) -> Result<()> {
+        let _control = self.control.lock();
+        let Some(table) = self.table.read().clone() else {
+            return Err(Error::invalid("incoming_cleanup without incoming_init (or called twice)"));
+        };
+        let active = self.active.write().take();
+        let mut failure: Option<Error> = None;
+        if let Some(active) = &active {
+            if let Some(thread) = active.fault_thread.lock().take() {
+                thread.stop();
+            }
+            for entry in table.entries() {
+                if let Err(e) = active.uffd.unregister(entry.block.host, entry.block.length as usize) {
+                    let err = Error::os(&e, format_args!("UFFDIO_UNREGISTER of RAM block {}", entry.block.name));
+                    log::error!("incoming_cleanup: {err}");
+                    failure.get_or_insert(err);
+                }
+            }
+            self.hooks.balloon_inhibit(false);
+            if let Err(e) = self.set_mlock(true) {
+                log::error!("incoming_cleanup: re-locking memory: {e}");
+            }
+        }
+        drop(active);
+        let _ = self.set_state(State::End);
+        let failed = failure.is_some() || self.counters.request_errors.load(Ordering::Relaxed) != 0;
+        self.hooks.shut(failed);
+        *self.tmp_page.lock() = None;
+        *self.table.write() = None;
+        failure.map_or(Ok(()), Err)
+    }
+}
+
+impl Drop for Incoming {
+    fn drop(&mut self) {
+        if self.table.read().is_some() {
+            if let Err(e) = self.cleanup() {
+                log::error!("dropping an incoming migration: cleanup: {e}");
+            }
+        }
+    }
+}

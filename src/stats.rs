@@ -1,0 +1,64 @@
+//! Counters of a postcopy incoming migration, updated lock-free from any thread.
+
+use std::sync::atomic::{AtomicI32, AtomicU64, Ordering::Relaxed};
+
+/// Live counters.
+#[derive(Debug, Default)]
+pub(crate) struct Counters {
+    pub faults: AtomicU64,
+    pub requests: AtomicU64,
+    pub duplicate_faults: AtomicU64,
+    pub late_faults: AtomicU64,
+    pub faults_outside: AtomicU64,
+    pub request_errors: AtomicU64,
+    pub last_request_errno: AtomicI32,
+    pub pages_placed: AtomicU64,
+    pub zero_pages_placed: AtomicU64,
+    pub already_present: AtomicU64,
+    pub unexpected_events: AtomicU64,
+}
+
+/// A snapshot of the counters.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct Stats {
+    /// Page-fault messages read from the userfaultfd.
+    pub faults: u64,
+    /// Page requests passed to the request callback.
+    pub requests: u64,
+    /// Faults on a page already requested and not yet placed (no new request sent).
+    pub duplicate_faults: u64,
+    /// Faults on a page placed after the fault was queued (no request sent).
+    pub late_faults: u64,
+    /// Faults at an address outside every block (logged; the fault thread keeps serving).
+    pub faults_outside: u64,
+    /// Requests whose callback returned an error.
+    pub request_errors: u64,
+    /// The errno of the last failed request (0 if none).
+    pub last_request_errno: i32,
+    /// Pages placed with data (UFFDIO_COPY).
+    pub pages_placed: u64,
+    /// Pages placed as zero (UFFDIO_ZEROPAGE, or a copy of a zero page).
+    pub zero_pages_placed: u64,
+    /// Placements that found the page already present (EEXIST); the waiters were woken.
+    pub already_present: u64,
+    /// Messages other than page faults read from the userfaultfd.
+    pub unexpected_events: u64,
+}
+
+impl Counters {
+    pub(crate) fn snapshot(&self) -> Stats {
+        Stats {
+            faults: self.faults.load(Relaxed),
+            requests: self.requests.load(Relaxed),
+            duplicate_faults: self.duplicate_faults.load(Relaxed),
+            late_faults: self.late_faults.load(Relaxed),
+            faults_outside: self.faults_outside.load(Relaxed),
+            request_errors: self.request_errors.load(Relaxed),
+            last_request_errno: self.last_request_errno.load(Relaxed),
+            pages_placed: self.pages_placed.load(Relaxed),
+            zero_pages_placed: self.zero_pages_placed.load(Relaxed),
+            already_present: self.already_present.load(Relaxed),
+            unexpected_events: self.unexpected_events.load(Relaxed),
+        }
+    }
+}
