@@ -1,0 +1,172 @@
+//! The destination side on real userfaultfd, through the safe Rust API.
+
+mod common;
+
+use std::thread;
+
+use common::*;
+use postcopy_ram::{IncomingConfig, Placement, State};
+
+fn expected_page(name: &str, offset: u64) -> Vec<u8> {
+    let mut page = vec![0u8; 4096];
+    page_pattern(name, offset, &mut page);
+    page
+}
+
+#[test]
+fn faulting_threads_read_exactly_the_served_pages() {
+    require_uffd!();
+    let a = GuestMem::anon(64 * 4096);
+    let b = GuestMem::anon(32 * 4096);
+    let server = Server::new(vec![a.block("ram-a"), b.block("ram-b")], true);
+    let incoming = server.incoming(IncomingConfig::default());
+    incoming.init(0).unwrap();
+    assert_eq!(incoming.state(), State::Advise);
+    incoming.enable_notify().unwrap();
+    assert_eq!(incoming.state(), State::Listening);
+    incoming.set_state(State::Running).unwrap();
+
+    let workers: Vec<_> = (0..4)
+        .map(|t| {
+            let (aa, ba) = (a.addr, b.addr);
+            thread::spawn(move || {
+                for i in 0..64usize {
+                    let (base, name, pages) = if (i + t) % 3 == 0 { (ba, "ram-b", 32) } else { (aa, "ram-a", 64) };
+                    let page = (i * 7 + t * 13) % pages;
+                    let off = page * 4096;
+                    // SAFETY: inside a live mapping; the fault is served by the library.
+                    let got = unsafe { std::slice::from_raw_parts((base + off) as *const u8, 4096) };
+                    assert_eq!(got, &expected_page(name, off as u64)[..], "{name} page {page}");
+                }
+            })
+        })
+        .collect();
+    for w in workers {
+        w.join().unwrap();
+    }
+    let stats = incoming.stats();
+    let requests = server.requests.lock().clone();
+    assert_eq!(stats.requests as usize, requests.len());
+    assert_eq!(stats.pages_placed, stats.requests, "{stats:?}");
+    assert!(stats.requests > 0 && stats.requests <= 96, "{stats:?}");
+    assert_eq!(stats.faults, stats.requests + stats.duplicate_faults + stats.late_faults, "{stats:?}");
+    assert_eq!(requests[0].name.is_some(), true, "the first request names its block");
+    for r in &requests {
+        assert_eq!(r.length, 4096);
+        assert_eq!(r.offset % 4096, 0);
+    }
+    incoming.cleanup().unwrap();
+    assert_eq!(incoming.state(), State::End);
+}
+
+#[test]
+fn zero_pages_discards_and_eexist() {
+    require_uffd!();
+    let mem = GuestMem::anon(16 * 4096);
+    // Data written before init must be gone after it.
+    // SAFETY: inside the mapping, not yet registered.
+    unsafe { std::ptr::write_bytes(mem.addr as *mut u8, 0xAB, mem.len) };
+    let server = Server::new(vec![mem.block("pc.ram")], false);
+    let incoming = server.incoming(IncomingConfig::default());
+    incoming.init(16).unwrap();
+    assert_eq!(mem.read_u64(0), 0, "init discarded the block");
+    // Precopy writes, then a discard of pages 2..4.
+    // SAFETY: inside the mapping, not yet registered.
+    unsafe { std::ptr::write_bytes(mem.addr as *mut u8, 0xCD, mem.len) };
+    incoming.prepare_discard().unwrap();
+    assert_eq!(incoming.state(), State::Discard);
+    incoming.discard_range("pc.ram", 2 * 4096, 2 * 4096).unwrap();
+    assert!(incoming.discard_range("pc.ram", 100, 4096).is_err(), "misaligned");
+    assert!(incoming.discard_range("pc.ram", 15 * 4096, 2 * 4096).is_err(), "past the end");
+    assert!(incoming.discard_range("nope", 0, 4096).is_err(), "unknown block");
+    assert_eq!(mem.read_u64(2 * 4096), 0);
+    assert_eq!(mem.read_u64(3 * 4096), 0);
+    assert_eq!(mem.read_u64(4 * 4096), 0xCDCD_CDCD_CDCD_CDCD);
+    // Re-discard what the reads above populated, then go live.
+    incoming.discard_range("pc.ram", 2 * 4096, 2 * 4096).unwrap();
+    incoming.enable_notify().unwrap();
+    assert_eq!(incoming.place_page_zero(mem.addr + 2 * 4096, 4096).unwrap(), Placement::Placed);
+    assert_eq!(mem.read_u64(2 * 4096), 0);
+    let data = vec![0x5Au8; 4096];
+    // SAFETY: `data` is one page.
+    let r = unsafe { incoming.place_page(mem.addr + 3 * 4096, data.as_ptr(), 4096) }.unwrap();
+    assert_eq!(r, Placement::Placed);
+    assert_eq!(mem.read_u64(3 * 4096), 0x5A5A_5A5A_5A5A_5A5A);
+    // SAFETY: as above.
+    let again = unsafe { incoming.place_page(mem.addr + 3 * 4096, data.as_ptr(), 4096) }.unwrap();
+    assert_eq!(again, Placement::AlreadyPresent);
+    // Precopied pages are present too.
+    // SAFETY: as above.
+    let present = unsafe { incoming.place_page(mem.addr + 4 * 4096, data.as_ptr(), 4096) }.unwrap();
+    assert_eq!(present, Placement::AlreadyPresent);
+    let stats = incoming.stats();
+    assert_eq!((stats.pages_placed, stats.zero_pages_placed, stats.already_present), (1, 1, 2));
+    incoming.cleanup().unwrap();
+}
+
+#[test]
+fn misuse_is_an_error_not_a_crash() {
+    require_uffd!();
+    let mem = GuestMem::anon(8 * 4096);
+    let server = Server::new(vec![mem.block("ram")], false);
+    let incoming = server.incoming(IncomingConfig::default());
+    let page = vec![0u8; 4096];
+    // SAFETY: `page` is one page.
+    let before_enable = unsafe { incoming.place_page(mem.addr, page.as_ptr(), 4096) };
+    assert_eq!(before_enable.unwrap_err().errno(), libc::EINVAL);
+    assert_eq!(incoming.cleanup().unwrap_err().errno(), libc::EINVAL, "cleanup without init");
+    assert!(incoming.enable_notify().is_err(), "enable before init");
+    incoming.init(0).unwrap();
+    assert_eq!(incoming.init(0).unwrap_err().errno(), libc::EBUSY);
+    incoming.enable_notify().unwrap();
+    assert_eq!(incoming.enable_notify().unwrap_err().errno(), libc::EBUSY, "enable twice");
+    // SAFETY: `page` is one page in each call.
+    unsafe {
+        assert!(incoming.place_page(mem.addr + 100, page.as_ptr(), 4096).is_err(), "misaligned");
+        assert!(incoming.place_page(mem.addr + 8 * 4096, page.as_ptr(), 4096).is_err(), "outside");
+        assert!(incoming.place_page(mem.addr, page.as_ptr(), 8192).is_err(), "wrong page size");
+        assert!(incoming.place_page(mem.addr, std::ptr::null(), 4096).is_err(), "NULL source");
+    }
+    assert!(incoming.set_state(State::Advise).is_err(), "LISTENING -> ADVISE refused");
+    assert_eq!(incoming.state(), State::Listening);
+    incoming.cleanup().unwrap();
+    assert_eq!(incoming.cleanup().unwrap_err().errno(), libc::EINVAL, "cleanup twice");
+}
+
+#[test]
+fn refuses_block_length_not_multiple_of_page() {
+    require_uffd!();
+    let mem = GuestMem::anon(3 * 4096);
+    let mut block = mem.block("odd");
+    block.length = 4096 + 100;
+    let server = Server::new(vec![block], false);
+    let incoming = server.incoming(IncomingConfig::default());
+    let err = incoming.init(0).unwrap_err();
+    assert_eq!(err.errno(), libc::EINVAL);
+    assert!(err.message().contains("multiple"), "{err}");
+}
+
+#[test]
+fn request_failure_is_reported_and_cleanup_does_not_hang() {
+    require_uffd!();
+    let mem = GuestMem::anon(4 * 4096);
+    let server = Server::new(vec![mem.block("ram")], true);
+    server.fail_requests.store(1, std::sync::atomic::Ordering::Relaxed);
+    let incoming = server.incoming(IncomingConfig::default());
+    incoming.init(0).unwrap();
+    incoming.enable_notify().unwrap();
+    let addr = mem.addr;
+    let toucher = thread::spawn(move || {
+        // SAFETY: inside the mapping; blocks until placed or unregistered.
+        unsafe { std::ptr::read_volatile(addr as *const u64) }
+    });
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    while incoming.stats().request_errors == 0 {
+        assert!(std::time::Instant::now() < deadline, "the failed request was never reported");
+        thread::sleep(std::time::Duration::from_millis(1));
+    }
+    assert_eq!(incoming.stats().last_request_errno, libc::EPIPE);
+    // The blocked thread is woken by cleanup's unregister and reads a zero page.
+    incoming.cleanup().unwrap();
+    assert_eq!(toucher.join().unwrap(), 0);
+}
