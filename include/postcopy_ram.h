@@ -66,6 +66,94 @@ typedef uint32_t PostcopyStateValue;
 #endif // __cplusplus
 
 /**
+ * Command numbers of the command envelope (`PostcopyWireCommand.cmd`,
+ * `PostcopyWireHeader.kind`).
+ */
+enum PostcopyWireCmd
+#ifdef __cplusplus
+  : uint16_t
+#endif // __cplusplus
+ {
+  /**
+   * OPEN_RETURN_PATH: no payload.
+   */
+  POSTCOPY_WIRE_CMD_OPEN_RETURN_PATH = 1,
+  /**
+   * PING: `value`.
+   */
+  POSTCOPY_WIRE_CMD_PING = 2,
+  /**
+   * POSTCOPY_ADVISE: empty, or the two page sizes when `has_page_sizes`.
+   */
+  POSTCOPY_WIRE_CMD_POSTCOPY_ADVISE = 3,
+  /**
+   * POSTCOPY_LISTEN: no payload.
+   */
+  POSTCOPY_WIRE_CMD_POSTCOPY_LISTEN = 4,
+  /**
+   * POSTCOPY_RUN: no payload.
+   */
+  POSTCOPY_WIRE_CMD_POSTCOPY_RUN = 5,
+  /**
+   * POSTCOPY_RAM_DISCARD: block name and ranges (postcopy_wire_encode_discard /
+   * postcopy_wire_decode_discard).
+   */
+  POSTCOPY_WIRE_CMD_POSTCOPY_RAM_DISCARD = 6,
+  /**
+   * PACKAGED: `value` is the length of the package that follows.
+   */
+  POSTCOPY_WIRE_CMD_PACKAGED = 7,
+  /**
+   * POSTCOPY_RESUME: no payload.
+   */
+  POSTCOPY_WIRE_CMD_POSTCOPY_RESUME = 9,
+  /**
+   * RECV_BITMAP: block name.
+   */
+  POSTCOPY_WIRE_CMD_RECV_BITMAP = 10,
+};
+#ifndef __cplusplus
+typedef uint16_t PostcopyWireCmd;
+#endif // __cplusplus
+
+/**
+ * Return-path message types (`PostcopyWireRpMessage.rp_type`, `PostcopyWireHeader.kind`).
+ */
+enum PostcopyWireRpType
+#ifdef __cplusplus
+  : uint16_t
+#endif // __cplusplus
+ {
+  /**
+   * SHUT: `value` is the failed flag.
+   */
+  POSTCOPY_WIRE_RP_SHUT = 1,
+  /**
+   * PONG: `value` of the PING.
+   */
+  POSTCOPY_WIRE_RP_PONG = 2,
+  /**
+   * REQ_PAGES_ID: `start`, `len` and the block `name`.
+   */
+  POSTCOPY_WIRE_RP_REQ_PAGES_ID = 3,
+  /**
+   * REQ_PAGES: `start`, `len` (block = the one named last).
+   */
+  POSTCOPY_WIRE_RP_REQ_PAGES = 4,
+  /**
+   * RECV_BITMAP: block `name`; the received-bitmap block follows on the stream.
+   */
+  POSTCOPY_WIRE_RP_RECV_BITMAP = 5,
+  /**
+   * RESUME_ACK: `value`.
+   */
+  POSTCOPY_WIRE_RP_RESUME_ACK = 6,
+};
+#ifndef __cplusplus
+typedef uint16_t PostcopyWireRpType;
+#endif // __cplusplus
+
+/**
  * The destination of a postcopy migration. Opaque; create with
  * `postcopy_incoming_state_new`, free with `postcopy_incoming_state_free`.
  */
@@ -155,10 +243,11 @@ typedef struct PostcopyIncomingOps {
    */
   int (*foreach_ram_block)(void *opaque, PostcopyRamBlockVisitor visit, void *ctx);
   /**
-   * Required. Asks the source for `length` bytes at `offset` of block `block_name`
+   * Asks the source for `length` bytes at `offset` of block `block_name`
    * (NULL: the same block as the previous successful request; the source's REQ_PAGES
    * without id). Returns 0, or a negative errno: the failure is counted and logged and
-   * the page is requested again on its next fault. Runs on the fault thread.
+   * the page is requested again on its next fault. Runs on the fault thread. Required
+   * unless `write_return_path` is given.
    */
   int (*request_page)(void *opaque, const char *block_name, uint64_t offset, uint64_t length);
   /**
@@ -191,6 +280,14 @@ typedef struct PostcopyIncomingOps {
    * mlockall(MCL_CURRENT|MCL_FUTURE); without, nothing.
    */
   int (*mlock)(void *opaque, bool lock);
+  /**
+   * Optional. Writes `length` bytes (one whole QEMU return-path message) to the return
+   * path; returns 0 or a negative errno. When given and `request_page` is NULL, the
+   * library sends each page request itself as REQ_PAGES_ID (block named) or REQ_PAGES;
+   * when given and `shut` is NULL, it sends SHUT at cleanup. Runs on the fault thread
+   * (requests) and on the cleanup caller's thread (SHUT).
+   */
+  int (*write_return_path)(void *opaque, const uint8_t *bytes, size_t length);
   /**
    * The guest's target page size in bytes (discard ranges count in it); 0 means 4096.
    */
@@ -290,6 +387,121 @@ typedef struct PostcopySourceOps {
   size_t target_page_size;
 } PostcopySourceOps;
 
+/**
+ * A command other than POSTCOPY_RAM_DISCARD to encode, or any decoded command. Fields
+ * that the command does not use are ignored when encoding and zeroed when decoding.
+ */
+typedef struct PostcopyWireCommand {
+  /**
+   * `POSTCOPY_WIRE_CMD_*`.
+   */
+  uint16_t cmd;
+  /**
+   * PING: its value. PACKAGED: the package length.
+   */
+  uint32_t value;
+  /**
+   * POSTCOPY_ADVISE: nonzero when the payload carries the two page sizes (decode: 1 or 0).
+   */
+  uint8_t has_page_sizes;
+  /**
+   * POSTCOPY_ADVISE: OR of all RAM block page sizes.
+   */
+  uint64_t ram_pagesize_summary;
+  /**
+   * POSTCOPY_ADVISE: target page size.
+   */
+  uint64_t target_page_size;
+  /**
+   * RECV_BITMAP, POSTCOPY_RAM_DISCARD: block name, `name_len` bytes, not NUL-terminated
+   * (decode: points into the input buffer).
+   */
+  const char *name;
+  /**
+   * Bytes of `name` (1 to 255).
+   */
+  size_t name_len;
+  /**
+   * POSTCOPY_RAM_DISCARD (decode only): number of ranges; postcopy_wire_decode_discard
+   * returns them.
+   */
+  size_t range_count;
+} PostcopyWireCommand;
+
+/**
+ * A decoded message header: tells a stream reader how many bytes the whole message has.
+ */
+typedef struct PostcopyWireHeader {
+  /**
+   * Command number (`POSTCOPY_WIRE_CMD_*`) or return-path type (`POSTCOPY_WIRE_RP_*`).
+   */
+  uint16_t kind;
+  /**
+   * Payload length from the header (already checked against the kind).
+   */
+  uint16_t payload_len;
+  /**
+   * Bytes of the whole message, header included.
+   */
+  size_t total_len;
+} PostcopyWireHeader;
+
+/**
+ * The block name and range count of a decoded POSTCOPY_RAM_DISCARD.
+ */
+typedef struct PostcopyWireDiscard {
+  /**
+   * Block name, `name_len` bytes, not NUL-terminated; points into the input buffer.
+   */
+  const char *name;
+  /**
+   * Bytes of `name` (1 to 255).
+   */
+  size_t name_len;
+  /**
+   * Number of ranges in the message (may exceed the caller's capacity).
+   */
+  size_t range_count;
+} PostcopyWireDiscard;
+
+/**
+ * A return-path message to encode, or a decoded one. Fields that the type does not use are
+ * ignored when encoding and zeroed when decoding.
+ */
+typedef struct PostcopyWireRpMessage {
+  /**
+   * `POSTCOPY_WIRE_RP_*`.
+   */
+  uint16_t rp_type;
+  /**
+   * SHUT: failed flag. PONG: the PING's value. RESUME_ACK: its value.
+   */
+  uint32_t value;
+  /**
+   * REQ_PAGES, REQ_PAGES_ID: byte offset within the block.
+   */
+  uint64_t start;
+  /**
+   * REQ_PAGES, REQ_PAGES_ID: bytes requested (not 0).
+   */
+  uint32_t len;
+  /**
+   * REQ_PAGES_ID, RECV_BITMAP: block name, `name_len` bytes, not NUL-terminated (decode:
+   * points into the input buffer).
+   */
+  const char *name;
+  /**
+   * Bytes of `name` (1 to 255).
+   */
+  size_t name_len;
+} PostcopyWireRpMessage;
+
+/**
+ * Discard-walk callback: called once per run of pages to discard, in ascending order.
+ * A nonzero return stops the walk, and postcopy_discard_walk returns that value.
+ */
+typedef int (*PostcopyDiscardWalkFn)(void *opaque, uint64_t start, uint64_t npages);
+
 #ifdef __cplusplus
 extern "C" {
 #endif // __cplusplus
@@ -297,7 +509,8 @@ extern "C" {
 /**
  * Creates a destination with the callbacks in `ops` (copied) and `opaque` (passed to each
  * callback). State starts at POSTCOPY_INCOMING_NONE. Returns NULL (and logs why) when
- * `ops` is NULL or lacks `foreach_ram_block` or `request_page`, or the page size is bad.
+ * `ops` is NULL, lacks `foreach_ram_block`, has neither `request_page` nor
+ * `write_return_path`, or the target page size is not a power of two.
  * The newest live destination is the one the handle-less functions
  * (`postcopy_state_get`, `postcopy_state_set`, `postcopy_ram_supported_by_host`) act on.
  */
@@ -360,6 +573,17 @@ int postcopy_ram_discard_range(struct MigrationIncomingState *mis,
                                const char *block_name,
                                uint64_t start,
                                uint64_t length);
+
+/**
+ * Applies one QEMU POSTCOPY_RAM_DISCARD command: `bytes` is the whole command (with its
+ * 0x08 envelope) or just its payload, `length` bytes long. Checks the state (the first
+ * discard in ADVISE does `postcopy_ram_prepare_discard`), the block name, and every range
+ * (aligned to the block page size and inside the block) before dropping any page: a bad
+ * command is rejected whole. Returns the number of ranges dropped, or a negative errno.
+ */
+int postcopy_ram_handle_discard_command(struct MigrationIncomingState *mis,
+                                        const uint8_t *bytes,
+                                        size_t length);
 
 /**
  * Opens a userfaultfd, registers every block for missing-page faults, starts the fault
@@ -509,6 +733,141 @@ PostcopyState postcopy_state_get_for(const struct MigrationIncomingState *mis);
  * `postcopy_state_set` on `mis`.
  */
 PostcopyState postcopy_state_set_for(struct MigrationIncomingState *mis, PostcopyState new_state);
+
+/**
+ * Encodes the command `*msg` (any but POSTCOPY_RAM_DISCARD, see
+ * postcopy_wire_encode_discard) into `buf`, envelope included. Returns the bytes written,
+ * -ENOSPC when `buf_len` is too small, -EINVAL for NULL pointers, an unknown command or a
+ * bad name.
+ */
+ptrdiff_t postcopy_wire_encode_command(uint8_t *buf,
+                                       size_t buf_len,
+                                       const struct PostcopyWireCommand *msg);
+
+/**
+ * Encodes a POSTCOPY_RAM_DISCARD command for block `name` (NUL-terminated, 1 to 255 bytes)
+ * with `count` ranges `starts[i]`, `lengths[i]` (bytes within the block, lengths not 0)
+ * into `buf`, envelope included. QEMU sends at most POSTCOPY_MAX_DISCARDS_PER_COMMAND (12)
+ * ranges per command; more are accepted while the payload fits 65535 bytes. Returns the
+ * bytes written, -ENOSPC when `buf_len` is too small, -EINVAL for NULL pointers, a bad
+ * name, no range, an empty or overflowing range, or too many ranges.
+ */
+ptrdiff_t postcopy_wire_encode_discard(uint8_t *buf,
+                                       size_t buf_len,
+                                       const char *name,
+                                       const uint64_t *starts,
+                                       const uint64_t *lengths,
+                                       size_t count);
+
+/**
+ * Decodes a command header from the first 5 bytes of `buf` (`len` >= 5) into `*out`:
+ * checks the 0x08 marker, the command number and that the payload length suits the
+ * command. Returns 0, -EBADMSG for a bad header or `len` < 5, -EINVAL for NULL pointers.
+ */
+int postcopy_wire_decode_command_header(const uint8_t *buf,
+                                        size_t len,
+                                        struct PostcopyWireHeader *out);
+
+/**
+ * Decodes one whole command from the start of `buf` (`len` bytes; later bytes are ignored)
+ * into `*out`. For POSTCOPY_RAM_DISCARD it gives the name and range count: use
+ * postcopy_wire_decode_discard for the ranges. `out->name` points into `buf`. Returns the
+ * command's length in bytes, -EBADMSG for malformed or truncated bytes, -EINVAL for NULL
+ * pointers or unacceptable values (empty name, empty range...).
+ */
+ptrdiff_t postcopy_wire_decode_command(const uint8_t *buf,
+                                       size_t len,
+                                       struct PostcopyWireCommand *out);
+
+/**
+ * Decodes a whole POSTCOPY_RAM_DISCARD command from the start of `buf` (`len` bytes):
+ * `*out` gets the block name (pointing into `buf`) and the range count, and
+ * `starts`/`lengths` (arrays of `capacity` elements; may be NULL when `capacity` is 0) get
+ * the ranges in message order. Returns the command's length in bytes; -ENOSPC when the
+ * message has more than `capacity` ranges (`*out` is filled, and the first `capacity`
+ * ranges); -EBADMSG for malformed or truncated bytes or another command; -EINVAL for NULL
+ * pointers or unacceptable values (empty name, empty range...).
+ */
+ptrdiff_t postcopy_wire_decode_discard(const uint8_t *buf,
+                                       size_t len,
+                                       struct PostcopyWireDiscard *out,
+                                       uint64_t *starts,
+                                       uint64_t *lengths,
+                                       size_t capacity);
+
+/**
+ * Encodes the return-path message `*msg` into `buf`, header included. Returns the bytes
+ * written, -ENOSPC when `buf_len` is too small, -EINVAL for NULL pointers, an unknown
+ * type, a bad name or a request of 0 bytes.
+ */
+ptrdiff_t postcopy_wire_encode_return_path(uint8_t *buf,
+                                           size_t buf_len,
+                                           const struct PostcopyWireRpMessage *msg);
+
+/**
+ * Decodes a return-path header from the first 4 bytes of `buf` (`len` >= 4) into `*out`:
+ * checks the type and that the payload length suits it. Returns 0, -EBADMSG for a bad
+ * header or `len` < 4, -EINVAL for NULL pointers.
+ */
+int postcopy_wire_decode_return_path_header(const uint8_t *buf,
+                                            size_t len,
+                                            struct PostcopyWireHeader *out);
+
+/**
+ * Decodes one whole return-path message from the start of `buf` (`len` bytes; later bytes
+ * are ignored) into `*out`; `out->name` points into `buf`. Returns the message's length in
+ * bytes, -EBADMSG for malformed or truncated bytes, -EINVAL for NULL pointers or
+ * unacceptable values (empty name, request of 0 bytes...).
+ */
+ptrdiff_t postcopy_wire_decode_return_path(const uint8_t *buf,
+                                           size_t len,
+                                           struct PostcopyWireRpMessage *out);
+
+/**
+ * Bytes of the received-bitmap block for a block of `nbits` target pages: 8 (size) +
+ * the bitmap rounded up to whole 8-byte words + 8 (end marker). -EINVAL if that overflows.
+ */
+ptrdiff_t postcopy_wire_recv_bitmap_len(size_t nbits);
+
+/**
+ * Encodes the received-bitmap block (be64 size, little-endian bitmap, be64 end marker) for
+ * `nbits` pages of `bitmap` (bit i of word w = page 64 * w + i, set = received; bits past
+ * `nbits` are sent as 0) into `buf`. Returns the bytes written
+ * (postcopy_wire_recv_bitmap_len), -ENOSPC when `buf_len` is too small, -EINVAL for NULL
+ * pointers.
+ */
+ptrdiff_t postcopy_wire_encode_recv_bitmap(uint8_t *buf,
+                                           size_t buf_len,
+                                           const uint64_t *bitmap,
+                                           size_t nbits);
+
+/**
+ * Decodes a received-bitmap block from the start of `buf` (`len` bytes) for a block of
+ * `nbits` pages into `bitmap` (nbits.div_ceil(64) words; bits past `nbits` in the last
+ * word are cleared). The size field must be exactly the one for `nbits`. Returns the
+ * block's length in bytes, -EBADMSG for malformed or truncated bytes or a bad end marker,
+ * -EINVAL for NULL pointers or a size that does not match `nbits`.
+ */
+ptrdiff_t postcopy_wire_decode_recv_bitmap(const uint8_t *buf,
+                                           size_t len,
+                                           uint64_t *bitmap,
+                                           size_t nbits);
+
+/**
+ * Source-side discard walk over one RAM block: `bitmap` holds `nbits` target pages that
+ * are dirty or unsent (bit i of word w = page 64 * w + i; bits past `nbits` are ignored
+ * and left alone). With `host_ratio` = host page size / target page size (a power of two),
+ * every host page with any page set is first made wholly set in `bitmap` (so the source
+ * re-sends it); then `callback(opaque, start, npages)` is called for every run of set
+ * pages, in ascending order, each starting and ending on a host-page boundary (the last may
+ * end at `nbits`). Returns 0; the callback's value if it returned nonzero (the walk stops
+ * there); -EINVAL for NULL pointers or a `host_ratio` that is not a power of two.
+ */
+int postcopy_discard_walk(uint64_t *bitmap,
+                          size_t nbits,
+                          size_t host_ratio,
+                          PostcopyDiscardWalkFn callback,
+                          void *opaque);
 
 #ifdef __cplusplus
 }  // extern "C"

@@ -179,7 +179,10 @@ impl BlockTable {
                 )));
             }
             if (b.host as u64).checked_add(b.length).is_none() {
-                return Err(Error::invalid(format!("RAM block {}: address range overflows", b.name)));
+                return Err(Error::invalid(format!(
+                    "RAM block {}: address range overflows",
+                    b.name
+                )));
             }
         }
         blocks.sort_by_key(|b| b.host);
@@ -194,9 +197,16 @@ impl BlockTable {
         let mut names: Vec<&str> = blocks.iter().map(|b| b.name.as_str()).collect();
         names.sort_unstable();
         if let Some(pair) = names.windows(2).find(|p| p[0] == p[1]) {
-            return Err(Error::invalid(format!("two RAM blocks are named {}", pair[0])));
+            return Err(Error::invalid(format!(
+                "two RAM blocks are named {}",
+                pair[0]
+            )));
         }
-        let largest_page = blocks.iter().map(|b| b.page_size).max().unwrap_or(host_page);
+        let largest_page = blocks
+            .iter()
+            .map(|b| b.page_size)
+            .max()
+            .unwrap_or(host_page);
         let page_size_summary = blocks.iter().fold(0, |acc, b| acc | b.page_size);
         let entries = blocks
             .into_iter()
@@ -215,7 +225,11 @@ impl BlockTable {
                 }
             })
             .collect();
-        Ok(BlockTable { entries, largest_page, page_size_summary })
+        Ok(BlockTable {
+            entries,
+            largest_page,
+            page_size_summary,
+        })
     }
 
     /// The blocks, sorted by host address.
@@ -272,7 +286,8 @@ mod tests {
 
     #[test]
     fn lookup_finds_containing_block_only() {
-        let t = BlockTable::new(vec![anon("b", 0x20000, 0x2000), anon("a", 0x10000, 0x1000)]).unwrap();
+        let t =
+            BlockTable::new(vec![anon("b", 0x20000, 0x2000), anon("a", 0x10000, 0x1000)]).unwrap();
         assert_eq!(t.find(0x10000).unwrap().block.name, "a");
         assert_eq!(t.find(0x10fff).unwrap().block.name, "a");
         assert!(t.find(0x11000).is_none());
@@ -286,8 +301,12 @@ mod tests {
         assert!(BlockTable::new(vec![anon("a", 0x10000, 0x1800)]).is_err());
         assert!(BlockTable::new(vec![anon("a", 0x10800, 0x1000)]).is_err());
         assert!(BlockTable::new(vec![anon("", 0x10000, 0x1000)]).is_err());
-        assert!(BlockTable::new(vec![anon("a", 0x10000, 0x2000), anon("b", 0x11000, 0x1000)]).is_err());
-        assert!(BlockTable::new(vec![anon("a", 0x10000, 0x1000), anon("a", 0x20000, 0x1000)]).is_err());
+        assert!(
+            BlockTable::new(vec![anon("a", 0x10000, 0x2000), anon("b", 0x11000, 0x1000)]).is_err()
+        );
+        assert!(
+            BlockTable::new(vec![anon("a", 0x10000, 0x1000), anon("a", 0x20000, 0x1000)]).is_err()
+        );
         assert!(BlockTable::new(vec![anon(&"x".repeat(256), 0x10000, 0x1000)]).is_err());
     }
 }

@@ -20,7 +20,10 @@ pub fn drop_range(block: &RamBlock, start: u64, length: u64) -> Result<()> {
         if unsafe { libc::madvise(addr as *mut libc::c_void, len, advice) } != 0 {
             return Err(Error::os(
                 &io::Error::last_os_error(),
-                format_args!("discard {} [{start:#x}, +{length:#x}): madvise({what})", block.name),
+                format_args!(
+                    "discard {} [{start:#x}, +{length:#x}): madvise({what})",
+                    block.name
+                ),
             ));
         }
         Ok(())
@@ -42,7 +45,10 @@ pub fn drop_range(block: &RamBlock, start: u64, length: u64) -> Result<()> {
             if rc != 0 {
                 return Err(Error::os(
                     &io::Error::last_os_error(),
-                    format_args!("discard {} [{start:#x}, +{length:#x}): fallocate(PUNCH_HOLE) on fd {fd}", block.name),
+                    format_args!(
+                        "discard {} [{start:#x}, +{length:#x}): fallocate(PUNCH_HOLE) on fd {fd}",
+                        block.name
+                    ),
                 ));
             }
             if shared {

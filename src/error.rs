@@ -12,7 +12,10 @@ pub struct Error {
 impl Error {
     /// An error with positive `errno` and `message`.
     pub fn new(errno: i32, message: impl Into<String>) -> Error {
-        Error { errno, message: message.into() }
+        Error {
+            errno,
+            message: message.into(),
+        }
     }
 
     /// `EINVAL`: bad argument.
@@ -22,7 +25,10 @@ impl Error {
 
     /// An OS error, with `context` saying what was attempted.
     pub fn os(err: &std::io::Error, context: impl fmt::Display) -> Error {
-        Error::new(err.raw_os_error().unwrap_or(libc::EIO), format!("{context}: {err}"))
+        Error::new(
+            err.raw_os_error().unwrap_or(libc::EIO),
+            format!("{context}: {err}"),
+        )
     }
 
     /// The positive errno.

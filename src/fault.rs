@@ -53,14 +53,16 @@ pub(crate) struct FaultThread {
 impl FaultThread {
     pub(crate) fn spawn(shared: Arc<FaultShared>) -> std::io::Result<FaultThread> {
         let thread_shared = shared.clone();
-        let handle = std::thread::Builder::new().name("postcopy/fault".into()).spawn(move || {
-            if let Err(payload) = catch_unwind(AssertUnwindSafe(|| run(&thread_shared))) {
-                log::error!(
-                    "postcopy fault thread: internal panic, faults are no longer served: {}",
-                    crate::ffi::panic_text(&payload)
-                );
-            }
-        })?;
+        let handle = std::thread::Builder::new()
+            .name("postcopy/fault".into())
+            .spawn(move || {
+                if let Err(payload) = catch_unwind(AssertUnwindSafe(|| run(&thread_shared))) {
+                    log::error!(
+                        "postcopy fault thread: internal panic, faults are no longer served: {}",
+                        crate::ffi::panic_text(&payload)
+                    );
+                }
+            })?;
         Ok(FaultThread { shared, handle })
     }
 
@@ -73,7 +75,8 @@ impl FaultThread {
         self.shared.quit.store(true, Ordering::Release);
         let one: u64 = 1;
         // SAFETY: writes 8 bytes from a live u64 to the eventfd the thread polls.
-        let n = unsafe { libc::write(self.shared.wake.as_raw_fd(), (&one as *const u64).cast(), 8) };
+        let n =
+            unsafe { libc::write(self.shared.wake.as_raw_fd(), (&one as *const u64).cast(), 8) };
         if n != 8 {
             log::error!(
                 "postcopy cleanup: waking the fault thread failed: {}",
@@ -95,8 +98,16 @@ fn drain_eventfd(fd: &OwnedFd) {
 /// Blocks in poll until the uffd or the wake fd is readable. Returns false on a fatal error.
 fn wait_readable(shared: &FaultShared) -> bool {
     let mut fds = [
-        libc::pollfd { fd: shared.uffd.raw_fd(), events: libc::POLLIN, revents: 0 },
-        libc::pollfd { fd: shared.wake.as_fd().as_raw_fd(), events: libc::POLLIN, revents: 0 },
+        libc::pollfd {
+            fd: shared.uffd.raw_fd(),
+            events: libc::POLLIN,
+            revents: 0,
+        },
+        libc::pollfd {
+            fd: shared.wake.as_fd().as_raw_fd(),
+            events: libc::POLLIN,
+            revents: 0,
+        },
     ];
     loop {
         // SAFETY: `fds` is a live array of two pollfd structures.
@@ -162,14 +173,19 @@ fn handle_message(shared: &FaultShared, msg: &UffdMsg, last_block: &mut usize) {
     let c = &shared.counters;
     if msg.event != EVENT_PAGEFAULT {
         c.unexpected_events.fetch_add(1, Ordering::Relaxed);
-        log::warn!("postcopy fault thread: unexpected userfaultfd event {:#x}, ignored", msg.event);
+        log::warn!(
+            "postcopy fault thread: unexpected userfaultfd event {:#x}, ignored",
+            msg.event
+        );
         return;
     }
     c.faults.fetch_add(1, Ordering::Relaxed);
     let addr = msg.address as usize;
     let Some(index) = shared.table.index_of(addr) else {
         c.faults_outside.fetch_add(1, Ordering::Relaxed);
-        log::error!("postcopy fault thread: fault at {addr:#x} outside every RAM block; still serving");
+        log::error!(
+            "postcopy fault thread: fault at {addr:#x} outside every RAM block; still serving"
+        );
         return;
     };
     let entry = &shared.table.entries()[index];
@@ -189,10 +205,16 @@ fn handle_message(shared: &FaultShared, msg: &UffdMsg, last_block: &mut usize) {
         c.late_faults.fetch_add(1, Ordering::Relaxed);
         return;
     }
-    let name = if *last_block == index { None } else { Some(&entry.name) };
+    let name = if *last_block == index {
+        None
+    } else {
+        Some(&entry.name)
+    };
     let offset = page << entry.page_shift;
     let len = entry.block.page_size;
-    let result = catch_unwind(AssertUnwindSafe(|| shared.hooks.request_page(name, offset, len)));
+    let result = catch_unwind(AssertUnwindSafe(|| {
+        shared.hooks.request_page(name, offset, len)
+    }));
     match result {
         Ok(Ok(())) => {
             *last_block = index;

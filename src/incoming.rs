@@ -32,7 +32,12 @@ pub trait IncomingHooks: Send + Sync {
     /// the previous successful request). Runs on the fault thread; it may call
     /// [`Incoming::place_page`]. An `Err(errno)` is counted, logged, and the page is
     /// requested again when it next faults.
-    fn request_page(&self, block: Option<&BlockName>, offset: u64, length: u64) -> std::result::Result<(), i32>;
+    fn request_page(
+        &self,
+        block: Option<&BlockName>,
+        offset: u64,
+        length: u64,
+    ) -> std::result::Result<(), i32>;
 
     /// Drops `[start, start+length)` of `block`. `None` (the default) lets the library do
     /// it (see [`crate::discard::drop_range`]).
@@ -73,7 +78,11 @@ pub struct IncomingConfig {
 
 impl Default for IncomingConfig {
     fn default() -> Self {
-        IncomingConfig { target_page_size: 4096, enable_mlock: false, wait: WaitStrategy::Block }
+        IncomingConfig {
+            target_page_size: 4096,
+            enable_mlock: false,
+            wait: WaitStrategy::Block,
+        }
     }
 }
 
@@ -138,8 +147,13 @@ fn features_needed(table: &BlockTable) -> u64 {
     table.entries().iter().fold(0, |acc, e| {
         let b = &e.block;
         let huge = b.page_size != host;
-        let shmem = !huge && matches!(b.backing, Backing::File { .. } | Backing::Anonymous { shared: true });
-        acc | if huge { feature::MISSING_HUGETLBFS } else { 0 } | if shmem { feature::MISSING_SHMEM } else { 0 }
+        let shmem = !huge
+            && matches!(
+                b.backing,
+                Backing::File { .. } | Backing::Anonymous { shared: true }
+            );
+        acc | if huge { feature::MISSING_HUGETLBFS } else { 0 }
+            | if shmem { feature::MISSING_SHMEM } else { 0 }
     })
 }
 
@@ -171,7 +185,10 @@ pub fn check_host_support(blocks: Vec<RamBlock>, target_page_size: u64) -> Resul
     if missing != 0 {
         return Err(Error::new(
             libc::ENOTSUP,
-            format!("userfaultfd on this kernel lacks {}", feature_names(missing)),
+            format!(
+                "userfaultfd on this kernel lacks {}",
+                feature_names(missing)
+            ),
         ));
     }
     let uffd = Uffd::open(0).map_err(|m| Error::new(libc::ENOSYS, m))?;
@@ -185,7 +202,10 @@ pub fn check_host_support(blocks: Vec<RamBlock>, target_page_size: u64) -> Resul
     if ioctls & wanted != wanted {
         return Err(Error::new(
             libc::ENOTSUP,
-            format!("userfaultfd registration lacks ioctls {:#x} (WAKE/COPY/ZEROPAGE)", wanted & !ioctls),
+            format!(
+                "userfaultfd registration lacks ioctls {:#x} (WAKE/COPY/ZEROPAGE)",
+                wanted & !ioctls
+            ),
         ));
     }
     Ok(())
@@ -262,7 +282,10 @@ impl Incoming {
     pub fn init(&self, ram_pages: usize) -> Result<()> {
         let _control = self.control.lock();
         if self.table.read().is_some() {
-            return Err(Error::new(libc::EBUSY, "incoming_init called again before cleanup"));
+            return Err(Error::new(
+                libc::EBUSY,
+                "incoming_init called again before cleanup",
+            ));
         }
         let state = self.state();
         if !matches!(state, State::None | State::Advise | State::End) {
@@ -288,10 +311,9 @@ impl Incoming {
     }
 
     fn require_table(&self, what: &str) -> Result<Arc<BlockTable>> {
-        self.table
-            .read()
-            .clone()
-            .ok_or_else(|| Error::invalid(format!("{what} before incoming_init (or after cleanup)")))
+        self.table.read().clone().ok_or_else(|| {
+            Error::invalid(format!("{what} before incoming_init (or after cleanup)"))
+        })
     }
 
     /// Turns transparent huge pages off on the blocks so that discards really drop pages;
@@ -301,13 +323,19 @@ impl Incoming {
         let table = self.require_table("prepare_discard")?;
         let state = self.state();
         if !matches!(state, State::Advise | State::Discard) {
-            return Err(Error::invalid(format!("prepare_discard in state {state:?}")));
+            return Err(Error::invalid(format!(
+                "prepare_discard in state {state:?}"
+            )));
         }
         for entry in table.entries() {
             if entry.block.page_size == host_page_size() {
                 // SAFETY: only changes the THP advice of the hypervisor's own guest RAM.
                 let rc = unsafe {
-                    libc::madvise(entry.block.host as *mut libc::c_void, entry.block.length as usize, libc::MADV_NOHUGEPAGE)
+                    libc::madvise(
+                        entry.block.host as *mut libc::c_void,
+                        entry.block.length as usize,
+                        libc::MADV_NOHUGEPAGE,
+                    )
                 };
                 if rc != 0 {
                     log::debug!(
@@ -337,6 +365,58 @@ impl Incoming {
         self.discard_with_hook(&entry.block, start, length)
     }
 
+    /// Applies one QEMU `POSTCOPY_RAM_DISCARD` command (`bytes`: the whole command with its
+    /// `0x08` envelope, or just its payload): decodes it, checks the state (the first
+    /// discard in ADVISE calls [`Incoming::prepare_discard`]), the block name and every
+    /// range (aligned to the block's page size, inside the block), then drops the ranges.
+    /// A bad command is rejected whole, before any page is touched. Returns the number of
+    /// ranges dropped.
+    pub fn handle_discard_command(&self, bytes: &[u8]) -> Result<usize> {
+        let discard = if bytes.first() == Some(&crate::wire::QEMU_VM_COMMAND) {
+            match crate::wire::decode_command(bytes) {
+                Ok((crate::wire::CommandMsg::PostcopyRamDiscard(d), used))
+                    if used == bytes.len() =>
+                {
+                    d
+                }
+                Ok((other, _)) => {
+                    return Err(Error::invalid(format!(
+                        "discard command: got {:?} (or trailing bytes), not POSTCOPY_RAM_DISCARD",
+                        other.command()
+                    )))
+                }
+                Err(e) => return Err(Error::new(-e.to_errno(), format!("discard command: {e}"))),
+            }
+        } else {
+            crate::wire::decode_discard_payload(bytes)
+                .map_err(|e| Error::new(-e.to_errno(), format!("discard command: {e}")))?
+        };
+        let name = std::str::from_utf8(discard.name())
+            .map_err(|_| Error::invalid("discard command: block name is not UTF-8"))?;
+        let table = self.require_table("discard command")?;
+        let entry = table.by_name(name).ok_or_else(|| {
+            Error::invalid(format!("discard command: no RAM block named {name:?}"))
+        })?;
+        for range in discard.ranges() {
+            discard::check_range(&entry.block, range.start, range.length).map_err(|e| {
+                Error::new(e.errno(), format!("discard command rejected whole: {e}"))
+            })?;
+        }
+        match self.state() {
+            State::Advise => self.prepare_discard()?,
+            State::Discard => {}
+            other => {
+                return Err(Error::invalid(format!(
+                    "discard command in state {other:?}"
+                )))
+            }
+        }
+        for range in discard.ranges() {
+            self.discard_with_hook(&entry.block, range.start, range.length)?;
+        }
+        Ok(discard.range_count())
+    }
+
     fn set_mlock(&self, lock: bool) -> Result<()> {
         match self.hooks.mlock(lock) {
             Some(result) => result,
@@ -364,14 +444,18 @@ impl Incoming {
         if needed & !caps.features != 0 {
             return Err(Error::new(
                 libc::ENOTSUP,
-                format!("userfaultfd on this kernel lacks {}", feature_names(needed & !caps.features)),
+                format!(
+                    "userfaultfd on this kernel lacks {}",
+                    feature_names(needed & !caps.features)
+                ),
             ));
         }
         let uffd = Arc::new(
-            Uffd::open(needed | (caps.features & feature::THREAD_ID)).map_err(|m| Error::new(libc::ENOSYS, m))?,
+            Uffd::open(needed | (caps.features & feature::THREAD_ID))
+                .map_err(|m| Error::new(libc::ENOSYS, m))?,
         );
-        let zero_page =
-            AnonMapping::new(table.largest_page() as usize).map_err(|e| Error::os(&e, "mapping the zero page"))?;
+        let zero_page = AnonMapping::new(table.largest_page() as usize)
+            .map_err(|e| Error::os(&e, "mapping the zero page"))?;
         let mut registered: Vec<&BlockEntry> = Vec::new();
         let unregister_all = |registered: &[&BlockEntry]| {
             for e in registered {
@@ -384,7 +468,10 @@ impl Incoming {
                 Ok(ioctls) => ioctls,
                 Err(e) => {
                     unregister_all(&registered);
-                    return Err(Error::os(&e, format_args!("UFFDIO_REGISTER of RAM block {}", b.name)));
+                    return Err(Error::os(
+                        &e,
+                        format_args!("UFFDIO_REGISTER of RAM block {}", b.name),
+                    ));
                 }
             };
             registered.push(entry);
@@ -392,10 +479,15 @@ impl Incoming {
                 unregister_all(&registered);
                 return Err(Error::new(
                     libc::ENOTSUP,
-                    format!("RAM block {}: userfaultfd offers no UFFDIO_COPY there", b.name),
+                    format!(
+                        "RAM block {}: userfaultfd offers no UFFDIO_COPY there",
+                        b.name
+                    ),
                 ));
             }
-            entry.zeropage_ok.store(ioctls & ioctl_bit::ZEROPAGE != 0, Ordering::Release);
+            entry
+                .zeropage_ok
+                .store(ioctls & ioctl_bit::ZEROPAGE != 0, Ordering::Release);
             entry.received.clear_all();
             entry.requested.clear_all();
         }
@@ -441,25 +533,35 @@ impl Incoming {
     pub fn reset_request_block(&self) {
         if let Some(active) = self.active.read().as_ref() {
             if let Some(thread) = active.fault_thread.lock().as_ref() {
-                thread.shared().name_next_request.store(true, Ordering::Release);
+                thread
+                    .shared()
+                    .name_next_request
+                    .store(true, Ordering::Release);
             }
         }
     }
 
     fn active(&self, what: &str) -> Result<Arc<Active>> {
-        self.active
-            .read()
-            .clone()
-            .ok_or_else(|| Error::invalid(format!("{what} before enable_notify (or after cleanup)")))
+        self.active.read().clone().ok_or_else(|| {
+            Error::invalid(format!("{what} before enable_notify (or after cleanup)"))
+        })
     }
 
     /// Checks a placement of `len` bytes at `host` against the blocks: inside one block,
     /// aligned to its page size, a non-zero multiple of it; and exactly one page when
     /// `single` is set.
-    fn check_place<'a>(table: &'a BlockTable, what: &str, host: usize, len: u64, single: bool) -> Result<&'a BlockEntry> {
-        let entry = table
-            .find(host)
-            .ok_or_else(|| Error::invalid(format!("{what}: host address {host:#x} is outside every RAM block")))?;
+    fn check_place<'a>(
+        table: &'a BlockTable,
+        what: &str,
+        host: usize,
+        len: u64,
+        single: bool,
+    ) -> Result<&'a BlockEntry> {
+        let entry = table.find(host).ok_or_else(|| {
+            Error::invalid(format!(
+                "{what}: host address {host:#x} is outside every RAM block"
+            ))
+        })?;
         let b = &entry.block;
         if host as u64 % b.page_size != 0 {
             return Err(Error::invalid(format!(
@@ -474,7 +576,10 @@ impl Incoming {
             )));
         }
         if host + len as usize > entry.end() {
-            return Err(Error::invalid(format!("{what}: {len:#x} bytes at {host:#x} run past block {}", b.name)));
+            return Err(Error::invalid(format!(
+                "{what}: {len:#x} bytes at {host:#x} run past block {}",
+                b.name
+            )));
         }
         Ok(entry)
     }
@@ -492,7 +597,12 @@ impl Incoming {
     ///
     /// # Safety
     /// `from` must point to `pagesize` readable bytes.
-    pub unsafe fn place_page(&self, host: usize, from: *const u8, pagesize: u64) -> Result<Placement> {
+    pub unsafe fn place_page(
+        &self,
+        host: usize,
+        from: *const u8,
+        pagesize: u64,
+    ) -> Result<Placement> {
         let active = self.active("place_page")?;
         let entry = Self::check_place(&active.table, "place_page", host, pagesize, true)?;
         if from.is_null() {
@@ -501,7 +611,7 @@ impl Incoming {
         // SAFETY: the caller guarantees `from` readable for `pagesize` bytes; the destination
         // was checked to be one page inside a registered block.
         let result = unsafe { active.uffd.copy(host, from as usize, pagesize as usize) };
-        self.finish_place(&active, entry, host, pagesize, result, "place_page", false)
+        self.finish_place(entry, host, pagesize, result, "place_page", false)
     }
 
     /// Atomically places a zero page at `host`: UFFDIO_ZEROPAGE where the block's
@@ -510,10 +620,15 @@ impl Incoming {
         let active = self.active("place_page_zero")?;
         let entry = Self::check_place(&active.table, "place_page_zero", host, pagesize, true)?;
         let result = Self::zero_fill(&active, entry, host, pagesize);
-        self.finish_place(&active, entry, host, pagesize, result, "place_page_zero", true)
+        self.finish_place(entry, host, pagesize, result, "place_page_zero", true)
     }
 
-    fn zero_fill(active: &Active, entry: &BlockEntry, host: usize, len: u64) -> std::result::Result<(), PlaceError> {
+    fn zero_fill(
+        active: &Active,
+        entry: &BlockEntry,
+        host: usize,
+        len: u64,
+    ) -> std::result::Result<(), PlaceError> {
         if entry.zeropage_ok.load(Ordering::Acquire) {
             return active.uffd.zeropage(host, len as usize);
         }
@@ -522,7 +637,11 @@ impl Incoming {
         for page in (host..host + len as usize).step_by(step) {
             // SAFETY: the zero page mapping is at least the largest block page size long and
             // stays mapped while `active` is alive.
-            match unsafe { active.uffd.copy(page, active.zero_page.as_ptr() as usize, step) } {
+            match unsafe {
+                active
+                    .uffd
+                    .copy(page, active.zero_page.as_ptr() as usize, step)
+            } {
                 Ok(()) => {}
                 Err(PlaceError::AlreadyPresent) => outcome = Err(PlaceError::AlreadyPresent),
                 Err(e) => return Err(e),
@@ -533,7 +652,6 @@ impl Incoming {
 
     fn finish_place(
         &self,
-        active: &Active,
         entry: &BlockEntry,
         host: usize,
         len: u64,
@@ -541,18 +659,26 @@ impl Incoming {
         what: &str,
         zero: bool,
     ) -> Result<Placement> {
-        let _ = active;
         match result {
             Ok(()) => {
                 self.mark_received(entry, host, len);
-                let counter = if zero { &self.counters.zero_pages_placed } else { &self.counters.pages_placed };
+                let counter = if zero {
+                    &self.counters.zero_pages_placed
+                } else {
+                    &self.counters.pages_placed
+                };
                 counter.fetch_add(len >> entry.page_shift, Ordering::Relaxed);
                 Ok(Placement::Placed)
             }
             Err(PlaceError::AlreadyPresent) => {
                 self.mark_received(entry, host, len);
-                self.counters.already_present.fetch_add(1, Ordering::Relaxed);
-                log::debug!("{what}: page at {host:#x} in {} was already present", entry.block.name);
+                self.counters
+                    .already_present
+                    .fetch_add(1, Ordering::Relaxed);
+                log::debug!(
+                    "{what}: page at {host:#x} in {} was already present",
+                    entry.block.name
+                );
                 Ok(Placement::AlreadyPresent)
             }
             Err(PlaceError::Os(errno)) => Err(Error::new(
@@ -573,7 +699,12 @@ impl Incoming {
     ///
     /// # Safety
     /// `from` must point to `len` readable bytes.
-    pub unsafe fn place_pages(&self, host: usize, from: *const u8, len: u64) -> Result<RunPlacement> {
+    pub unsafe fn place_pages(
+        &self,
+        host: usize,
+        from: *const u8,
+        len: u64,
+    ) -> Result<RunPlacement> {
         let active = self.active("place_pages")?;
         let entry = Self::check_place(&active.table, "place_pages", host, len, false)?;
         if from.is_null() {
@@ -583,8 +714,13 @@ impl Incoming {
         match unsafe { active.uffd.copy(host, from as usize, len as usize) } {
             Ok(()) => {
                 self.mark_received(entry, host, len);
-                self.counters.pages_placed.fetch_add(len >> entry.page_shift, Ordering::Relaxed);
-                Ok(RunPlacement { placed: len >> entry.page_shift, already_present: 0 })
+                self.counters
+                    .pages_placed
+                    .fetch_add(len >> entry.page_shift, Ordering::Relaxed);
+                Ok(RunPlacement {
+                    placed: len >> entry.page_shift,
+                    already_present: 0,
+                })
             }
             Err(PlaceError::AlreadyPresent) => {
                 let step = entry.block.page_size;
@@ -592,15 +728,30 @@ impl Incoming {
                 for off in (0..len).step_by(step as usize) {
                     // SAFETY: each page is inside the checked run; `from + off` is inside the
                     // caller's readable source.
-                    let r = unsafe { active.uffd.copy(host + off as usize, from as usize + off as usize, step as usize) };
-                    match self.finish_place(&active, entry, host + off as usize, step, r, "place_pages", false)? {
+                    let r = unsafe {
+                        active.uffd.copy(
+                            host + off as usize,
+                            from as usize + off as usize,
+                            step as usize,
+                        )
+                    };
+                    match self.finish_place(
+                        entry,
+                        host + off as usize,
+                        step,
+                        r,
+                        "place_pages",
+                        false,
+                    )? {
                         Placement::Placed => run.placed += 1,
                         Placement::AlreadyPresent => run.already_present += 1,
                     }
                 }
                 Ok(run)
             }
-            Err(e) => self.finish_place(&active, entry, host, len, Err(e), "place_pages", false).map(|_| RunPlacement::default()),
+            Err(e) => self
+                .finish_place(entry, host, len, Err(e), "place_pages", false)
+                .map(|_| RunPlacement::default()),
         }
     }
 
@@ -612,8 +763,13 @@ impl Incoming {
         match Self::zero_fill(&active, entry, host, len) {
             Ok(()) => {
                 self.mark_received(entry, host, len);
-                self.counters.zero_pages_placed.fetch_add(len >> entry.page_shift, Ordering::Relaxed);
-                Ok(RunPlacement { placed: len >> entry.page_shift, already_present: 0 })
+                self.counters
+                    .zero_pages_placed
+                    .fetch_add(len >> entry.page_shift, Ordering::Relaxed);
+                Ok(RunPlacement {
+                    placed: len >> entry.page_shift,
+                    already_present: 0,
+                })
             }
             Err(PlaceError::AlreadyPresent) => {
                 let step = entry.block.page_size;
@@ -621,14 +777,16 @@ impl Incoming {
                 for off in (0..len).step_by(step as usize) {
                     let page = host + off as usize;
                     let r = Self::zero_fill(&active, entry, page, step);
-                    match self.finish_place(&active, entry, page, step, r, "place_pages_zero", true)? {
+                    match self.finish_place(entry, page, step, r, "place_pages_zero", true)? {
                         Placement::Placed => run.placed += 1,
                         Placement::AlreadyPresent => run.already_present += 1,
                     }
                 }
                 Ok(run)
             }
-            Err(e) => self.finish_place(&active, entry, host, len, Err(e), "place_pages_zero", true).map(|_| RunPlacement::default()),
+            Err(e) => self
+                .finish_place(entry, host, len, Err(e), "place_pages_zero", true)
+                .map(|_| RunPlacement::default()),
         }
     }
 
@@ -655,7 +813,9 @@ impl Incoming {
     pub fn cleanup(&self) -> Result<()> {
         let _control = self.control.lock();
         let Some(table) = self.table.read().clone() else {
-            return Err(Error::invalid("incoming_cleanup without incoming_init (or called twice)"));
+            return Err(Error::invalid(
+                "incoming_cleanup without incoming_init (or called twice)",
+            ));
         };
         let active = self.active.write().take();
         let mut failure: Option<Error> = None;
@@ -664,8 +824,14 @@ impl Incoming {
                 thread.stop();
             }
             for entry in table.entries() {
-                if let Err(e) = active.uffd.unregister(entry.block.host, entry.block.length as usize) {
-                    let err = Error::os(&e, format_args!("UFFDIO_UNREGISTER of RAM block {}", entry.block.name));
+                if let Err(e) = active
+                    .uffd
+                    .unregister(entry.block.host, entry.block.length as usize)
+                {
+                    let err = Error::os(
+                        &e,
+                        format_args!("UFFDIO_UNREGISTER of RAM block {}", entry.block.name),
+                    );
                     log::error!("incoming_cleanup: {err}");
                     failure.get_or_insert(err);
                 }

@@ -11,6 +11,7 @@ pub mod fault;
 pub mod incoming;
 pub mod logging;
 pub mod mapping;
+pub mod return_path;
 pub mod source;
 pub mod state;
 pub mod stats;
@@ -22,6 +23,8 @@ pub mod ffi;
 pub use block::{Backing, BlockName, RamBlock};
 pub use error::{Error, Result};
 pub use fault::WaitStrategy;
-pub use incoming::{check_host_support, Incoming, IncomingConfig, IncomingHooks, Placement, RunPlacement};
+pub use incoming::{
+    check_host_support, Incoming, IncomingConfig, IncomingHooks, Placement, RunPlacement,
+};
 pub use state::State;
 pub use stats::Stats;

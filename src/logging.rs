@@ -16,7 +16,8 @@ pub const LOG_ENV: &str = "POSTCOPY_LOG";
 
 /// A C log sink: `level` is 1 (error) to 5 (trace), `message` a NUL-terminated line without
 /// a trailing newline, valid only during the call.
-pub type LogCallback = unsafe extern "C" fn(opaque: *mut c_void, level: i32, message: *const c_char);
+pub type LogCallback =
+    unsafe extern "C" fn(opaque: *mut c_void, level: i32, message: *const c_char);
 
 #[derive(Clone, Copy)]
 struct CSink {
@@ -85,7 +86,11 @@ pub fn ensure_installed() {
 
 /// Routes log records to `callback` (or back to `env_logger` when `None`), with records more
 /// verbose than `max_level` dropped.
-pub fn set_c_callback(callback: Option<LogCallback>, opaque: *mut c_void, max_level: log::LevelFilter) {
+pub fn set_c_callback(
+    callback: Option<LogCallback>,
+    opaque: *mut c_void,
+    max_level: log::LevelFilter,
+) {
     ensure_installed();
     *C_SINK.write() = callback.map(|callback| CSink { callback, opaque });
     log::set_max_level(max_level);

@@ -33,7 +33,10 @@ impl AnonMapping {
         if addr == libc::MAP_FAILED {
             return Err(io::Error::last_os_error());
         }
-        Ok(AnonMapping { addr: addr.cast(), len })
+        Ok(AnonMapping {
+            addr: addr.cast(),
+            len,
+        })
     }
 
     /// Start address.

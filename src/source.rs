@@ -12,7 +12,12 @@ pub const MAX_DISCARDS_PER_COMMAND: usize = 12;
 pub trait SourceHooks: Send + Sync {
     /// Sends one discard command for block `name`: `starts[i]`, `lengths[i]` are byte
     /// offsets and lengths within the block (1 to [`MAX_DISCARDS_PER_COMMAND`] ranges).
-    fn send_discard(&self, name: &str, starts: &[u64], lengths: &[u64]) -> std::result::Result<(), i32>;
+    fn send_discard(
+        &self,
+        name: &str,
+        starts: &[u64],
+        lengths: &[u64],
+    ) -> std::result::Result<(), i32>;
 }
 
 /// The source of a postcopy migration (QEMU's `MigrationState`, postcopy RAM part).
@@ -42,7 +47,9 @@ impl Source {
     /// A source whose bitmaps count pages of `target_page_size` bytes (a power of two).
     pub fn new(hooks: Box<dyn SourceHooks>, target_page_size: u64) -> Result<Source> {
         if !target_page_size.is_power_of_two() {
-            return Err(Error::invalid(format!("target page size {target_page_size} is not a power of two")));
+            return Err(Error::invalid(format!(
+                "target page size {target_page_size} is not a power of two"
+            )));
         }
         Ok(Source {
             hooks,
@@ -63,7 +70,9 @@ impl Source {
     /// migration bitmap.
     pub fn discard_begin(&self, offset: u64, name: &str) -> Result<DiscardBatch> {
         if name.is_empty() || name.len() > 255 || name.contains('\0') {
-            return Err(Error::invalid(format!("discard_send_init: block name {name:?} must be 1 to 255 bytes")));
+            return Err(Error::invalid(format!(
+                "discard_send_init: block name {name:?} must be 1 to 255 bytes"
+            )));
         }
         Ok(DiscardBatch {
             name: name.to_owned(),
@@ -89,8 +98,9 @@ impl Source {
         let byte_start = (start - batch.offset)
             .checked_mul(1 << self.target_page_bits)
             .ok_or_else(|| Error::invalid("discard_send_range: start overflows"))?;
-        let byte_len =
-            length.checked_mul(1 << self.target_page_bits).ok_or_else(|| Error::invalid("discard_send_range: length overflows"))?;
+        let byte_len = length
+            .checked_mul(1 << self.target_page_bits)
+            .ok_or_else(|| Error::invalid("discard_send_range: length overflows"))?;
         batch.starts[batch.pending] = byte_start;
         batch.lengths[batch.pending] = byte_len;
         batch.pending += 1;
@@ -108,7 +118,10 @@ impl Source {
             return Ok(());
         }
         batch.commands += 1;
-        match self.hooks.send_discard(&batch.name, &batch.starts[..n], &batch.lengths[..n]) {
+        match self
+            .hooks
+            .send_discard(&batch.name, &batch.starts[..n], &batch.lengths[..n])
+        {
             Ok(()) => {
                 self.commands_sent.fetch_add(1, Ordering::Relaxed);
                 self.ranges_sent.fetch_add(n as u64, Ordering::Relaxed);
@@ -134,11 +147,22 @@ impl Source {
     /// earlier command of the batch could not be sent.
     pub fn discard_finish(&self, mut batch: DiscardBatch) -> Result<DiscardSummary> {
         self.flush(&mut batch)?;
-        log::debug!("discards for {}: {} ranges in {} commands", batch.name, batch.ranges, batch.commands);
+        log::debug!(
+            "discards for {}: {} ranges in {} commands",
+            batch.name,
+            batch.ranges,
+            batch.commands
+        );
         if batch.errno != 0 {
-            return Err(Error::new(batch.errno, format!("a discard command for {} was not sent", batch.name)));
+            return Err(Error::new(
+                batch.errno,
+                format!("a discard command for {} was not sent", batch.name),
+            ));
         }
-        Ok(DiscardSummary { ranges: batch.ranges, commands: batch.commands })
+        Ok(DiscardSummary {
+            ranges: batch.ranges,
+            commands: batch.commands,
+        })
     }
 
     /// Commands sent, ranges sent, send failures, last errno.
@@ -169,8 +193,16 @@ mod tests {
     type Sent = Arc<Mutex<Vec<(String, Vec<u64>, Vec<u64>)>>>;
     struct Recorder(Sent);
     impl SourceHooks for Recorder {
-        fn send_discard(&self, name: &str, starts: &[u64], lengths: &[u64]) -> std::result::Result<(), i32> {
-            self.0.lock().unwrap().push((name.into(), starts.into(), lengths.into()));
+        fn send_discard(
+            &self,
+            name: &str,
+            starts: &[u64],
+            lengths: &[u64],
+        ) -> std::result::Result<(), i32> {
+            self.0
+                .lock()
+                .unwrap()
+                .push((name.into(), starts.into(), lengths.into()));
             Ok(())
         }
     }
@@ -185,11 +217,19 @@ mod tests {
         }
         assert_eq!(sent.lock().unwrap().len(), 2);
         let summary = src.discard_finish(b).unwrap();
-        assert_eq!(summary, DiscardSummary { ranges: 25, commands: 3 });
+        assert_eq!(
+            summary,
+            DiscardSummary {
+                ranges: 25,
+                commands: 3
+            }
+        );
         let sent = sent.lock().unwrap();
         assert_eq!(sent[0].1.len(), 12);
         assert_eq!(sent[2].1, vec![48 * 4096]);
         assert_eq!(sent[0].1[1], 2 * 4096);
-        assert!(sent.iter().all(|c| c.0 == "pc.ram" && c.2.iter().all(|&l| l == 4096)));
+        assert!(sent
+            .iter()
+            .all(|c| c.0 == "pc.ram" && c.2.iter().all(|&l| l == 4096)));
     }
 }

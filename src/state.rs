@@ -78,7 +78,12 @@ impl StateCell {
             if !from.can_go_to(next) {
                 return Err(from);
             }
-            match self.0.compare_exchange_weak(current, next as u32, Ordering::AcqRel, Ordering::Acquire) {
+            match self.0.compare_exchange_weak(
+                current,
+                next as u32,
+                Ordering::AcqRel,
+                Ordering::Acquire,
+            ) {
                 Ok(_) => return Ok(from),
                 Err(actual) => current = actual,
             }
@@ -92,8 +97,18 @@ mod tests {
 
     #[test]
     fn run_only_from_listening() {
-        for from in [State::None, State::Advise, State::Discard, State::Running, State::End] {
-            assert_eq!(from.can_go_to(State::Running), from == State::Running, "{from:?}");
+        for from in [
+            State::None,
+            State::Advise,
+            State::Discard,
+            State::Running,
+            State::End,
+        ] {
+            assert_eq!(
+                from.can_go_to(State::Running),
+                from == State::Running,
+                "{from:?}"
+            );
         }
         assert!(State::Listening.can_go_to(State::Running));
     }

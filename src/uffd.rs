@@ -190,13 +190,19 @@ pub struct Uffd {
 }
 
 fn last_errno() -> i32 {
-    io::Error::last_os_error().raw_os_error().unwrap_or(libc::EIO)
+    io::Error::last_os_error()
+        .raw_os_error()
+        .unwrap_or(libc::EIO)
 }
 
 /// Opens a raw (not yet handshaken) userfaultfd, non-blocking and close-on-exec.
 fn open_raw() -> Result<OwnedFd, OpenError> {
     let flags = libc::O_CLOEXEC | libc::O_NONBLOCK;
-    let dev = match OpenOptions::new().read(true).write(true).open("/dev/userfaultfd") {
+    let dev = match OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open("/dev/userfaultfd")
+    {
         Ok(dev) => {
             // SAFETY: USERFAULTFD_IOC_NEW takes its flags by value and returns a new fd or -1;
             // `dev` is a valid open fd for the duration of the call.
@@ -215,11 +221,18 @@ fn open_raw() -> Result<OwnedFd, OpenError> {
         // SAFETY: the syscall just returned this fd; nothing else owns it.
         return Ok(unsafe { OwnedFd::from_raw_fd(fd as RawFd) });
     }
-    Err(OpenError { dev, syscall: io::Error::last_os_error() })
+    Err(OpenError {
+        dev,
+        syscall: io::Error::last_os_error(),
+    })
 }
 
 fn api_handshake(fd: &OwnedFd, features: u64) -> io::Result<UffdioApi> {
-    let mut api = UffdioApi { api: UFFD_API, features, ioctls: 0 };
+    let mut api = UffdioApi {
+        api: UFFD_API,
+        features,
+        ioctls: 0,
+    };
     // SAFETY: UFFDIO_API reads and writes one `uffdio_api`, which `api` is, for the call.
     if unsafe { libc::ioctl(fd.as_raw_fd(), UFFDIO_API as _, &mut api) } != 0 {
         return Err(io::Error::last_os_error());
@@ -241,7 +254,10 @@ pub struct Capabilities {
 pub fn probe() -> Result<Capabilities, String> {
     let fd = open_raw().map_err(|e| e.to_string())?;
     let api = api_handshake(&fd, 0).map_err(|e| format!("UFFDIO_API handshake failed: {e}"))?;
-    Ok(Capabilities { features: api.features, ioctls: api.ioctls })
+    Ok(Capabilities {
+        features: api.features,
+        ioctls: api.ioctls,
+    })
 }
 
 impl Uffd {
@@ -257,7 +273,10 @@ impl Uffd {
                 needed & !api.ioctls
             ));
         }
-        Ok(Uffd { fd, features: api.features })
+        Ok(Uffd {
+            fd,
+            features: api.features,
+        })
     }
 
     /// Features granted by the handshake.
@@ -274,7 +293,10 @@ impl Uffd {
     /// kernel offers on that range.
     pub fn register_missing(&self, start: usize, len: usize) -> io::Result<u64> {
         let mut reg = UffdioRegister {
-            range: UffdioRange { start: start as u64, len: len as u64 },
+            range: UffdioRange {
+                start: start as u64,
+                len: len as u64,
+            },
             mode: REGISTER_MODE_MISSING,
             ioctls: 0,
         };
@@ -288,7 +310,10 @@ impl Uffd {
 
     /// Unregisters `[start, start+len)`; threads blocked there are woken.
     pub fn unregister(&self, start: usize, len: usize) -> io::Result<()> {
-        let range = UffdioRange { start: start as u64, len: len as u64 };
+        let range = UffdioRange {
+            start: start as u64,
+            len: len as u64,
+        };
         // SAFETY: UFFDIO_UNREGISTER reads one `uffdio_range`.
         if unsafe { libc::ioctl(self.raw_fd(), UFFDIO_UNREGISTER as _, &range) } != 0 {
             return Err(io::Error::last_os_error());
@@ -298,7 +323,10 @@ impl Uffd {
 
     /// Wakes threads blocked on faults in `[start, start+len)`.
     pub fn wake(&self, start: usize, len: usize) -> io::Result<()> {
-        let range = UffdioRange { start: start as u64, len: len as u64 };
+        let range = UffdioRange {
+            start: start as u64,
+            len: len as u64,
+        };
         // SAFETY: UFFDIO_WAKE reads one `uffdio_range`.
         if unsafe { libc::ioctl(self.raw_fd(), UFFDIO_WAKE as _, &range) } != 0 {
             return Err(io::Error::last_os_error());
@@ -359,7 +387,10 @@ impl Uffd {
         let mut retries = 0u32;
         while done < len {
             let mut arg = UffdioZeropage {
-                range: UffdioRange { start: (dst + done) as u64, len: (len - done) as u64 },
+                range: UffdioRange {
+                    start: (dst + done) as u64,
+                    len: (len - done) as u64,
+                },
                 mode: 0,
                 zeropage: 0,
             };

@@ -31,12 +31,21 @@ fn faulting_threads_read_exactly_the_served_pages() {
             let (aa, ba) = (a.addr, b.addr);
             thread::spawn(move || {
                 for i in 0..64usize {
-                    let (base, name, pages) = if (i + t) % 3 == 0 { (ba, "ram-b", 32) } else { (aa, "ram-a", 64) };
+                    let (base, name, pages) = if (i + t) % 3 == 0 {
+                        (ba, "ram-b", 32)
+                    } else {
+                        (aa, "ram-a", 64)
+                    };
                     let page = (i * 7 + t * 13) % pages;
                     let off = page * 4096;
                     // SAFETY: inside a live mapping; the fault is served by the library.
-                    let got = unsafe { std::slice::from_raw_parts((base + off) as *const u8, 4096) };
-                    assert_eq!(got, &expected_page(name, off as u64)[..], "{name} page {page}");
+                    let got =
+                        unsafe { std::slice::from_raw_parts((base + off) as *const u8, 4096) };
+                    assert_eq!(
+                        got,
+                        &expected_page(name, off as u64)[..],
+                        "{name} page {page}"
+                    );
                 }
             })
         })
@@ -49,8 +58,12 @@ fn faulting_threads_read_exactly_the_served_pages() {
     assert_eq!(stats.requests as usize, requests.len());
     assert_eq!(stats.pages_placed, stats.requests, "{stats:?}");
     assert!(stats.requests > 0 && stats.requests <= 96, "{stats:?}");
-    assert_eq!(stats.faults, stats.requests + stats.duplicate_faults + stats.late_faults, "{stats:?}");
-    assert_eq!(requests[0].name.is_some(), true, "the first request names its block");
+    assert_eq!(
+        stats.faults,
+        stats.requests + stats.duplicate_faults + stats.late_faults,
+        "{stats:?}"
+    );
+    assert!(requests[0].name.is_some(), "the first request names its block");
     for r in &requests {
         assert_eq!(r.length, 4096);
         assert_eq!(r.offset % 4096, 0);
@@ -75,17 +88,35 @@ fn zero_pages_discards_and_eexist() {
     unsafe { std::ptr::write_bytes(mem.addr as *mut u8, 0xCD, mem.len) };
     incoming.prepare_discard().unwrap();
     assert_eq!(incoming.state(), State::Discard);
-    incoming.discard_range("pc.ram", 2 * 4096, 2 * 4096).unwrap();
-    assert!(incoming.discard_range("pc.ram", 100, 4096).is_err(), "misaligned");
-    assert!(incoming.discard_range("pc.ram", 15 * 4096, 2 * 4096).is_err(), "past the end");
-    assert!(incoming.discard_range("nope", 0, 4096).is_err(), "unknown block");
+    incoming
+        .discard_range("pc.ram", 2 * 4096, 2 * 4096)
+        .unwrap();
+    assert!(
+        incoming.discard_range("pc.ram", 100, 4096).is_err(),
+        "misaligned"
+    );
+    assert!(
+        incoming
+            .discard_range("pc.ram", 15 * 4096, 2 * 4096)
+            .is_err(),
+        "past the end"
+    );
+    assert!(
+        incoming.discard_range("nope", 0, 4096).is_err(),
+        "unknown block"
+    );
     assert_eq!(mem.read_u64(2 * 4096), 0);
     assert_eq!(mem.read_u64(3 * 4096), 0);
     assert_eq!(mem.read_u64(4 * 4096), 0xCDCD_CDCD_CDCD_CDCD);
     // Re-discard what the reads above populated, then go live.
-    incoming.discard_range("pc.ram", 2 * 4096, 2 * 4096).unwrap();
+    incoming
+        .discard_range("pc.ram", 2 * 4096, 2 * 4096)
+        .unwrap();
     incoming.enable_notify().unwrap();
-    assert_eq!(incoming.place_page_zero(mem.addr + 2 * 4096, 4096).unwrap(), Placement::Placed);
+    assert_eq!(
+        incoming.place_page_zero(mem.addr + 2 * 4096, 4096).unwrap(),
+        Placement::Placed
+    );
     assert_eq!(mem.read_u64(2 * 4096), 0);
     let data = vec![0x5Au8; 4096];
     // SAFETY: `data` is one page.
@@ -100,7 +131,14 @@ fn zero_pages_discards_and_eexist() {
     let present = unsafe { incoming.place_page(mem.addr + 4 * 4096, data.as_ptr(), 4096) }.unwrap();
     assert_eq!(present, Placement::AlreadyPresent);
     let stats = incoming.stats();
-    assert_eq!((stats.pages_placed, stats.zero_pages_placed, stats.already_present), (1, 1, 2));
+    assert_eq!(
+        (
+            stats.pages_placed,
+            stats.zero_pages_placed,
+            stats.already_present
+        ),
+        (1, 1, 2)
+    );
     incoming.cleanup().unwrap();
 }
 
@@ -114,23 +152,56 @@ fn misuse_is_an_error_not_a_crash() {
     // SAFETY: `page` is one page.
     let before_enable = unsafe { incoming.place_page(mem.addr, page.as_ptr(), 4096) };
     assert_eq!(before_enable.unwrap_err().errno(), libc::EINVAL);
-    assert_eq!(incoming.cleanup().unwrap_err().errno(), libc::EINVAL, "cleanup without init");
+    assert_eq!(
+        incoming.cleanup().unwrap_err().errno(),
+        libc::EINVAL,
+        "cleanup without init"
+    );
     assert!(incoming.enable_notify().is_err(), "enable before init");
     incoming.init(0).unwrap();
     assert_eq!(incoming.init(0).unwrap_err().errno(), libc::EBUSY);
     incoming.enable_notify().unwrap();
-    assert_eq!(incoming.enable_notify().unwrap_err().errno(), libc::EBUSY, "enable twice");
+    assert_eq!(
+        incoming.enable_notify().unwrap_err().errno(),
+        libc::EBUSY,
+        "enable twice"
+    );
     // SAFETY: `page` is one page in each call.
     unsafe {
-        assert!(incoming.place_page(mem.addr + 100, page.as_ptr(), 4096).is_err(), "misaligned");
-        assert!(incoming.place_page(mem.addr + 8 * 4096, page.as_ptr(), 4096).is_err(), "outside");
-        assert!(incoming.place_page(mem.addr, page.as_ptr(), 8192).is_err(), "wrong page size");
-        assert!(incoming.place_page(mem.addr, std::ptr::null(), 4096).is_err(), "NULL source");
+        assert!(
+            incoming
+                .place_page(mem.addr + 100, page.as_ptr(), 4096)
+                .is_err(),
+            "misaligned"
+        );
+        assert!(
+            incoming
+                .place_page(mem.addr + 8 * 4096, page.as_ptr(), 4096)
+                .is_err(),
+            "outside"
+        );
+        assert!(
+            incoming.place_page(mem.addr, page.as_ptr(), 8192).is_err(),
+            "wrong page size"
+        );
+        assert!(
+            incoming
+                .place_page(mem.addr, std::ptr::null(), 4096)
+                .is_err(),
+            "NULL source"
+        );
     }
-    assert!(incoming.set_state(State::Advise).is_err(), "LISTENING -> ADVISE refused");
+    assert!(
+        incoming.set_state(State::Advise).is_err(),
+        "LISTENING -> ADVISE refused"
+    );
     assert_eq!(incoming.state(), State::Listening);
     incoming.cleanup().unwrap();
-    assert_eq!(incoming.cleanup().unwrap_err().errno(), libc::EINVAL, "cleanup twice");
+    assert_eq!(
+        incoming.cleanup().unwrap_err().errno(),
+        libc::EINVAL,
+        "cleanup twice"
+    );
 }
 
 #[test]
@@ -151,7 +222,9 @@ fn request_failure_is_reported_and_cleanup_does_not_hang() {
     require_uffd!();
     let mem = GuestMem::anon(4 * 4096);
     let server = Server::new(vec![mem.block("ram")], true);
-    server.fail_requests.store(1, std::sync::atomic::Ordering::Relaxed);
+    server
+        .fail_requests
+        .store(1, std::sync::atomic::Ordering::Relaxed);
     let incoming = server.incoming(IncomingConfig::default());
     incoming.init(0).unwrap();
     incoming.enable_notify().unwrap();
@@ -162,7 +235,10 @@ fn request_failure_is_reported_and_cleanup_does_not_hang() {
     });
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
     while incoming.stats().request_errors == 0 {
-        assert!(std::time::Instant::now() < deadline, "the failed request was never reported");
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the failed request was never reported"
+        );
         thread::sleep(std::time::Duration::from_millis(1));
     }
     assert_eq!(incoming.stats().last_request_errno, libc::EPIPE);

@@ -66,7 +66,10 @@ pub(crate) fn guard<R: PanicValue>(name: &'static str, body: impl FnOnce() -> R)
     match catch_unwind(AssertUnwindSafe(body)) {
         Ok(value) => value,
         Err(payload) => {
-            log::error!("{name}: internal panic caught at the C boundary: {}", panic_message(&payload));
+            log::error!(
+                "{name}: internal panic caught at the C boundary: {}",
+                panic_message(&payload)
+            );
             R::on_panic()
         }
     }

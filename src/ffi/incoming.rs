@@ -12,6 +12,7 @@ use super::types::{PostcopyRamBlock, PostcopyRamBlockVisitor, PostcopyState, Pos
 use crate::block::{Backing, BlockName, RamBlock};
 use crate::error::{Error, Result};
 use crate::incoming::{check_host_support, Incoming, IncomingConfig, IncomingHooks, Placement};
+use crate::return_path;
 use crate::state::State;
 use crate::WaitStrategy;
 
@@ -32,22 +33,46 @@ pub struct PostcopyIncomingOps {
     /// first non-zero value `visit` returned, or a negative errno of its own. Called by
     /// `postcopy_ram_supported_by_host*` and `postcopy_ram_incoming_init` (which keeps a
     /// copy of the table until cleanup).
-    pub foreach_ram_block:
-        Option<unsafe extern "C" fn(opaque: *mut c_void, visit: PostcopyRamBlockVisitor, ctx: *mut c_void) -> c_int>,
-    /// Required. Asks the source for `length` bytes at `offset` of block `block_name`
+    pub foreach_ram_block: Option<
+        unsafe extern "C" fn(
+            opaque: *mut c_void,
+            visit: PostcopyRamBlockVisitor,
+            ctx: *mut c_void,
+        ) -> c_int,
+    >,
+    /// Asks the source for `length` bytes at `offset` of block `block_name`
     /// (NULL: the same block as the previous successful request; the source's REQ_PAGES
     /// without id). Returns 0, or a negative errno: the failure is counted and logged and
-    /// the page is requested again on its next fault. Runs on the fault thread.
-    pub request_page:
-        Option<unsafe extern "C" fn(opaque: *mut c_void, block_name: *const c_char, offset: u64, length: u64) -> c_int>,
+    /// the page is requested again on its next fault. Runs on the fault thread. Required
+    /// unless `write_return_path` is given.
+    pub request_page: Option<
+        unsafe extern "C" fn(
+            opaque: *mut c_void,
+            block_name: *const c_char,
+            offset: u64,
+            length: u64,
+        ) -> c_int,
+    >,
     /// Optional. Drops `[start, start + length)` (bytes) of `block`; returns 0 or a negative
     /// errno. NULL: the library drops the pages itself (MADV_DONTNEED for private anonymous
     /// memory, MADV_REMOVE for shared anonymous, fallocate(PUNCH_HOLE|KEEP_SIZE) on `fd`
     /// for fd-backed blocks, plus MADV_DONTNEED when mapped private).
-    pub discard_range:
-        Option<unsafe extern "C" fn(opaque: *mut c_void, block: *const PostcopyRamBlock, start: u64, length: u64) -> c_int>,
+    pub discard_range: Option<
+        unsafe extern "C" fn(
+            opaque: *mut c_void,
+            block: *const PostcopyRamBlock,
+            start: u64,
+            length: u64,
+        ) -> c_int,
+    >,
     /// Optional. The state changed from `old_state` to `new_state`.
-    pub state_changed: Option<unsafe extern "C" fn(opaque: *mut c_void, old_state: PostcopyState, new_state: PostcopyState)>,
+    pub state_changed: Option<
+        unsafe extern "C" fn(
+            opaque: *mut c_void,
+            old_state: PostcopyState,
+            new_state: PostcopyState,
+        ),
+    >,
     /// Optional. Postcopy ended (`postcopy_ram_incoming_cleanup`); `failed` tells whether
     /// something went wrong. QEMU sends the return-path SHUT message here.
     pub shut: Option<unsafe extern "C" fn(opaque: *mut c_void, failed: bool)>,
@@ -58,6 +83,13 @@ pub struct PostcopyIncomingOps {
     /// a negative errno. NULL: with `enable_mlock` the library calls munlockall() and
     /// mlockall(MCL_CURRENT|MCL_FUTURE); without, nothing.
     pub mlock: Option<unsafe extern "C" fn(opaque: *mut c_void, lock: bool) -> c_int>,
+    /// Optional. Writes `length` bytes (one whole QEMU return-path message) to the return
+    /// path; returns 0 or a negative errno. When given and `request_page` is NULL, the
+    /// library sends each page request itself as REQ_PAGES_ID (block named) or REQ_PAGES;
+    /// when given and `shut` is NULL, it sends SHUT at cleanup. Runs on the fault thread
+    /// (requests) and on the cleanup caller's thread (SHUT).
+    pub write_return_path:
+        Option<unsafe extern "C" fn(opaque: *mut c_void, bytes: *const u8, length: usize) -> c_int>,
     /// The guest's target page size in bytes (discard ranges count in it); 0 means 4096.
     pub target_page_size: usize,
     /// Whether guest memory is kept mlocked outside postcopy (see `mlock`).
@@ -125,7 +157,11 @@ fn rust_block(b: &PostcopyRamBlock) -> Result<RamBlock> {
         .map_err(|_| Error::invalid("a RAM block name is not UTF-8"))?
         .to_owned();
     let backing = if b.fd >= 0 {
-        Backing::File { fd: b.fd, offset: b.fd_offset, shared: b.shared }
+        Backing::File {
+            fd: b.fd,
+            offset: b.fd_offset,
+            shared: b.shared,
+        }
     } else {
         Backing::Anonymous { shared: b.shared }
     };
@@ -144,7 +180,9 @@ unsafe extern "C" fn collect_block(block: *const PostcopyRamBlock, ctx: *mut c_v
         // SAFETY: `ctx` is the Collector passed by `ram_blocks` below, alive for the call.
         let collector = unsafe { &mut *(ctx as *mut Collector) };
         if block.is_null() {
-            collector.error.get_or_insert(Error::invalid("foreach_ram_block passed a NULL block"));
+            collector
+                .error
+                .get_or_insert(Error::invalid("foreach_ram_block passed a NULL block"));
             return -libc::EINVAL;
         }
         // SAFETY: checked non-NULL; the contract makes it valid during the call.
@@ -163,26 +201,60 @@ unsafe extern "C" fn collect_block(block: *const PostcopyRamBlock, ctx: *mut c_v
     outcome.unwrap_or(-libc::EFAULT)
 }
 
+impl COps {
+    fn write_return_path(&self, bytes: &[u8]) -> std::result::Result<(), i32> {
+        let Some(write) = self.ops.write_return_path else {
+            return Err(libc::ENOSYS);
+        };
+        // SAFETY: the host's callback with `bytes.len()` initialised bytes.
+        match unsafe { write(self.opaque, bytes.as_ptr(), bytes.len()) } {
+            0 => Ok(()),
+            rc => Err(errno_of(rc)),
+        }
+    }
+}
+
 impl IncomingHooks for COps {
     fn ram_blocks(&self) -> Result<Vec<RamBlock>> {
         let Some(foreach) = self.ops.foreach_ram_block else {
-            return Err(Error::invalid("PostcopyIncomingOps.foreach_ram_block is NULL"));
+            return Err(Error::invalid(
+                "PostcopyIncomingOps.foreach_ram_block is NULL",
+            ));
         };
-        let mut collector = Collector { blocks: Vec::new(), error: None };
+        let mut collector = Collector {
+            blocks: Vec::new(),
+            error: None,
+        };
         // SAFETY: calling the host's iterator with our visitor and a context that outlives it.
-        let rc = unsafe { foreach(self.opaque, collect_block, (&mut collector as *mut Collector).cast()) };
+        let rc = unsafe {
+            foreach(
+                self.opaque,
+                collect_block,
+                (&mut collector as *mut Collector).cast(),
+            )
+        };
         if let Some(e) = collector.error {
             return Err(e);
         }
         if rc != 0 {
-            return Err(Error::new(errno_of(rc), format!("foreach_ram_block returned {rc}")));
+            return Err(Error::new(
+                errno_of(rc),
+                format!("foreach_ram_block returned {rc}"),
+            ));
         }
         Ok(collector.blocks)
     }
 
-    fn request_page(&self, block: Option<&BlockName>, offset: u64, length: u64) -> std::result::Result<(), i32> {
+    fn request_page(
+        &self,
+        block: Option<&BlockName>,
+        offset: u64,
+        length: u64,
+    ) -> std::result::Result<(), i32> {
         let Some(request) = self.ops.request_page else {
-            return Err(libc::ENOSYS);
+            let mut buf = [0u8; return_path::MAX_MESSAGE];
+            let len = return_path::encode_page_request(&mut buf, block, offset, length)?;
+            return self.write_return_path(&buf[..len]);
         };
         let name = block.map_or(std::ptr::null(), |b| b.as_c_str().as_ptr());
         // SAFETY: the host's callback, with a name string that lives as long as the table.
@@ -204,7 +276,10 @@ impl IncomingHooks for COps {
             0 => Some(Ok(())),
             rc => Some(Err(Error::new(
                 errno_of(rc),
-                format!("discard_range callback for {} [{start:#x}, +{length:#x}) returned {rc}", block.name),
+                format!(
+                    "discard_range callback for {} [{start:#x}, +{length:#x}) returned {rc}",
+                    block.name
+                ),
             ))),
         }
     }
@@ -220,6 +295,16 @@ impl IncomingHooks for COps {
         if let Some(cb) = self.ops.shut {
             // SAFETY: the host's callback.
             unsafe { cb(self.opaque, failed) };
+        } else if self.ops.write_return_path.is_some() {
+            let mut buf = [0u8; return_path::MAX_MESSAGE];
+            let sent = return_path::encode_shut(&mut buf, failed)
+                .and_then(|len| self.write_return_path(&buf[..len]));
+            if let Err(errno) = sent {
+                log::error!(
+                    "sending SHUT on the return path failed: {}",
+                    std::io::Error::from_raw_os_error(errno)
+                );
+            }
         }
     }
 
@@ -235,7 +320,10 @@ impl IncomingHooks for COps {
         // SAFETY: the host's callback.
         match unsafe { cb(self.opaque, lock) } {
             0 => Some(Ok(())),
-            rc => Some(Err(Error::new(errno_of(rc), format!("mlock callback ({lock}) returned {rc}")))),
+            rc => Some(Err(Error::new(
+                errno_of(rc),
+                format!("mlock callback ({lock}) returned {rc}"),
+            ))),
         }
     }
 }
@@ -255,7 +343,10 @@ pub(crate) fn fail(what: &str, e: Error) -> c_int {
 }
 
 /// Resolves a handle, logging NULL.
-pub(crate) fn handle<'a>(what: &str, mis: *const MigrationIncomingState) -> Option<&'a MigrationIncomingState> {
+pub(crate) fn handle<'a>(
+    what: &str,
+    mis: *const MigrationIncomingState,
+) -> Option<&'a MigrationIncomingState> {
     if mis.is_null() {
         log::error!("{what}: MigrationIncomingState is NULL");
         return None;
@@ -267,7 +358,8 @@ pub(crate) fn handle<'a>(what: &str, mis: *const MigrationIncomingState) -> Opti
 
 /// Creates a destination with the callbacks in `ops` (copied) and `opaque` (passed to each
 /// callback). State starts at POSTCOPY_INCOMING_NONE. Returns NULL (and logs why) when
-/// `ops` is NULL or lacks `foreach_ram_block` or `request_page`, or the page size is bad.
+/// `ops` is NULL, lacks `foreach_ram_block`, has neither `request_page` nor
+/// `write_return_path`, or the target page size is not a power of two.
 /// The newest live destination is the one the handle-less functions
 /// (`postcopy_state_get`, `postcopy_state_set`, `postcopy_ram_supported_by_host`) act on.
 #[no_mangle]
@@ -282,11 +374,19 @@ pub extern "C" fn postcopy_incoming_state_new(
         }
         // SAFETY: non-NULL, points to a PostcopyIncomingOps per the header; copied here.
         let ops = unsafe { *ops };
-        if ops.foreach_ram_block.is_none() || ops.request_page.is_none() {
-            log::error!("postcopy_incoming_state_new: foreach_ram_block and request_page are required");
+        if ops.foreach_ram_block.is_none()
+            || (ops.request_page.is_none() && ops.write_return_path.is_none())
+        {
+            log::error!(
+                "postcopy_incoming_state_new: foreach_ram_block, and request_page or write_return_path, are required"
+            );
             return std::ptr::null_mut();
         }
-        let target_page_size = if ops.target_page_size == 0 { 4096 } else { ops.target_page_size as u64 };
+        let target_page_size = if ops.target_page_size == 0 {
+            4096
+        } else {
+            ops.target_page_size as u64
+        };
         if !target_page_size.is_power_of_two() {
             log::error!("postcopy_incoming_state_new: target_page_size {target_page_size} is not a power of two");
             return std::ptr::null_mut();
@@ -348,7 +448,9 @@ pub extern "C" fn postcopy_ram_supported_by_host() -> bool {
 #[no_mangle]
 pub extern "C" fn postcopy_ram_supported_by_host_for(mis: *const MigrationIncomingState) -> bool {
     guard("postcopy_ram_supported_by_host_for", || {
-        let Some(mis) = handle("postcopy_ram_supported_by_host_for", mis) else { return false };
+        let Some(mis) = handle("postcopy_ram_supported_by_host_for", mis) else {
+            return false;
+        };
         match mis.incoming.supported_by_host() {
             Ok(()) => true,
             Err(e) => {
@@ -365,10 +467,17 @@ pub extern "C" fn postcopy_ram_supported_by_host_for(mis: *const MigrationIncomi
 /// RAM in target pages, is cross-checked when non-zero. Returns 0 or a negative errno:
 /// -EBUSY when already initialised, -EINVAL for bad blocks or state.
 #[no_mangle]
-pub extern "C" fn postcopy_ram_incoming_init(mis: *mut MigrationIncomingState, ram_pages: usize) -> c_int {
+pub extern "C" fn postcopy_ram_incoming_init(
+    mis: *mut MigrationIncomingState,
+    ram_pages: usize,
+) -> c_int {
     guard("postcopy_ram_incoming_init", || {
-        let Some(mis) = handle("postcopy_ram_incoming_init", mis) else { return -libc::EINVAL };
-        mis.incoming.init(ram_pages).map_or_else(|e| fail("postcopy_ram_incoming_init", e), |()| 0)
+        let Some(mis) = handle("postcopy_ram_incoming_init", mis) else {
+            return -libc::EINVAL;
+        };
+        mis.incoming
+            .init(ram_pages)
+            .map_or_else(|e| fail("postcopy_ram_incoming_init", e), |()| 0)
     })
 }
 
@@ -380,8 +489,12 @@ pub extern "C" fn postcopy_ram_incoming_init(mis: *mut MigrationIncomingState, r
 #[no_mangle]
 pub extern "C" fn postcopy_ram_incoming_cleanup(mis: *mut MigrationIncomingState) -> c_int {
     guard("postcopy_ram_incoming_cleanup", || {
-        let Some(mis) = handle("postcopy_ram_incoming_cleanup", mis) else { return -libc::EINVAL };
-        mis.incoming.cleanup().map_or_else(|e| fail("postcopy_ram_incoming_cleanup", e), |()| 0)
+        let Some(mis) = handle("postcopy_ram_incoming_cleanup", mis) else {
+            return -libc::EINVAL;
+        };
+        mis.incoming
+            .cleanup()
+            .map_or_else(|e| fail("postcopy_ram_incoming_cleanup", e), |()| 0)
     })
 }
 
@@ -390,8 +503,12 @@ pub extern "C" fn postcopy_ram_incoming_cleanup(mis: *mut MigrationIncomingState
 #[no_mangle]
 pub extern "C" fn postcopy_ram_prepare_discard(mis: *mut MigrationIncomingState) -> c_int {
     guard("postcopy_ram_prepare_discard", || {
-        let Some(mis) = handle("postcopy_ram_prepare_discard", mis) else { return -libc::EINVAL };
-        mis.incoming.prepare_discard().map_or_else(|e| fail("postcopy_ram_prepare_discard", e), |()| 0)
+        let Some(mis) = handle("postcopy_ram_prepare_discard", mis) else {
+            return -libc::EINVAL;
+        };
+        mis.incoming
+            .prepare_discard()
+            .map_or_else(|e| fail("postcopy_ram_prepare_discard", e), |()| 0)
     })
 }
 
@@ -407,17 +524,55 @@ pub extern "C" fn postcopy_ram_discard_range(
     length: u64,
 ) -> c_int {
     guard("postcopy_ram_discard_range", || {
-        let Some(mis) = handle("postcopy_ram_discard_range", mis) else { return -libc::EINVAL };
+        let Some(mis) = handle("postcopy_ram_discard_range", mis) else {
+            return -libc::EINVAL;
+        };
         if block_name.is_null() {
-            return fail("postcopy_ram_discard_range", Error::invalid("block name is NULL"));
+            return fail(
+                "postcopy_ram_discard_range",
+                Error::invalid("block name is NULL"),
+            );
         }
         // SAFETY: non-NULL NUL-terminated string per the header.
         let Ok(name) = unsafe { CStr::from_ptr(block_name) }.to_str() else {
-            return fail("postcopy_ram_discard_range", Error::invalid("block name is not UTF-8"));
+            return fail(
+                "postcopy_ram_discard_range",
+                Error::invalid("block name is not UTF-8"),
+            );
         };
         mis.incoming
             .discard_range(name, start, length)
             .map_or_else(|e| fail("postcopy_ram_discard_range", e), |()| 0)
+    })
+}
+
+/// Applies one QEMU POSTCOPY_RAM_DISCARD command: `bytes` is the whole command (with its
+/// 0x08 envelope) or just its payload, `length` bytes long. Checks the state (the first
+/// discard in ADVISE does `postcopy_ram_prepare_discard`), the block name, and every range
+/// (aligned to the block page size and inside the block) before dropping any page: a bad
+/// command is rejected whole. Returns the number of ranges dropped, or a negative errno.
+#[no_mangle]
+pub extern "C" fn postcopy_ram_handle_discard_command(
+    mis: *mut MigrationIncomingState,
+    bytes: *const u8,
+    length: usize,
+) -> c_int {
+    guard("postcopy_ram_handle_discard_command", || {
+        let Some(mis) = handle("postcopy_ram_handle_discard_command", mis) else {
+            return -libc::EINVAL;
+        };
+        if bytes.is_null() {
+            return fail(
+                "postcopy_ram_handle_discard_command",
+                Error::invalid("bytes is NULL"),
+            );
+        }
+        // SAFETY: non-NULL, `length` readable bytes per the header.
+        let bytes = unsafe { std::slice::from_raw_parts(bytes, length) };
+        match mis.incoming.handle_discard_command(bytes) {
+            Ok(n) => n.min(c_int::MAX as usize) as c_int,
+            Err(e) => fail("postcopy_ram_handle_discard_command", e),
+        }
     })
 }
 
@@ -428,8 +583,12 @@ pub extern "C" fn postcopy_ram_discard_range(
 #[no_mangle]
 pub extern "C" fn postcopy_ram_enable_notify(mis: *mut MigrationIncomingState) -> c_int {
     guard("postcopy_ram_enable_notify", || {
-        let Some(mis) = handle("postcopy_ram_enable_notify", mis) else { return -libc::EINVAL };
-        mis.incoming.enable_notify().map_or_else(|e| fail("postcopy_ram_enable_notify", e), |()| 0)
+        let Some(mis) = handle("postcopy_ram_enable_notify", mis) else {
+            return -libc::EINVAL;
+        };
+        mis.incoming
+            .enable_notify()
+            .map_or_else(|e| fail("postcopy_ram_enable_notify", e), |()| 0)
     })
 }
 
@@ -455,9 +614,14 @@ pub extern "C" fn postcopy_place_page(
     pagesize: usize,
 ) -> c_int {
     guard("postcopy_place_page", || {
-        let Some(mis) = handle("postcopy_place_page", mis) else { return -libc::EINVAL };
+        let Some(mis) = handle("postcopy_place_page", mis) else {
+            return -libc::EINVAL;
+        };
         // SAFETY: the header requires `from` to hold `pagesize` readable bytes.
-        let result = unsafe { mis.incoming.place_page(host as usize, from as *const u8, pagesize as u64) };
+        let result = unsafe {
+            mis.incoming
+                .place_page(host as usize, from as *const u8, pagesize as u64)
+        };
         placement_code("postcopy_place_page", result)
     })
 }
@@ -465,10 +629,19 @@ pub extern "C" fn postcopy_place_page(
 /// Atomically places a zero page at `host`, as `postcopy_place_page`: with UFFDIO_ZEROPAGE
 /// where the block's registration offers it, else by copying a zero page (hugetlbfs).
 #[no_mangle]
-pub extern "C" fn postcopy_place_page_zero(mis: *mut MigrationIncomingState, host: *mut c_void, pagesize: usize) -> c_int {
+pub extern "C" fn postcopy_place_page_zero(
+    mis: *mut MigrationIncomingState,
+    host: *mut c_void,
+    pagesize: usize,
+) -> c_int {
     guard("postcopy_place_page_zero", || {
-        let Some(mis) = handle("postcopy_place_page_zero", mis) else { return -libc::EINVAL };
-        placement_code("postcopy_place_page_zero", mis.incoming.place_page_zero(host as usize, pagesize as u64))
+        let Some(mis) = handle("postcopy_place_page_zero", mis) else {
+            return -libc::EINVAL;
+        };
+        placement_code(
+            "postcopy_place_page_zero",
+            mis.incoming.place_page_zero(host as usize, pagesize as u64),
+        )
     })
 }
 
@@ -484,9 +657,14 @@ pub extern "C" fn postcopy_place_pages(
     length: usize,
 ) -> isize {
     guard("postcopy_place_pages", || {
-        let Some(mis) = handle("postcopy_place_pages", mis) else { return -(libc::EINVAL as isize) };
+        let Some(mis) = handle("postcopy_place_pages", mis) else {
+            return -(libc::EINVAL as isize);
+        };
         // SAFETY: the header requires `from` to hold `length` readable bytes.
-        match unsafe { mis.incoming.place_pages(host as usize, from as *const u8, length as u64) } {
+        match unsafe {
+            mis.incoming
+                .place_pages(host as usize, from as *const u8, length as u64)
+        } {
             Ok(run) => run.placed as isize,
             Err(e) => fail("postcopy_place_pages", e) as isize,
         }
@@ -496,9 +674,15 @@ pub extern "C" fn postcopy_place_pages(
 /// Places `length` bytes of zero pages (one block) in one call: the batched form of
 /// `postcopy_place_page_zero`. Returns the number of pages placed (>= 0), or a negative errno.
 #[no_mangle]
-pub extern "C" fn postcopy_place_pages_zero(mis: *mut MigrationIncomingState, host: *mut c_void, length: usize) -> isize {
+pub extern "C" fn postcopy_place_pages_zero(
+    mis: *mut MigrationIncomingState,
+    host: *mut c_void,
+    length: usize,
+) -> isize {
     guard("postcopy_place_pages_zero", || {
-        let Some(mis) = handle("postcopy_place_pages_zero", mis) else { return -(libc::EINVAL as isize) };
+        let Some(mis) = handle("postcopy_place_pages_zero", mis) else {
+            return -(libc::EINVAL as isize);
+        };
         match mis.incoming.place_pages_zero(host as usize, length as u64) {
             Ok(run) => run.placed as isize,
             Err(e) => fail("postcopy_place_pages_zero", e) as isize,
@@ -512,7 +696,9 @@ pub extern "C" fn postcopy_place_pages_zero(mis: *mut MigrationIncomingState, ho
 #[no_mangle]
 pub extern "C" fn postcopy_get_tmp_page(mis: *mut MigrationIncomingState) -> *mut c_void {
     guard("postcopy_get_tmp_page", || {
-        let Some(mis) = handle("postcopy_get_tmp_page", mis) else { return std::ptr::null_mut() };
+        let Some(mis) = handle("postcopy_get_tmp_page", mis) else {
+            return std::ptr::null_mut();
+        };
         match mis.incoming.tmp_page() {
             Ok(p) => p.cast(),
             Err(e) => {
@@ -535,9 +721,14 @@ pub extern "C" fn postcopy_incoming_reset_request_block(mis: *mut MigrationIncom
 
 /// Copies the counters of `mis` into `*out`. Returns 0 or -EINVAL for NULL arguments.
 #[no_mangle]
-pub extern "C" fn postcopy_incoming_get_stats(mis: *const MigrationIncomingState, out: *mut PostcopyStats) -> c_int {
+pub extern "C" fn postcopy_incoming_get_stats(
+    mis: *const MigrationIncomingState,
+    out: *mut PostcopyStats,
+) -> c_int {
     guard("postcopy_incoming_get_stats", || {
-        let Some(mis) = handle("postcopy_incoming_get_stats", mis) else { return -libc::EINVAL };
+        let Some(mis) = handle("postcopy_incoming_get_stats", mis) else {
+            return -libc::EINVAL;
+        };
         if out.is_null() {
             return fail("postcopy_incoming_get_stats", Error::invalid("out is NULL"));
         }

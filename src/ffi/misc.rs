@@ -7,7 +7,8 @@ use crate::logging;
 
 /// A log sink: `level` 1 (error) to 5 (trace); `message` is a NUL-terminated line without
 /// newline, valid during the call only.
-pub type PostcopyLogCallback = Option<unsafe extern "C" fn(opaque: *mut c_void, level: c_int, message: *const c_char)>;
+pub type PostcopyLogCallback =
+    Option<unsafe extern "C" fn(opaque: *mut c_void, level: c_int, message: *const c_char)>;
 
 /// Routes the library's log lines to `callback(opaque, level, message)` (level 1 = error,
 /// 2 = warn, 3 = info, 4 = debug, 5 = trace; `message` valid during the call only), keeping
@@ -15,7 +16,11 @@ pub type PostcopyLogCallback = Option<unsafe extern "C" fn(opaque: *mut c_void, 
 /// including the fault thread, and must not call back into the library. NULL restores the
 /// default: stderr through env_logger, configured by the POSTCOPY_LOG environment variable.
 #[no_mangle]
-pub extern "C" fn postcopy_set_log_callback(callback: PostcopyLogCallback, opaque: *mut c_void, max_level: c_int) {
+pub extern "C" fn postcopy_set_log_callback(
+    callback: PostcopyLogCallback,
+    opaque: *mut c_void,
+    max_level: c_int,
+) {
     guard("postcopy_set_log_callback", || {
         let level = match max_level {
             i32::MIN..=0 => log::LevelFilter::Off,
@@ -32,7 +37,9 @@ pub extern "C" fn postcopy_set_log_callback(callback: PostcopyLogCallback, opaqu
 /// The library version as a static string, e.g. "0.1.0".
 #[no_mangle]
 pub extern "C" fn postcopy_ram_version() -> *const c_char {
-    guard("postcopy_ram_version", || concat!(env!("CARGO_PKG_VERSION"), "\0").as_ptr().cast())
+    guard("postcopy_ram_version", || {
+        concat!(env!("CARGO_PKG_VERSION"), "\0").as_ptr().cast()
+    })
 }
 
 /// The library version as (major << 16) | (minor << 8) | patch.

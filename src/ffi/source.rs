@@ -1,5 +1,8 @@
 //! C exports of the source side: discard commands.
 
+// `unsigned long` is u64 here but u32 on 32-bit targets: the u64::from conversions stay.
+#![allow(clippy::useless_conversion)]
+
 use std::ffi::{c_char, c_int, c_ulong, c_void, CStr};
 
 use super::guard::guard;
@@ -25,7 +28,8 @@ pub struct PostcopySourceOps {
     /// Used when `send_discard` is NULL: writes `length` bytes of one complete QEMU
     /// POSTCOPY_RAM_DISCARD command (envelope included) to the migration stream. Returns 0
     /// or a negative errno.
-    pub write_command: Option<unsafe extern "C" fn(opaque: *mut c_void, bytes: *const u8, length: usize) -> c_int>,
+    pub write_command:
+        Option<unsafe extern "C" fn(opaque: *mut c_void, bytes: *const u8, length: usize) -> c_int>,
     /// Target page size in bytes (bitmap bits count in it); 0 means 4096.
     pub target_page_size: usize,
 }
@@ -61,18 +65,32 @@ fn errno_of(rc: c_int) -> i32 {
 }
 
 impl SourceHooks for COps {
-    fn send_discard(&self, name: &str, starts: &[u64], lengths: &[u64]) -> std::result::Result<(), i32> {
+    fn send_discard(
+        &self,
+        name: &str,
+        starts: &[u64],
+        lengths: &[u64],
+    ) -> std::result::Result<(), i32> {
         if let Some(send) = self.ops.send_discard {
             let name = std::ffi::CString::new(name).map_err(|_| libc::EINVAL)?;
             // SAFETY: the host's callback with arrays of `starts.len()` (<= 12) entries.
-            let rc = unsafe { send(self.opaque, name.as_ptr(), starts.len() as u16, starts.as_ptr(), lengths.as_ptr()) };
+            let rc = unsafe {
+                send(
+                    self.opaque,
+                    name.as_ptr(),
+                    starts.len() as u16,
+                    starts.as_ptr(),
+                    lengths.as_ptr(),
+                )
+            };
             return if rc == 0 { Ok(()) } else { Err(errno_of(rc)) };
         }
         let Some(write) = self.ops.write_command else {
             return Err(libc::ENOSYS);
         };
         let mut buf = [0u8; 512];
-        let len = crate::wire::encode_discard_pairs(&mut buf, name.as_bytes(), starts, lengths).map_err(|e| -e.to_errno())?;
+        let len = crate::wire::encode_discard_pairs(&mut buf, name.as_bytes(), starts, lengths)
+            .map_err(|e| -e.to_errno())?;
         // SAFETY: the host's callback with `len` initialised bytes.
         let rc = unsafe { write(self.opaque, buf.as_ptr(), len) };
         if rc == 0 {
@@ -95,7 +113,10 @@ fn source<'a>(what: &str, ms: *const MigrationState) -> Option<&'a Source> {
 /// Creates a source with `ops` (copied) and `opaque`. NULL (logged) when `ops` is NULL,
 /// has neither `send_discard` nor `write_command`, or the page size is not a power of two.
 #[no_mangle]
-pub extern "C" fn postcopy_migration_state_new(ops: *const PostcopySourceOps, opaque: *mut c_void) -> *mut MigrationState {
+pub extern "C" fn postcopy_migration_state_new(
+    ops: *const PostcopySourceOps,
+    opaque: *mut c_void,
+) -> *mut MigrationState {
     guard("postcopy_migration_state_new", || {
         if ops.is_null() {
             log::error!("postcopy_migration_state_new: ops is NULL");
@@ -107,7 +128,11 @@ pub extern "C" fn postcopy_migration_state_new(ops: *const PostcopySourceOps, op
             log::error!("postcopy_migration_state_new: send_discard or write_command is required");
             return std::ptr::null_mut();
         }
-        let page = if ops.target_page_size == 0 { 4096 } else { ops.target_page_size as u64 };
+        let page = if ops.target_page_size == 0 {
+            4096
+        } else {
+            ops.target_page_size as u64
+        };
         match Source::new(Box::new(COps { ops, opaque }), page) {
             Ok(source) => Box::into_raw(Box::new(MigrationState { source })),
             Err(e) => {
@@ -139,7 +164,9 @@ pub extern "C" fn postcopy_discard_send_init(
     name: *const c_char,
 ) -> *mut PostcopyDiscardState {
     guard("postcopy_discard_send_init", || {
-        let Some(src) = source("postcopy_discard_send_init", ms) else { return std::ptr::null_mut() };
+        let Some(src) = source("postcopy_discard_send_init", ms) else {
+            return std::ptr::null_mut();
+        };
         if name.is_null() {
             log::error!("postcopy_discard_send_init: name is NULL");
             return std::ptr::null_mut();
@@ -149,7 +176,7 @@ pub extern "C" fn postcopy_discard_send_init(
             log::error!("postcopy_discard_send_init: name is not UTF-8");
             return std::ptr::null_mut();
         };
-        match src.discard_begin(offset as u64, name) {
+        match src.discard_begin(u64::from(offset), name) {
             Ok(batch) => Box::into_raw(Box::new(PostcopyDiscardState { batch })),
             Err(e) => {
                 log::error!("postcopy_discard_send_init: {e}");
@@ -171,14 +198,16 @@ pub extern "C" fn postcopy_discard_send_range(
     length: c_ulong,
 ) {
     guard("postcopy_discard_send_range", || {
-        let Some(src) = source("postcopy_discard_send_range", ms) else { return };
+        let Some(src) = source("postcopy_discard_send_range", ms) else {
+            return;
+        };
         if pds.is_null() {
             log::error!("postcopy_discard_send_range: PostcopyDiscardState is NULL");
             return;
         }
         // SAFETY: non-NULL batches come from postcopy_discard_send_init, valid until _finish.
         let pds = unsafe { &mut *pds };
-        if let Err(e) = src.discard_range(&mut pds.batch, start as u64, length as u64) {
+        if let Err(e) = src.discard_range(&mut pds.batch, u64::from(start), u64::from(length)) {
             log::error!("postcopy_discard_send_range: {e}");
         }
     })
@@ -187,7 +216,10 @@ pub extern "C" fn postcopy_discard_send_range(
 /// Sends the ranges still queued and frees `pds` (always, even on error; NULL is a no-op
 /// apart from a log line). Failures are logged.
 #[no_mangle]
-pub extern "C" fn postcopy_discard_send_finish(ms: *mut MigrationState, pds: *mut PostcopyDiscardState) {
+pub extern "C" fn postcopy_discard_send_finish(
+    ms: *mut MigrationState,
+    pds: *mut PostcopyDiscardState,
+) {
     guard("postcopy_discard_send_finish", || {
         if pds.is_null() {
             log::error!("postcopy_discard_send_finish: PostcopyDiscardState is NULL");
@@ -195,7 +227,9 @@ pub extern "C" fn postcopy_discard_send_finish(ms: *mut MigrationState, pds: *mu
         }
         // SAFETY: non-NULL batches come from postcopy_discard_send_init and are freed here once.
         let pds = unsafe { Box::from_raw(pds) };
-        let Some(src) = source("postcopy_discard_send_finish", ms) else { return };
+        let Some(src) = source("postcopy_discard_send_finish", ms) else {
+            return;
+        };
         if let Err(e) = src.discard_finish(pds.batch) {
             log::error!("postcopy_discard_send_finish: {e}");
         }

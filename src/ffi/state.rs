@@ -24,7 +24,9 @@ fn set_on(what: &str, incoming: &Incoming, new_state: PostcopyState) -> Postcopy
 /// there is none.
 #[no_mangle]
 pub extern "C" fn postcopy_state_get() -> PostcopyState {
-    guard("postcopy_state_get", || current().map_or(State::None as u32, |i| i.state() as u32))
+    guard("postcopy_state_get", || {
+        current().map_or(State::None as u32, |i| i.state() as u32)
+    })
 }
 
 /// Sets the state of the newest live destination and returns the previous one. Steps are
@@ -47,15 +49,21 @@ pub extern "C" fn postcopy_state_set(new_state: PostcopyState) -> PostcopyState 
 #[no_mangle]
 pub extern "C" fn postcopy_state_get_for(mis: *const MigrationIncomingState) -> PostcopyState {
     guard("postcopy_state_get_for", || {
-        handle("postcopy_state_get_for", mis).map_or(State::None as u32, |m| m.incoming.state() as u32)
+        handle("postcopy_state_get_for", mis)
+            .map_or(State::None as u32, |m| m.incoming.state() as u32)
     })
 }
 
 /// `postcopy_state_set` on `mis`.
 #[no_mangle]
-pub extern "C" fn postcopy_state_set_for(mis: *mut MigrationIncomingState, new_state: PostcopyState) -> PostcopyState {
-    guard("postcopy_state_set_for", || match handle("postcopy_state_set_for", mis) {
-        Some(m) => set_on("postcopy_state_set_for", &m.incoming, new_state),
-        None => State::None as u32,
+pub extern "C" fn postcopy_state_set_for(
+    mis: *mut MigrationIncomingState,
+    new_state: PostcopyState,
+) -> PostcopyState {
+    guard("postcopy_state_set_for", || {
+        match handle("postcopy_state_set_for", mis) {
+            Some(m) => set_on("postcopy_state_set_for", &m.incoming, new_state),
+            None => State::None as u32,
+        }
     })
 }

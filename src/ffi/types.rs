@@ -51,7 +51,8 @@ pub struct PostcopyRamBlock {
 /// Visitor the library passes to `PostcopyIncomingOps::foreach_ram_block`: call it once per
 /// block with the block's description (valid during the call) and the `ctx` received. It
 /// returns 0, or a negative errno when the block is refused: then stop and return that value.
-pub type PostcopyRamBlockVisitor = unsafe extern "C" fn(block: *const PostcopyRamBlock, ctx: *mut c_void) -> c_int;
+pub type PostcopyRamBlockVisitor =
+    unsafe extern "C" fn(block: *const PostcopyRamBlock, ctx: *mut c_void) -> c_int;
 
 /// Counters of a destination (`postcopy_incoming_get_stats`).
 #[repr(C)]
