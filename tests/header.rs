@@ -6,9 +6,13 @@
 
 #[test]
 fn committed_header_is_current() {
-    let fresh = std::fs::read_to_string(concat!(env!("OUT_DIR"), "/postcopy_ram.h")).expect("build.rs wrote the header");
-    let committed = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/include/postcopy_ram.h"))
-        .expect("include/postcopy_ram.h exists");
+    let fresh = std::fs::read_to_string(concat!(env!("OUT_DIR"), "/postcopy_ram.h"))
+        .expect("build.rs wrote the header");
+    let committed = std::fs::read_to_string(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/include/postcopy_ram.h"
+    ))
+    .expect("include/postcopy_ram.h exists");
     assert!(
         fresh == committed,
         "include/postcopy_ram.h is stale: run `cargo build` and commit include/postcopy_ram.h"
@@ -17,7 +21,11 @@ fn committed_header_is_current() {
 
 #[test]
 fn header_declares_every_seed_function() {
-    let header = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/include/postcopy_ram.h")).unwrap();
+    let header = std::fs::read_to_string(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/include/postcopy_ram.h"
+    ))
+    .unwrap();
     for name in [
         "bool postcopy_ram_supported_by_host(void);",
         "int postcopy_ram_incoming_init(",

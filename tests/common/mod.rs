@@ -28,10 +28,20 @@ impl GuestMem {
     pub fn anon(len: usize) -> GuestMem {
         // SAFETY: fresh private anonymous mapping.
         let p = unsafe {
-            libc::mmap(std::ptr::null_mut(), len, libc::PROT_READ | libc::PROT_WRITE, libc::MAP_PRIVATE | libc::MAP_ANONYMOUS, -1, 0)
+            libc::mmap(
+                std::ptr::null_mut(),
+                len,
+                libc::PROT_READ | libc::PROT_WRITE,
+                libc::MAP_PRIVATE | libc::MAP_ANONYMOUS,
+                -1,
+                0,
+            )
         };
         assert_ne!(p, libc::MAP_FAILED);
-        GuestMem { addr: p as usize, len }
+        GuestMem {
+            addr: p as usize,
+            len,
+        }
     }
 
     pub fn block(&self, name: &str) -> RamBlock {
@@ -60,7 +70,11 @@ impl Drop for GuestMem {
 
 /// Deterministic content of the page at `offset` of block `name`.
 pub fn page_pattern(name: &str, offset: u64, buf: &mut [u8]) {
-    let seed = name.bytes().fold(offset.wrapping_mul(0x9E37_79B9_7F4A_7C15), |a, b| a.rotate_left(5) ^ b as u64);
+    let seed = name
+        .bytes()
+        .fold(offset.wrapping_mul(0x9E37_79B9_7F4A_7C15), |a, b| {
+            a.rotate_left(5) ^ b as u64
+        });
     for (i, chunk) in buf.chunks_mut(8).enumerate() {
         let v = seed ^ (i as u64).wrapping_mul(0xD6E8_FEB8_6659_FD93);
         chunk.copy_from_slice(&v.to_le_bytes()[..chunk.len()]);
@@ -110,21 +124,38 @@ impl IncomingHooks for Server {
         Ok(self.blocks.clone())
     }
 
-    fn request_page(&self, block: Option<&BlockName>, offset: u64, length: u64) -> std::result::Result<(), i32> {
+    fn request_page(
+        &self,
+        block: Option<&BlockName>,
+        offset: u64,
+        length: u64,
+    ) -> std::result::Result<(), i32> {
         if self.fail_requests.load(Ordering::Relaxed) > 0 {
             self.fail_requests.fetch_sub(1, Ordering::Relaxed);
             return Err(libc::EPIPE);
         }
         let name = block.map(|b| b.as_str().to_owned());
-        self.requests.lock().push(Request { name: name.clone(), offset, length });
+        self.requests.lock().push(Request {
+            name: name.clone(),
+            offset,
+            length,
+        });
         if let Some(n) = name {
             *self.last_name.lock() = Some(n);
         }
         if !self.serve {
             return Ok(());
         }
-        let block_name = self.last_name.lock().clone().expect("first request names its block");
-        let block = self.blocks.iter().find(|b| b.name == block_name).expect("known block");
+        let block_name = self
+            .last_name
+            .lock()
+            .clone()
+            .expect("first request names its block");
+        let block = self
+            .blocks
+            .iter()
+            .find(|b| b.name == block_name)
+            .expect("known block");
         let mut page = vec![0u8; length as usize];
         page_pattern(&block.name, offset, &mut page);
         let incoming = self.incoming.lock().upgrade().expect("incoming alive");
@@ -137,5 +168,7 @@ impl IncomingHooks for Server {
 
 /// Number of open file descriptors of this process.
 pub fn open_fds() -> usize {
-    std::fs::read_dir("/proc/self/fd").map(|d| d.count()).unwrap_or(0)
+    std::fs::read_dir("/proc/self/fd")
+        .map(|d| d.count())
+        .unwrap_or(0)
 }
