@@ -246,3 +246,46 @@ fn request_failure_is_reported_and_cleanup_does_not_hang() {
     incoming.cleanup().unwrap();
     assert_eq!(toucher.join().unwrap(), 0);
 }
+
+#[test]
+fn bad_discard_command_is_rejected_whole() {
+    require_uffd!();
+    use postcopy_ram::wire::encode_discard_pairs;
+    let mem = GuestMem::anon(16 * 4096);
+    let server = Server::new(vec![mem.block("pc.ram")], false);
+    let incoming = server.incoming(IncomingConfig::default());
+    incoming.init(0).unwrap();
+    // Precopy fills every page.
+    // SAFETY: inside the mapping, not registered.
+    unsafe { std::ptr::write_bytes(mem.addr as *mut u8, 0x77, mem.len) };
+    let mut buf = [0u8; 512];
+    let cases: [(&[u8], &[u64], &[u64]); 4] = [
+        (b"pc.ram", &[0, 4096 + 1], &[4096, 4096]),  // second range misaligned
+        (b"pc.ram", &[0, 15 * 4096], &[4096, 8192]), // second range past the end
+        (b"nope", &[0], &[4096]),                    // unknown block
+        (b"pc.ram", &[0, 4096], &[4096, 4095]),      // length not a page multiple
+    ];
+    for (name, starts, lengths) in cases {
+        let n = encode_discard_pairs(&mut buf, name, starts, lengths).unwrap();
+        let err = incoming.handle_discard_command(&buf[..n]).unwrap_err();
+        assert_eq!(err.errno(), libc::EINVAL, "{err}");
+        assert_eq!(mem.read_u64(0), 0x7777_7777_7777_7777, "no page touched by a rejected command: {err}");
+        assert_eq!(incoming.state(), State::Advise, "a rejected command changes no state");
+    }
+    // Truncated bytes are a decode error.
+    let n = encode_discard_pairs(&mut buf, b"pc.ram", &[0], &[4096]).unwrap();
+    assert!(incoming.handle_discard_command(&buf[..n - 3]).is_err());
+    // A good command: the first discard moves ADVISE -> DISCARD and drops exactly its ranges.
+    let n = encode_discard_pairs(&mut buf, b"pc.ram", &[0, 8 * 4096], &[4096, 2 * 4096]).unwrap();
+    assert_eq!(incoming.handle_discard_command(&buf[..n]).unwrap(), 2);
+    assert_eq!(incoming.state(), State::Discard);
+    assert_eq!(mem.read_u64(0), 0);
+    assert_eq!(mem.read_u64(4096), 0x7777_7777_7777_7777);
+    assert_eq!(mem.read_u64(8 * 4096), 0);
+    assert_eq!(mem.read_u64(9 * 4096), 0);
+    assert_eq!(mem.read_u64(10 * 4096), 0x7777_7777_7777_7777);
+    // After LISTEN, discards are refused.
+    incoming.enable_notify().unwrap();
+    assert!(incoming.handle_discard_command(&buf[..n]).is_err());
+    incoming.cleanup().unwrap();
+}
