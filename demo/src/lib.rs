@@ -1,2 +1,8 @@
-//! Helpers for the end-to-end postcopy demo: a tiny KVM guest harness.
+//! The end-to-end postcopy demo (`postcopy-migrate`) and its KVM guest harness.
+
+pub mod checksum;
+pub mod dest;
 pub mod kvm;
+pub mod memory;
+pub mod proto;
+pub mod source;

@@ -1,0 +1,462 @@
+//! The source process of the demo migration.
+
+use std::io::{BufWriter, Read, Write};
+use std::net::TcpStream;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{mpsc, Arc};
+use std::thread;
+use std::time::{Duration, Instant};
+
+use parking_lot::Mutex;
+use postcopy_ram::discard_walk::discard_walk;
+use postcopy_ram::source::{Source, SourceHooks};
+use postcopy_ram::wire::{self, Advise, CommandMsg, ReturnPathMsg};
+
+use crate::checksum::{fill_initial, mix};
+use crate::dest::{now_ns, BLOCK};
+use crate::memory::{GuestMemory, Kind};
+use crate::proto::{write_command, write_page_header, TAG_END};
+
+/// Options of the source.
+#[derive(Debug, Clone)]
+pub struct SourceOptions {
+    pub kind: Kind,
+    pub size: usize,
+    pub precopy_rounds: usize,
+    pub dirty_threads: usize,
+    pub seed: u64,
+    pub progress: bool,
+    /// Background push rate limit in postcopy, bytes per second (0: unlimited).
+    pub postcopy_bandwidth: u64,
+    /// For failure testing: drop both connections after this many postcopy pages.
+    pub abort_after_pages: Option<u64>,
+}
+
+/// What the source measured.
+#[derive(Debug, Default, Clone)]
+pub struct SourceReport {
+    pub precopy_bytes: u64,
+    pub precopy_pages: u64,
+    pub postcopy_bytes: u64,
+    pub pages_requested: u64,
+    pub requests_already_sent: u64,
+    pub pages_pushed: u64,
+    pub discard_ranges: u64,
+    pub discard_commands: u64,
+    pub discarded_pages: u64,
+    pub dirtied_writes: u64,
+    pub t_start_ns: u64,
+    pub t_stop_ns: u64,
+    pub t_done_ns: u64,
+    pub shut_failed: Option<bool>,
+}
+
+/// Atomic dirty bitmap, one bit per 4 KiB target page (software dirty logging: the
+/// source's workload sets a page's bit after writing it).
+struct DirtyMap(Vec<AtomicU64>);
+
+impl DirtyMap {
+    fn all_set(pages: usize) -> DirtyMap {
+        let mut v: Vec<AtomicU64> = (0..pages.div_ceil(64))
+            .map(|_| AtomicU64::new(!0))
+            .collect();
+        if pages % 64 != 0 {
+            *v.last_mut().unwrap().get_mut() = (1u64 << (pages % 64)) - 1;
+        }
+        DirtyMap(v)
+    }
+
+    fn set(&self, page: usize) {
+        self.0[page / 64].fetch_or(1 << (page % 64), Ordering::Release);
+    }
+
+    /// Takes (and clears) every bit.
+    fn take(&self) -> Vec<u64> {
+        self.0.iter().map(|w| w.swap(0, Ordering::AcqRel)).collect()
+    }
+}
+
+fn host_page_dirty(bitmap: &[u64], host_page: usize, ratio: usize) -> bool {
+    let first = host_page * ratio;
+    (first..first + ratio).any(|p| bitmap[p / 64] & (1 << (p % 64)) != 0)
+}
+
+struct Stream {
+    out: BufWriter<TcpStream>,
+    mem: Arc<GuestMemory>,
+    page_size: usize,
+    bytes: u64,
+}
+
+impl Stream {
+    /// Sends host page `hp` as a data or zero frame.
+    fn send_page(&mut self, hp: usize) -> std::io::Result<()> {
+        let off = hp * self.page_size;
+        // SAFETY: inside the source mapping; the workload may write concurrently during
+        // precopy, which is why a written page's dirty bit is set after the write.
+        let page = unsafe { std::slice::from_raw_parts(self.mem.addr().add(off), self.page_size) };
+        let zero = page.iter().all(|&b| b == 0);
+        write_page_header(
+            &mut self.out,
+            zero,
+            BLOCK,
+            off as u64,
+            self.page_size as u32,
+        )?;
+        self.bytes += (2 + BLOCK.len() + 12) as u64;
+        if !zero {
+            self.out.write_all(page)?;
+            self.bytes += self.page_size as u64;
+        }
+        Ok(())
+    }
+}
+
+struct DiscardSink(Arc<Mutex<Vec<Vec<u8>>>>);
+
+impl SourceHooks for DiscardSink {
+    fn send_discard(&self, name: &str, starts: &[u64], lengths: &[u64]) -> Result<(), i32> {
+        let mut buf = [0u8; 512];
+        let n = wire::encode_discard_pairs(&mut buf, name.as_bytes(), starts, lengths)
+            .map_err(|e| -e.to_errno())?;
+        self.0.lock().push(buf[..n].to_vec());
+        Ok(())
+    }
+}
+
+/// A page request from the destination, in bytes within the block.
+struct PageRequest {
+    start: u64,
+    len: u64,
+}
+
+fn return_path_reader(
+    mut rp: TcpStream,
+    requests: mpsc::Sender<PageRequest>,
+    shut: Arc<Mutex<Option<bool>>>,
+) {
+    let mut buf = vec![0u8; 4 + 512];
+    let mut last_block: Option<Vec<u8>> = None;
+    loop {
+        if rp.read_exact(&mut buf[..4]).is_err() {
+            return;
+        }
+        let header = match wire::decode_return_path_header(&buf[..4]) {
+            Ok(h) => h,
+            Err(e) => {
+                eprintln!("[source] bad return-path message: {e}");
+                return;
+            }
+        };
+        let total = header.total_len();
+        if rp.read_exact(&mut buf[4..total]).is_err() {
+            return;
+        }
+        match wire::decode_return_path(&buf[..total]) {
+            Ok((ReturnPathMsg::ReqPagesId { start, len, id }, _)) => {
+                last_block = Some(id.to_vec());
+                if id != BLOCK.as_bytes() {
+                    eprintln!(
+                        "[source] request for unknown block {:?}",
+                        String::from_utf8_lossy(id)
+                    );
+                    continue;
+                }
+                let _ = requests.send(PageRequest {
+                    start,
+                    len: len as u64,
+                });
+            }
+            Ok((ReturnPathMsg::ReqPages { start, len }, _)) => {
+                if last_block.is_none() {
+                    eprintln!("[source] REQ_PAGES before any block was named");
+                    continue;
+                }
+                let _ = requests.send(PageRequest {
+                    start,
+                    len: len as u64,
+                });
+            }
+            Ok((ReturnPathMsg::Shut { failed }, _)) => {
+                *shut.lock() = Some(failed != 0);
+                return;
+            }
+            Ok((other, _)) => eprintln!("[source] ignoring return-path {:?}", other.rp_type()),
+            Err(e) => {
+                eprintln!("[source] bad return-path message: {e}");
+                return;
+            }
+        }
+    }
+}
+
+fn mib(b: u64) -> f64 {
+    b as f64 / (1024.0 * 1024.0)
+}
+
+/// Runs the source side over `stream`; returns its report and its memory (frozen since the
+/// switch to postcopy) for the checksum comparison.
+pub fn run_source(
+    stream: TcpStream,
+    urgent: TcpStream,
+    opts: &SourceOptions,
+) -> Result<(SourceReport, Arc<GuestMemory>), String> {
+    let mut report = SourceReport {
+        t_start_ns: now_ns(),
+        ..Default::default()
+    };
+    stream.set_nodelay(true).ok();
+    let page_size = opts.kind.page_size();
+    let ratio = page_size / 4096;
+    let target_pages = opts.size / 4096;
+    let host_pages = opts.size / page_size;
+    // The source keeps its copy in anonymous memory whatever the destination uses: only
+    // the page size matters to the protocol.
+    let mem = Arc::new(
+        GuestMemory::new(Kind::Anon, opts.size)
+            .map_err(|e| format!("mapping source memory: {e}"))?,
+    );
+    {
+        // SAFETY: nobody else uses the memory yet.
+        let all = unsafe { std::slice::from_raw_parts_mut(mem.addr(), mem.len()) };
+        for (p, chunk) in all.chunks_exact_mut(4096).enumerate() {
+            fill_initial(opts.seed, p as u64, chunk);
+        }
+    }
+    let dirty = Arc::new(DirtyMap::all_set(target_pages));
+    let stop = Arc::new(AtomicBool::new(false));
+    let writes = Arc::new(AtomicU64::new(0));
+    let workers: Vec<_> = (0..opts.dirty_threads)
+        .map(|t| {
+            let (mem, dirty, stop, writes) =
+                (mem.clone(), dirty.clone(), stop.clone(), writes.clone());
+            let seed = opts.seed;
+            thread::spawn(move || {
+                let mut x = mix(seed ^ (t as u64 + 77));
+                // A hot quarter of memory takes most writes, the rest a few.
+                let hot = (target_pages / 4).max(1);
+                while !stop.load(Ordering::Acquire) {
+                    for _ in 0..64 {
+                        x = mix(x);
+                        let page = if x % 8 != 0 {
+                            (x >> 8) as usize % hot
+                        } else {
+                            (x >> 8) as usize % target_pages
+                        };
+                        let line = (x >> 40) as usize % 64;
+                        // SAFETY: inside the source mapping.
+                        unsafe {
+                            if x % 16 == 3 {
+                                // Now and then a page is cleared: postcopy then moves a zero page.
+                                std::ptr::write_bytes(mem.addr().add(page * 4096), 0, 4096);
+                                dirty.set(page);
+                                continue;
+                            }
+                            let p = mem.addr().add(page * 4096 + line * 64) as *mut u64;
+                            for i in 0..8 {
+                                std::ptr::write_volatile(p.add(i), mix(x ^ i as u64));
+                            }
+                        }
+                        dirty.set(page);
+                        writes.fetch_add(1, Ordering::Relaxed);
+                    }
+                    thread::sleep(Duration::from_micros(500));
+                }
+            })
+        })
+        .collect();
+
+    let rp = stream.try_clone().map_err(|e| e.to_string())?;
+    urgent.set_nodelay(true).ok();
+    let mut fast = Stream {
+        out: BufWriter::with_capacity(64 << 10, urgent),
+        mem: mem.clone(),
+        page_size,
+        bytes: 0,
+    };
+    let mut out = Stream {
+        out: BufWriter::with_capacity(1 << 20, stream),
+        mem: mem.clone(),
+        page_size,
+        bytes: 0,
+    };
+    let io = |e: std::io::Error| format!("migration stream: {e}");
+    write_command(
+        &mut out.out,
+        &CommandMsg::PostcopyAdvise(Some(Advise {
+            ram_pagesize_summary: page_size as u64,
+            target_page_size: 4096,
+        })),
+    )
+    .map_err(io)?;
+
+    let mut last_progress = Instant::now();
+    for round in 1..=opts.precopy_rounds {
+        let bits = dirty.take();
+        let mut sent = 0u64;
+        for hp in 0..host_pages {
+            if host_page_dirty(&bits, hp, ratio) {
+                out.send_page(hp).map_err(io)?;
+                sent += 1;
+            }
+            if opts.progress && last_progress.elapsed() > Duration::from_millis(500) {
+                last_progress = Instant::now();
+                eprintln!(
+                    "[source] precopy round {round}: {:.0} MiB sent so far",
+                    mib(out.bytes)
+                );
+            }
+        }
+        report.precopy_pages += sent;
+        if opts.progress {
+            eprintln!(
+                "[source] precopy round {round}: {sent} pages ({:.1} MiB)",
+                mib(sent * page_size as u64)
+            );
+        }
+    }
+    report.precopy_bytes = out.bytes;
+
+    // Switch to postcopy: stop the workload, take the final dirty set.
+    report.t_stop_ns = now_ns();
+    stop.store(true, Ordering::Release);
+    for w in workers {
+        w.join().map_err(|_| "source workload panicked")?;
+    }
+    report.dirtied_writes = writes.load(Ordering::Relaxed);
+    let mut unsent = dirty.take();
+    let commands = Arc::new(Mutex::new(Vec::new()));
+    let source =
+        Source::new(Box::new(DiscardSink(commands.clone())), 4096).map_err(|e| e.to_string())?;
+    let mut batch = source.discard_begin(0, BLOCK).map_err(|e| e.to_string())?;
+    let mut walk_error = None;
+    discard_walk(&mut unsent, target_pages, ratio, |start, npages| {
+        report.discarded_pages += npages;
+        if let Err(e) = source.discard_range(&mut batch, start, npages) {
+            walk_error.get_or_insert(e);
+        }
+    })
+    .map_err(|e| e.to_string())?;
+    if let Some(e) = walk_error {
+        return Err(e.to_string());
+    }
+    let summary = source.discard_finish(batch).map_err(|e| e.to_string())?;
+    report.discard_ranges = summary.ranges;
+    report.discard_commands = summary.commands;
+    for cmd in commands.lock().iter() {
+        out.out.write_all(cmd).map_err(io)?;
+    }
+    write_command(&mut out.out, &CommandMsg::PostcopyListen).map_err(io)?;
+    write_command(&mut out.out, &CommandMsg::PostcopyRun).map_err(io)?;
+    out.out.flush().map_err(io)?;
+    if opts.progress {
+        eprintln!(
+            "[source] postcopy: {} pages to move, {} discard ranges in {} commands",
+            report.discarded_pages / ratio as u64,
+            report.discard_ranges,
+            report.discard_commands
+        );
+    }
+
+    // Postcopy: requested pages first, the rest pushed in the background.
+    let (tx, rx) = mpsc::channel();
+    let shut = Arc::new(Mutex::new(None));
+    let reader = {
+        let shut = shut.clone();
+        thread::spawn(move || return_path_reader(rp, tx, shut))
+    };
+    let post_start = out.bytes;
+    let post_clock = Instant::now();
+    let mut cursor = 0usize;
+    let mut background_done = false;
+    let mut pending_front: Option<PageRequest> = None;
+    loop {
+        let mut served_urgent = false;
+        while let Some(req) = pending_front.take().or_else(|| rx.try_recv().ok()) {
+            let first = (req.start / page_size as u64) as usize;
+            let last = ((req.start + req.len).div_ceil(page_size as u64) as usize).min(host_pages);
+            for hp in first..last {
+                if host_page_dirty(&unsent, hp, ratio) {
+                    fast.send_page(hp).map_err(io)?;
+                    for p in hp * ratio..(hp + 1) * ratio {
+                        unsent[p / 64] &= !(1 << (p % 64));
+                    }
+                    report.pages_requested += 1;
+                    served_urgent = true;
+                } else {
+                    report.requests_already_sent += 1;
+                }
+            }
+        }
+        if served_urgent {
+            fast.out.flush().map_err(io)?;
+        }
+        if background_done {
+            break;
+        }
+        if opts.postcopy_bandwidth > 0 {
+            let allowed = post_clock.elapsed().as_secs_f64() * opts.postcopy_bandwidth as f64;
+            if (out.bytes - post_start) as f64 > allowed {
+                // Over budget: let the socket drain, keep serving requests.
+                out.out.flush().map_err(io)?;
+                match rx.recv_timeout(Duration::from_micros(200)) {
+                    Ok(req) => {
+                        // Put it back in front for the loop above.
+                        pending_front = Some(req);
+                    }
+                    Err(mpsc::RecvTimeoutError::Timeout) => {}
+                    Err(mpsc::RecvTimeoutError::Disconnected) => {}
+                }
+                continue;
+            }
+        }
+        // A burst of background pages, then look at requests again.
+        let mut burst = 0;
+        while cursor < host_pages && burst < 16 {
+            if host_page_dirty(&unsent, cursor, ratio) {
+                out.send_page(cursor).map_err(io)?;
+                for p in cursor * ratio..(cursor + 1) * ratio {
+                    unsent[p / 64] &= !(1 << (p % 64));
+                }
+                report.pages_pushed += 1;
+                burst += 1;
+            }
+            cursor += 1;
+        }
+        if cursor >= host_pages {
+            background_done = true;
+        }
+        if let Some(limit) = opts.abort_after_pages {
+            if report.pages_pushed + report.pages_requested >= limit {
+                out.out.flush().map_err(io)?;
+                let _ = out.out.get_ref().shutdown(std::net::Shutdown::Both);
+                let _ = fast.out.get_ref().shutdown(std::net::Shutdown::Both);
+                let _ = reader.join();
+                return Err(format!("aborted postcopy after {limit} pages (--abort-postcopy-after)"));
+            }
+        }
+        if opts.progress && last_progress.elapsed() > Duration::from_millis(500) {
+            last_progress = Instant::now();
+            eprintln!(
+                "[source] postcopy: {} pages pushed, {} requested, {:.0} MiB",
+                report.pages_pushed,
+                report.pages_requested,
+                mib(out.bytes - post_start)
+            );
+        }
+    }
+    out.out.write_all(&[TAG_END]).map_err(io)?;
+    out.out.flush().map_err(io)?;
+    fast.out.write_all(&[TAG_END]).map_err(io)?;
+    fast.out.flush().map_err(io)?;
+    report.postcopy_bytes = out.bytes - post_start + fast.bytes;
+    report.t_done_ns = now_ns();
+    // Late requests are for pages already in the stream; keep counting them until SHUT.
+    let _ = reader.join();
+    while let Ok(req) = rx.try_recv() {
+        let _ = req;
+        report.requests_already_sent += 1;
+    }
+    report.shut_failed = *shut.lock();
+    Ok((report, mem))
+}
