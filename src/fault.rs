@@ -44,10 +44,11 @@ pub(crate) struct FaultShared {
     pub wait: WaitStrategy,
 }
 
-/// A running fault thread.
+/// A running fault thread. Dropped without [`FaultThread::stop`], it is told to quit but
+/// not joined.
 pub(crate) struct FaultThread {
     shared: Arc<FaultShared>,
-    handle: JoinHandle<()>,
+    handle: Option<JoinHandle<()>>,
 }
 
 impl FaultThread {
@@ -63,15 +64,20 @@ impl FaultThread {
                     );
                 }
             })?;
-        Ok(FaultThread { shared, handle })
+        Ok(FaultThread {
+            shared,
+            handle: Some(handle),
+        })
     }
 
-    pub(crate) fn shared(&self) -> &Arc<FaultShared> {
-        &self.shared
+    /// Whether the calling thread is this fault thread (a callback running on it).
+    pub(crate) fn is_current(&self) -> bool {
+        self.handle
+            .as_ref()
+            .is_some_and(|h| h.thread().id() == std::thread::current().id())
     }
 
-    /// Tells the thread to quit, wakes it and joins it.
-    pub(crate) fn stop(self) {
+    fn signal_quit(&self) {
         self.shared.quit.store(true, Ordering::Release);
         let one: u64 = 1;
         // SAFETY: writes 8 bytes from a live u64 to the eventfd the thread polls.
@@ -79,12 +85,23 @@ impl FaultThread {
             unsafe { libc::write(self.shared.wake.as_raw_fd(), (&one as *const u64).cast(), 8) };
         if n != 8 {
             log::error!(
-                "postcopy cleanup: waking the fault thread failed: {}",
+                "postcopy: waking the fault thread failed: {}",
                 std::io::Error::last_os_error()
             );
         }
-        if self.handle.join().is_err() {
-            log::error!("postcopy cleanup: the fault thread ended by panic");
+    }
+
+    pub(crate) fn shared(&self) -> &Arc<FaultShared> {
+        &self.shared
+    }
+
+    /// Tells the thread to quit, wakes it and joins it.
+    pub(crate) fn stop(mut self) {
+        self.signal_quit();
+        if let Some(handle) = self.handle.take() {
+            if handle.join().is_err() {
+                log::error!("postcopy cleanup: the fault thread ended by panic");
+            }
         }
     }
 }
@@ -241,6 +258,14 @@ fn handle_message(shared: &FaultShared, msg: &UffdMsg, last_block: &mut usize) {
                 "postcopy fault thread: page-request callback panicked: {}",
                 crate::ffi::panic_text(&payload)
             );
+        }
+    }
+}
+
+impl Drop for FaultThread {
+    fn drop(&mut self) {
+        if self.handle.is_some() {
+            self.signal_quit();
         }
     }
 }

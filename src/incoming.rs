@@ -429,6 +429,7 @@ impl Incoming {
     /// Opens a userfaultfd, registers every block for missing-page faults, starts the fault
     /// thread, inhibits ballooning; state -> LISTENING.
     pub fn enable_notify(&self) -> Result<()> {
+        self.refuse_on_fault_thread("enable_notify")?;
         let _control = self.control.lock();
         let table = self.require_table("enable_notify")?;
         if self.active.read().is_some() {
@@ -539,6 +540,23 @@ impl Incoming {
                     .store(true, Ordering::Release);
             }
         }
+    }
+
+    /// Refuses calls that would wait for the fault thread when made from it (a callback).
+    fn refuse_on_fault_thread(&self, what: &str) -> Result<()> {
+        let on_it = self.active.read().as_ref().is_some_and(|a| {
+            a.fault_thread
+                .lock()
+                .as_ref()
+                .is_some_and(|t| t.is_current())
+        });
+        if on_it {
+            return Err(Error::new(
+                libc::EDEADLK,
+                format!("{what} called from the fault thread (a request_page callback); it would wait for itself"),
+            ));
+        }
+        Ok(())
     }
 
     fn active(&self, what: &str) -> Result<Arc<Active>> {
@@ -811,6 +829,7 @@ impl Incoming {
     /// ballooning, re-locks memory per the mlock policy, frees the temporary pages; state ->
     /// END; calls [`IncomingHooks::shut`]. Needs [`Incoming::init`]; a second call fails.
     pub fn cleanup(&self) -> Result<()> {
+        self.refuse_on_fault_thread("incoming_cleanup")?;
         let _control = self.control.lock();
         let Some(table) = self.table.read().clone() else {
             return Err(Error::invalid(

@@ -63,7 +63,10 @@ fn faulting_threads_read_exactly_the_served_pages() {
         stats.requests + stats.duplicate_faults + stats.late_faults,
         "{stats:?}"
     );
-    assert!(requests[0].name.is_some(), "the first request names its block");
+    assert!(
+        requests[0].name.is_some(),
+        "the first request names its block"
+    );
     for r in &requests {
         assert_eq!(r.length, 4096);
         assert_eq!(r.offset % 4096, 0);
@@ -260,17 +263,25 @@ fn bad_discard_command_is_rejected_whole() {
     unsafe { std::ptr::write_bytes(mem.addr as *mut u8, 0x77, mem.len) };
     let mut buf = [0u8; 512];
     let cases: [(&[u8], &[u64], &[u64]); 4] = [
-        (b"pc.ram", &[0, 4096 + 1], &[4096, 4096]),  // second range misaligned
+        (b"pc.ram", &[0, 4096 + 1], &[4096, 4096]), // second range misaligned
         (b"pc.ram", &[0, 15 * 4096], &[4096, 8192]), // second range past the end
-        (b"nope", &[0], &[4096]),                    // unknown block
-        (b"pc.ram", &[0, 4096], &[4096, 4095]),      // length not a page multiple
+        (b"nope", &[0], &[4096]),                   // unknown block
+        (b"pc.ram", &[0, 4096], &[4096, 4095]),     // length not a page multiple
     ];
     for (name, starts, lengths) in cases {
         let n = encode_discard_pairs(&mut buf, name, starts, lengths).unwrap();
         let err = incoming.handle_discard_command(&buf[..n]).unwrap_err();
         assert_eq!(err.errno(), libc::EINVAL, "{err}");
-        assert_eq!(mem.read_u64(0), 0x7777_7777_7777_7777, "no page touched by a rejected command: {err}");
-        assert_eq!(incoming.state(), State::Advise, "a rejected command changes no state");
+        assert_eq!(
+            mem.read_u64(0),
+            0x7777_7777_7777_7777,
+            "no page touched by a rejected command: {err}"
+        );
+        assert_eq!(
+            incoming.state(),
+            State::Advise,
+            "a rejected command changes no state"
+        );
     }
     // Truncated bytes are a decode error.
     let n = encode_discard_pairs(&mut buf, b"pc.ram", &[0], &[4096]).unwrap();
@@ -287,5 +298,46 @@ fn bad_discard_command_is_rejected_whole() {
     // After LISTEN, discards are refused.
     incoming.enable_notify().unwrap();
     assert!(incoming.handle_discard_command(&buf[..n]).is_err());
+    incoming.cleanup().unwrap();
+}
+
+#[test]
+fn cleanup_from_the_fault_thread_is_refused() {
+    require_uffd!();
+    use parking_lot::Mutex;
+    use postcopy_ram::{BlockName, Incoming, IncomingHooks, RamBlock};
+    use std::sync::{Arc, Weak};
+
+    struct Reentrant {
+        block: RamBlock,
+        me: Mutex<Weak<Incoming>>,
+        errno: Mutex<Option<i32>>,
+    }
+    impl IncomingHooks for Reentrant {
+        fn ram_blocks(&self) -> postcopy_ram::Result<Vec<RamBlock>> {
+            Ok(vec![self.block.clone()])
+        }
+        fn request_page(&self, _: Option<&BlockName>, offset: u64, len: u64) -> Result<(), i32> {
+            let incoming = self.me.lock().upgrade().unwrap();
+            *self.errno.lock() = incoming.cleanup().err().map(|e| e.errno());
+            let page = vec![1u8; len as usize];
+            // SAFETY: one page.
+            unsafe { incoming.place_page(self.block.host + offset as usize, page.as_ptr(), len) }
+                .map(|_| ())
+                .map_err(|e| e.errno())
+        }
+    }
+    let mem = GuestMem::anon(4 * 4096);
+    let hooks = Arc::new(Reentrant {
+        block: mem.block("ram"),
+        me: Mutex::new(Weak::new()),
+        errno: Mutex::new(None),
+    });
+    let incoming = Arc::new(Incoming::new(hooks.clone(), IncomingConfig::default()));
+    *hooks.me.lock() = Arc::downgrade(&incoming);
+    incoming.init(0).unwrap();
+    incoming.enable_notify().unwrap();
+    assert_eq!(mem.read_u64(0), 0x0101_0101_0101_0101);
+    assert_eq!(*hooks.errno.lock(), Some(libc::EDEADLK));
     incoming.cleanup().unwrap();
 }
