@@ -15,7 +15,9 @@ use std::time::{Duration, Instant};
 
 use common::page_pattern;
 use parking_lot::{Condvar, Mutex};
-use postcopy_ram::{Backing, BlockName, Incoming, IncomingConfig, IncomingHooks, Placement, RamBlock};
+use postcopy_ram::{
+    Backing, BlockName, Incoming, IncomingConfig, IncomingHooks, Placement, RamBlock,
+};
 
 const FAULTERS: usize = 8;
 const TOUCHES_PER_THREAD: usize = 3000;
@@ -56,15 +58,35 @@ fn map_region(len: usize, hugetlb: bool, memfd: bool) -> Option<(Region, Backing
         None => (libc::MAP_PRIVATE | libc::MAP_ANONYMOUS, -1),
     };
     // SAFETY: fresh mapping.
-    let p = unsafe { libc::mmap(std::ptr::null_mut(), len, libc::PROT_READ | libc::PROT_WRITE, flags, raw, 0) };
+    let p = unsafe {
+        libc::mmap(
+            std::ptr::null_mut(),
+            len,
+            libc::PROT_READ | libc::PROT_WRITE,
+            flags,
+            raw,
+            0,
+        )
+    };
     if p == libc::MAP_FAILED {
         return None;
     }
     let backing = match &fd {
-        Some(fd) => Backing::File { fd: fd.as_raw_fd(), offset: 0, shared: true },
+        Some(fd) => Backing::File {
+            fd: fd.as_raw_fd(),
+            offset: 0,
+            shared: true,
+        },
         None => Backing::Anonymous { shared: false },
     };
-    Some((Region { addr: p as usize, len, _fd: fd }, backing))
+    Some((
+        Region {
+            addr: p as usize,
+            len,
+            _fd: fd,
+        },
+        backing,
+    ))
 }
 
 struct HugePages(Option<String>);
@@ -116,7 +138,12 @@ impl IncomingHooks for Storm {
         Ok(self.blocks.clone())
     }
 
-    fn request_page(&self, block: Option<&BlockName>, offset: u64, _length: u64) -> Result<(), i32> {
+    fn request_page(
+        &self,
+        block: Option<&BlockName>,
+        offset: u64,
+        _length: u64,
+    ) -> Result<(), i32> {
         let mut last = self.last_name.lock();
         if let Some(b) = block {
             *last = Some(b.as_str().to_owned());
@@ -138,7 +165,9 @@ struct PlaceCount {
 fn place(incoming: &Incoming, block: &RamBlock, offset: u64, buf: &mut [u8], count: &PlaceCount) {
     fill_page(&block.name, offset, buf);
     // SAFETY: `buf` is one page of the block's size.
-    match unsafe { incoming.place_page(block.host + offset as usize, buf.as_ptr(), block.page_size) } {
+    match unsafe {
+        incoming.place_page(block.host + offset as usize, buf.as_ptr(), block.page_size)
+    } {
         Ok(Placement::Placed) => count.placed.fetch_add(1, Ordering::Relaxed),
         Ok(Placement::AlreadyPresent) => count.present.fetch_add(1, Ordering::Relaxed),
         Err(e) => panic!("place_page {} +{offset:#x}: {e}", block.name),
@@ -154,10 +183,24 @@ fn storm_of_faults_races_with_background_placement() {
     let mut regions = Vec::new();
     let mut blocks = Vec::new();
     let (anon, b) = map_region(16 << 20, false, false).expect("anonymous mapping");
-    blocks.push(RamBlock { name: "anon".into(), host: anon.addr, offset: 0, length: anon.len as u64, page_size: 4096, backing: b });
+    blocks.push(RamBlock {
+        name: "anon".into(),
+        host: anon.addr,
+        offset: 0,
+        length: anon.len as u64,
+        page_size: 4096,
+        backing: b,
+    });
     regions.push(anon);
     let (shm, b) = map_region(8 << 20, false, true).expect("memfd mapping");
-    blocks.push(RamBlock { name: "shmem".into(), host: shm.addr, offset: 16 << 20, length: shm.len as u64, page_size: 4096, backing: b });
+    blocks.push(RamBlock {
+        name: "shmem".into(),
+        host: shm.addr,
+        offset: 16 << 20,
+        length: shm.len as u64,
+        page_size: 4096,
+        backing: b,
+    });
     regions.push(shm);
     let huge = HugePages::reserve(8);
     match huge.as_ref().and_then(|_| map_region(16 << 20, true, true)) {
@@ -172,7 +215,9 @@ fn storm_of_faults_races_with_background_placement() {
             });
             regions.push(r);
         }
-        None => eprintln!("NOTE: no 2 MiB huge pages could be reserved; the storm runs without a hugetlbfs block"),
+        None => eprintln!(
+            "NOTE: no 2 MiB huge pages could be reserved; the storm runs without a hugetlbfs block"
+        ),
     }
 
     let storm = Arc::new(Storm {
@@ -191,7 +236,8 @@ fn storm_of_faults_races_with_background_placement() {
     let weak: Weak<Incoming> = Arc::downgrade(&incoming);
     // Server: places requested pages.
     let server = {
-        let (storm, done, counts, weak) = (storm.clone(), done.clone(), counts.clone(), weak.clone());
+        let (storm, done, counts, weak) =
+            (storm.clone(), done.clone(), counts.clone(), weak.clone());
         thread::spawn(move || {
             let mut buf = vec![0u8; 2 << 20];
             loop {
@@ -205,7 +251,13 @@ fn storm_of_faults_races_with_background_placement() {
                 let Some((name, offset)) = next else { return };
                 let block = storm.blocks.iter().find(|b| b.name == name).unwrap();
                 let incoming = weak.upgrade().unwrap();
-                place(&incoming, block, offset, &mut buf[..block.page_size as usize], &counts);
+                place(
+                    &incoming,
+                    block,
+                    offset,
+                    &mut buf[..block.page_size as usize],
+                    &counts,
+                );
             }
         })
     };
@@ -250,7 +302,9 @@ fn storm_of_faults_races_with_background_placement() {
                 let b = &blocks[(x % blocks.len() as u64) as usize];
                 let off = ((x >> 16) % (b.length / 4096)) * 4096;
                 // SAFETY: inside a registered block; the library places it.
-                let got = unsafe { std::slice::from_raw_parts((b.host + off as usize) as *const u8, 4096) };
+                let got = unsafe {
+                    std::slice::from_raw_parts((b.host + off as usize) as *const u8, 4096)
+                };
                 page_pattern(&b.name, off, &mut expected);
                 if got != &expected[..] {
                     let _ = tx.send(Err(format!("{} +{off:#x}: wrong bytes", b.name)));
@@ -280,7 +334,8 @@ fn storm_of_faults_races_with_background_placement() {
         let mut expected = vec![0u8; 4096];
         for off in (0..b.length).step_by(4096) {
             // SAFETY: inside the block; every page has been placed.
-            let got = unsafe { std::slice::from_raw_parts((b.host + off as usize) as *const u8, 4096) };
+            let got =
+                unsafe { std::slice::from_raw_parts((b.host + off as usize) as *const u8, 4096) };
             page_pattern(&b.name, off, &mut expected);
             assert_eq!(got, &expected[..], "{} +{off:#x}", b.name);
         }
@@ -289,13 +344,23 @@ fn storm_of_faults_races_with_background_placement() {
     let total_pages: u64 = blocks.iter().map(|b| b.length / b.page_size).sum();
     let placed = counts.placed.load(Ordering::Relaxed);
     let present = counts.present.load(Ordering::Relaxed);
-    eprintln!("storm: {} blocks, {total_pages} host pages, {stats:?}", blocks.len());
+    eprintln!(
+        "storm: {} blocks, {total_pages} host pages, {stats:?}",
+        blocks.len()
+    );
     assert_eq!(placed, total_pages, "each page placed exactly once");
     assert_eq!(stats.pages_placed, placed);
     assert_eq!(stats.already_present, present, "EEXIST races counted");
-    assert_eq!(placed + present, total_pages + storm.requests_seen.load(Ordering::Relaxed));
+    assert_eq!(
+        placed + present,
+        total_pages + storm.requests_seen.load(Ordering::Relaxed)
+    );
     assert_eq!(stats.requests, storm.requests_seen.load(Ordering::Relaxed));
-    assert_eq!(stats.faults, stats.requests + stats.duplicate_faults + stats.late_faults, "{stats:?}");
+    assert_eq!(
+        stats.faults,
+        stats.requests + stats.duplicate_faults + stats.late_faults,
+        "{stats:?}"
+    );
     assert_eq!((stats.faults_outside, stats.request_errors), (0, 0));
     assert!(stats.faults > 0);
     incoming.cleanup().unwrap();

@@ -20,7 +20,11 @@ struct Vmm {
     sent: Mutex<Vec<Vec<u8>>>,
 }
 
-unsafe extern "C" fn foreach(opaque: *mut c_void, visit: postcopy_ram::ffi::types::PostcopyRamBlockVisitor, ctx: *mut c_void) -> c_int {
+unsafe extern "C" fn foreach(
+    opaque: *mut c_void,
+    visit: postcopy_ram::ffi::types::PostcopyRamBlockVisitor,
+    ctx: *mut c_void,
+) -> c_int {
     // SAFETY: `opaque` is the test's Vmm.
     let vmm = unsafe { &*(opaque as *const Vmm) };
     for (name, host, len) in &vmm.blocks {
@@ -45,7 +49,12 @@ unsafe extern "C" fn foreach(opaque: *mut c_void, visit: postcopy_ram::ffi::type
 
 unsafe extern "C" fn write_bytes(opaque: *mut c_void, bytes: *const u8, len: usize) -> c_int {
     // SAFETY: `opaque` is the test's Vmm; `bytes` holds `len` bytes.
-    let (vmm, bytes) = unsafe { (&*(opaque as *const Vmm), std::slice::from_raw_parts(bytes, len)) };
+    let (vmm, bytes) = unsafe {
+        (
+            &*(opaque as *const Vmm),
+            std::slice::from_raw_parts(bytes, len),
+        )
+    };
     vmm.sent.lock().push(bytes.to_vec());
     0
 }
@@ -53,7 +62,11 @@ unsafe extern "C" fn write_bytes(opaque: *mut c_void, bytes: *const u8, len: usi
 fn wait_for(vmm: &Vmm, n: usize) {
     let deadline = Instant::now() + Duration::from_secs(10);
     while vmm.sent.lock().len() < n {
-        assert!(Instant::now() < deadline, "only {} messages sent", vmm.sent.lock().len());
+        assert!(
+            Instant::now() < deadline,
+            "only {} messages sent",
+            vmm.sent.lock().len()
+        );
         thread::sleep(Duration::from_millis(1));
     }
 }
@@ -64,7 +77,10 @@ fn library_sends_requests_and_shut_on_the_return_path() {
     let a = GuestMem::anon(4 * 4096);
     let b = GuestMem::anon(4 * 4096);
     let vmm = Box::new(Vmm {
-        blocks: vec![(CString::new("ram-a").unwrap(), a.addr, 4 * 4096), (CString::new("ram-b").unwrap(), b.addr, 4 * 4096)],
+        blocks: vec![
+            (CString::new("ram-a").unwrap(), a.addr, 4 * 4096),
+            (CString::new("ram-b").unwrap(), b.addr, 4 * 4096),
+        ],
         sent: Mutex::new(Vec::new()),
     });
     let ops = PostcopyIncomingOps {
@@ -88,7 +104,12 @@ fn library_sends_requests_and_shut_on_the_return_path() {
     let page = vec![0x42u8; 4096];
     let mis_addr = mis as usize;
     // Touch a page of a, another of a, one of b, then (after a return-path reset) one of b.
-    let touches = [(a.addr, 4096usize), (a.addr, 2 * 4096), (b.addr, 0), (b.addr, 3 * 4096)];
+    let touches = [
+        (a.addr, 4096usize),
+        (a.addr, 2 * 4096),
+        (b.addr, 0),
+        (b.addr, 3 * 4096),
+    ];
     for (i, (base, off)) in touches.iter().copied().enumerate() {
         if i == 3 {
             postcopy_incoming_reset_request_block(mis);
@@ -98,35 +119,72 @@ fn library_sends_requests_and_shut_on_the_return_path() {
             unsafe { ptr::read_volatile((base + off) as *const u8) }
         });
         wait_for(&vmm, i + 1);
-        let rc = postcopy_place_page(mis_addr as *mut _, (base + off) as *mut c_void, page.as_ptr() as *mut c_void, 4096);
+        let rc = postcopy_place_page(
+            mis_addr as *mut _,
+            (base + off) as *mut c_void,
+            page.as_ptr() as *mut c_void,
+            4096,
+        );
         assert_eq!(rc, 0);
         assert_eq!(toucher.join().unwrap(), 0x42);
     }
     assert_eq!(postcopy_ram_incoming_cleanup(mis), 0);
     postcopy_incoming_state_free(mis);
     let sent = vmm.sent.lock().clone();
-    let decoded: Vec<ReturnPathMsg> = sent.iter().map(|m| wire::decode_return_path(m).unwrap().0).collect();
+    let decoded: Vec<ReturnPathMsg> = sent
+        .iter()
+        .map(|m| wire::decode_return_path(m).unwrap().0)
+        .collect();
     assert_eq!(
         decoded,
         vec![
-            ReturnPathMsg::ReqPagesId { start: 4096, len: 4096, id: b"ram-a" },
-            ReturnPathMsg::ReqPages { start: 2 * 4096, len: 4096 },
-            ReturnPathMsg::ReqPagesId { start: 0, len: 4096, id: b"ram-b" },
-            ReturnPathMsg::ReqPagesId { start: 3 * 4096, len: 4096, id: b"ram-b" },
+            ReturnPathMsg::ReqPagesId {
+                start: 4096,
+                len: 4096,
+                id: b"ram-a"
+            },
+            ReturnPathMsg::ReqPages {
+                start: 2 * 4096,
+                len: 4096
+            },
+            ReturnPathMsg::ReqPagesId {
+                start: 0,
+                len: 4096,
+                id: b"ram-b"
+            },
+            ReturnPathMsg::ReqPagesId {
+                start: 3 * 4096,
+                len: 4096,
+                id: b"ram-b"
+            },
             ReturnPathMsg::Shut { failed: 0 },
         ]
     );
     // Byte-exact: REQ_PAGES_ID is be16 3, be16 len 13+5, be64 start, be32 len, u8 5, "ram-a".
     assert_eq!(
         sent[0],
-        [&[0, 3, 0, 18][..], &4096u64.to_be_bytes(), &4096u32.to_be_bytes(), &[5], b"ram-a"].concat()
+        [
+            &[0, 3, 0, 18][..],
+            &4096u64.to_be_bytes(),
+            &4096u32.to_be_bytes(),
+            &[5],
+            b"ram-a"
+        ]
+        .concat()
     );
 }
 
 #[test]
 fn library_writes_qemu_discard_commands() {
-    let vmm = Box::new(Vmm { blocks: Vec::new(), sent: Mutex::new(Vec::new()) });
-    let ops = PostcopySourceOps { send_discard: None, write_command: Some(write_bytes), target_page_size: 4096 };
+    let vmm = Box::new(Vmm {
+        blocks: Vec::new(),
+        sent: Mutex::new(Vec::new()),
+    });
+    let ops = PostcopySourceOps {
+        send_discard: None,
+        write_command: Some(write_bytes),
+        target_page_size: 4096,
+    };
     let ms = postcopy_migration_state_new(&ops, &*vmm as *const Vmm as *mut c_void);
     assert!(!ms.is_null());
     let name = CString::new("pc.ram").unwrap();
@@ -148,7 +206,9 @@ fn library_writes_qemu_discard_commands() {
         assert_eq!(used, msg.len());
         assert_eq!(d.name(), b"pc.ram");
         let ranges: Vec<_> = d.ranges().map(|r| (r.start, r.length)).collect();
-        let want: Vec<_> = (first..first + count as u64).map(|i| (3 * i * 4096, 2 * 4096)).collect();
+        let want: Vec<_> = (first..first + count as u64)
+            .map(|i| (3 * i * 4096, 2 * 4096))
+            .collect();
         assert_eq!(ranges, want);
     }
 }

@@ -31,6 +31,9 @@ pub enum Workload {
     Kvm,
 }
 
+/// Fault latencies of the first touches that faulted (threads), or the guest's checksum.
+type WorkloadResult = Result<(Vec<u64>, Option<u32>), String>;
+
 /// Options of the destination.
 #[derive(Debug, Clone)]
 pub struct DestOptions {
@@ -225,7 +228,7 @@ pub fn run_dest(
     let mut reader = BufReader::with_capacity(1 << 20, stream);
     let mut data = Vec::new();
     let mut report = DestReport::default();
-    let mut workload: Option<thread::JoinHandle<Result<(Vec<u64>, Option<u32>), String>>> = None;
+    let mut workload: Option<thread::JoinHandle<WorkloadResult>> = None;
     let host_page = opts.kind.page_size() as u64;
     let done = Arc::new(AtomicBool::new(false));
     let outcome: Result<(), String> = (|| loop {

@@ -864,10 +864,10 @@ fn validate(ram: usize, ram_len: usize, opts: &GuestOptions) -> Result<(u32, u32
     if ram == 0 {
         return Err("ram pointer is null".into());
     }
-    if !ram.is_multiple_of(PAGE_SIZE) {
+    if ram % PAGE_SIZE != 0 {
         return Err(format!("ram pointer {ram:#x} is not 4 KiB aligned"));
     }
-    if ram_len == 0 || !ram_len.is_multiple_of(PAGE_SIZE) {
+    if ram_len == 0 || ram_len % PAGE_SIZE != 0 {
         return Err(format!(
             "ram_len {ram_len:#x} must be a non-zero multiple of 4 KiB"
         ));

@@ -79,7 +79,10 @@ fn read_u8(r: &mut impl Read) -> io::Result<u8> {
 pub fn read_item(r: &mut impl Read, data: &mut Vec<u8>) -> io::Result<Item> {
     read_item_inner(r, data).map_err(|e| {
         if e.kind() == io::ErrorKind::UnexpectedEof {
-            io::Error::new(io::ErrorKind::UnexpectedEof, "the peer closed the connection before the end of the stream")
+            io::Error::new(
+                io::ErrorKind::UnexpectedEof,
+                "the peer closed the connection before the end of the stream",
+            )
         } else {
             e
         }

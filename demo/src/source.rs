@@ -432,7 +432,9 @@ pub fn run_source(
                 let _ = out.out.get_ref().shutdown(std::net::Shutdown::Both);
                 let _ = fast.out.get_ref().shutdown(std::net::Shutdown::Both);
                 let _ = reader.join();
-                return Err(format!("aborted postcopy after {limit} pages (--abort-postcopy-after)"));
+                return Err(format!(
+                    "aborted postcopy after {limit} pages (--abort-postcopy-after)"
+                ));
             }
         }
         if opts.progress && last_progress.elapsed() > Duration::from_millis(500) {

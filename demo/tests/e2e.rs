@@ -10,12 +10,19 @@ fn migrate(args: &[&str]) -> Output {
         .arg("--quiet")
         .output()
         .expect("run postcopy-migrate");
-    assert!(start.elapsed() < Duration::from_secs(120), "migration took too long");
+    assert!(
+        start.elapsed() < Duration::from_secs(120),
+        "migration took too long"
+    );
     out
 }
 
 fn text(out: &Output) -> String {
-    format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr))
+    format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    )
 }
 
 fn uffd_available() -> bool {
@@ -31,7 +38,10 @@ fn uffd_available() -> bool {
 fn assert_ok(out: &Output) {
     let t = text(out);
     assert!(out.status.success(), "migration failed:\n{t}");
-    assert!(t.contains("memory checksum") && t.contains(": MATCH"), "{t}");
+    assert!(
+        t.contains("memory checksum") && t.contains(": MATCH"),
+        "{t}"
+    );
     assert!(t.contains("result                 OK"), "{t}");
 }
 
@@ -60,7 +70,14 @@ fn hugetlbfs_memory() {
     if !uffd_available() {
         return;
     }
-    let out = migrate(&["--size", "16M", "--kind", "hugetlb", "--precopy-rounds", "1"]);
+    let out = migrate(&[
+        "--size",
+        "16M",
+        "--kind",
+        "hugetlb",
+        "--precopy-rounds",
+        "1",
+    ]);
     let t = text(&out);
     if !out.status.success() && t.contains("huge pages") {
         eprintln!("SKIP: {t}");
@@ -81,7 +98,10 @@ fn kvm_guest_runs_on_migrating_memory() {
     let out = migrate(&["--size", "16M", "--kvm", "--precopy-rounds", "0"]);
     assert_ok(&out);
     let t = text(&out);
-    assert!(t.contains("KVM guest checksum") && !t.contains("MISMATCH"), "{t}");
+    assert!(
+        t.contains("KVM guest checksum") && !t.contains("MISMATCH"),
+        "{t}"
+    );
     // Pure postcopy: the guest's vCPU faults went through the library.
     let faults: u64 = t
         .lines()
@@ -97,7 +117,14 @@ fn source_failure_is_reported_and_nothing_hangs() {
     if !uffd_available() {
         return;
     }
-    let out = migrate(&["--size", "32M", "--precopy-rounds", "0", "--abort-postcopy-after", "300"]);
+    let out = migrate(&[
+        "--size",
+        "32M",
+        "--precopy-rounds",
+        "0",
+        "--abort-postcopy-after",
+        "300",
+    ]);
     let t = text(&out);
     assert!(!out.status.success(), "{t}");
     assert!(t.contains("postcopy ended early (state End"), "{t}");

@@ -99,7 +99,11 @@ fn parse_args() -> Result<Args, String> {
             "--seed" => a.seed = value("--seed")?.parse().map_err(|_| "bad --seed")?,
             "--quiet" => a.quiet = true,
             "--abort-postcopy-after" => {
-                a.abort_after = Some(value("--abort-postcopy-after")?.parse().map_err(|_| "bad --abort-postcopy-after")?)
+                a.abort_after = Some(
+                    value("--abort-postcopy-after")?
+                        .parse()
+                        .map_err(|_| "bad --abort-postcopy-after")?,
+                )
             }
             "--bandwidth" => {
                 a.bandwidth_mib = value("--bandwidth")?
