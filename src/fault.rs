@@ -181,6 +181,11 @@ fn run(shared: &FaultShared) {
         for msg in &msgs[..n] {
             handle_message(shared, msg, &mut last_block);
         }
+        // A short batch means the queue was drained: sleep in poll now rather than spend a
+        // read(2) that would only answer EAGAIN (one syscall less per fault round trip).
+        if n < BATCH && shared.wait == WaitStrategy::Block && !wait_readable(shared) {
+            break;
+        }
     }
     log::debug!("postcopy fault thread: exiting");
 }
