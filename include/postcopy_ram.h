@@ -313,7 +313,7 @@ typedef struct PostcopyStats {
    */
   uint64_t faults;
   /**
-   * Page requests passed to `request_page`.
+   * Page requests passed to `request_page` (failed ones included, see `request_errors`).
    */
   uint64_t requests;
   /**

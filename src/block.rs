@@ -71,18 +71,28 @@ impl PageBitmap {
         PageBitmap((0..pages.div_ceil(64)).map(|_| AtomicU64::new(0)).collect())
     }
 
+    // The fault thread sets "requested" then tests "received"; a placer sets "received"
+    // then tests "requested": sequentially consistent on both sides, so at least one of
+    // them sees the other's bit and a requested bit is never left behind on a placed page.
+
     pub(crate) fn test(&self, page: u64) -> bool {
-        self.0[(page / 64) as usize].load(Ordering::Acquire) & (1 << (page % 64)) != 0
+        self.0[(page / 64) as usize].load(Ordering::SeqCst) & (1 << (page % 64)) != 0
     }
 
     /// Sets the bit; returns whether it was already set.
     pub(crate) fn test_and_set(&self, page: u64) -> bool {
         let bit = 1 << (page % 64);
-        self.0[(page / 64) as usize].fetch_or(bit, Ordering::AcqRel) & bit != 0
+        self.0[(page / 64) as usize].fetch_or(bit, Ordering::SeqCst) & bit != 0
     }
 
+    /// Clears the bit, with an atomic read-modify-write only when it is set (placements
+    /// of pages nobody requested, the common case, then cost one load).
     pub(crate) fn clear(&self, page: u64) {
-        self.0[(page / 64) as usize].fetch_and(!(1 << (page % 64)), Ordering::AcqRel);
+        let word = &self.0[(page / 64) as usize];
+        let bit = 1 << (page % 64);
+        if word.load(Ordering::SeqCst) & bit != 0 {
+            word.fetch_and(!bit, Ordering::SeqCst);
+        }
     }
 
     pub(crate) fn clear_all(&self) {

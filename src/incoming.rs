@@ -581,13 +581,15 @@ impl Incoming {
             ))
         })?;
         let b = &entry.block;
-        if host as u64 % b.page_size != 0 {
+        // Page sizes are powers of two (BlockTable::new): masks, not divisions.
+        let mask = b.page_size - 1;
+        if host as u64 & mask != 0 {
             return Err(Error::invalid(format!(
                 "{what}: host address {host:#x} is not aligned to block {}'s page size {:#x}",
                 b.name, b.page_size
             )));
         }
-        if (single && len != b.page_size) || len == 0 || len % b.page_size != 0 {
+        if (single && len != b.page_size) || len == 0 || len & mask != 0 {
             return Err(Error::invalid(format!(
                 "{what}: size {len:#x} does not match block {}'s page size {:#x}",
                 b.name, b.page_size

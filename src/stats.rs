@@ -23,7 +23,8 @@ pub(crate) struct Counters {
 pub struct Stats {
     /// Page-fault messages read from the userfaultfd.
     pub faults: u64,
-    /// Page requests passed to the request callback.
+    /// Page requests passed to the request callback (failed ones included: see
+    /// `request_errors`).
     pub requests: u64,
     /// Faults on a page already requested and not yet placed (no new request sent).
     pub duplicate_faults: u64,

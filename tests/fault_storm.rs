@@ -340,6 +340,8 @@ fn storm_of_faults_races_with_background_placement() {
             assert_eq!(got, &expected[..], "{} +{off:#x}", b.name);
         }
     }
+    // Cleanup joins the fault thread: the counters are final after it.
+    incoming.cleanup().unwrap();
     let stats = incoming.stats();
     let total_pages: u64 = blocks.iter().map(|b| b.length / b.page_size).sum();
     let placed = counts.placed.load(Ordering::Relaxed);
@@ -363,7 +365,6 @@ fn storm_of_faults_races_with_background_placement() {
     );
     assert_eq!((stats.faults_outside, stats.request_errors), (0, 0));
     assert!(stats.faults > 0);
-    incoming.cleanup().unwrap();
     drop(incoming);
     drop(regions);
     drop(huge);

@@ -53,6 +53,9 @@ fn faulting_threads_read_exactly_the_served_pages() {
     for w in workers {
         w.join().unwrap();
     }
+    // Cleanup joins the fault thread: the counters are final after it.
+    incoming.cleanup().unwrap();
+    assert_eq!(incoming.state(), State::End);
     let stats = incoming.stats();
     let requests = server.requests.lock().clone();
     assert_eq!(stats.requests as usize, requests.len());
@@ -71,8 +74,6 @@ fn faulting_threads_read_exactly_the_served_pages() {
         assert_eq!(r.length, 4096);
         assert_eq!(r.offset % 4096, 0);
     }
-    incoming.cleanup().unwrap();
-    assert_eq!(incoming.state(), State::End);
 }
 
 #[test]

@@ -60,7 +60,7 @@ pub type PostcopyRamBlockVisitor =
 pub struct PostcopyStats {
     /// Page-fault messages read from the userfaultfd.
     pub faults: u64,
-    /// Page requests passed to `request_page`.
+    /// Page requests passed to `request_page` (failed ones included, see `request_errors`).
     pub requests: u64,
     /// Faults on a page already requested and not yet placed (no new request).
     pub duplicate_faults: u64,
