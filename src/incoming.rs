@@ -604,11 +604,110 @@ impl Incoming {
         Ok(entry)
     }
 
-    fn mark_received(&self, entry: &BlockEntry, host: usize, len: u64) {
+    fn mark_received(&self, entry: &BlockEntry, host: usize, len: usize) {
         let first = ((host - entry.block.host) as u64) >> entry.page_shift;
-        for page in first..first + (len >> entry.page_shift) {
+        for page in first..first + (len as u64 >> entry.page_shift) {
             entry.received.test_and_set(page);
             entry.requested.clear(page);
+        }
+    }
+
+    /// Places the whole pages of `[host, host+len)` in `entry` with `fill(offset, bytes)`,
+    /// which places `bytes` from `offset` into the run on and returns how many bytes it
+    /// placed (the whole rest, or one page). A page found present (EEXIST) is counted,
+    /// skipped, and the fill resumes after it; every waiter in the run has been woken.
+    /// An OS error stops the run and is returned (the pages placed before it stay placed,
+    /// marked and counted).
+    fn place_run(
+        &self,
+        what: &str,
+        entry: &BlockEntry,
+        host: usize,
+        len: usize,
+        zero: bool,
+        mut fill: impl FnMut(usize, usize) -> std::result::Result<usize, PlaceError>,
+    ) -> Result<RunPlacement> {
+        let page = entry.block.page_size as usize;
+        let mut run = RunPlacement::default();
+        let mut off = 0;
+        let mut failure = None;
+        while off < len {
+            let (placed, present) = match fill(off, len - off) {
+                Ok(n) => (n, false),
+                Err(PlaceError::AlreadyPresent { placed }) => (placed - placed % page, true),
+                Err(PlaceError::Os(errno)) => {
+                    failure = Some(errno);
+                    break;
+                }
+            };
+            self.mark_received(entry, host + off, placed);
+            run.placed += (placed / page) as u64;
+            off += placed;
+            if present {
+                log::debug!(
+                    "{what}: page at {:#x} in {} was already present",
+                    host + off,
+                    entry.block.name
+                );
+                self.mark_received(entry, host + off, page);
+                run.already_present += 1;
+                off += page;
+            }
+        }
+        let counter = if zero {
+            &self.counters.zero_pages_placed
+        } else {
+            &self.counters.pages_placed
+        };
+        counter.fetch_add(run.placed, Ordering::Relaxed);
+        if run.already_present != 0 {
+            self.counters
+                .already_present
+                .fetch_add(run.already_present, Ordering::Relaxed);
+        }
+        match failure {
+            None => Ok(run),
+            Some(errno) => Err(Error::new(
+                errno,
+                format!(
+                    "{what}: {} bytes at {:#x} in {}: {}",
+                    len - off,
+                    host + off,
+                    entry.block.name,
+                    std::io::Error::from_raw_os_error(errno)
+                ),
+            )),
+        }
+    }
+
+    /// Zero-fills with UFFDIO_ZEROPAGE where the block's registration offered it (the whole
+    /// rest of the run in one call), else by copying the zero page (one page a call:
+    /// hugetlbfs has no UFFDIO_ZEROPAGE).
+    fn zero_fill(
+        active: &Active,
+        entry: &BlockEntry,
+        dst: usize,
+        len: usize,
+    ) -> std::result::Result<usize, PlaceError> {
+        if entry.zeropage_ok.load(Ordering::Acquire) {
+            return active.uffd.zeropage(dst, len).map(|()| len);
+        }
+        let page = entry.block.page_size as usize;
+        // SAFETY: the zero page mapping is at least the largest block page size long and
+        // stays mapped while `active` is alive.
+        unsafe {
+            active
+                .uffd
+                .copy(dst, active.zero_page.as_ptr() as usize, page)
+        }
+        .map(|()| page)
+    }
+
+    fn single(run: RunPlacement) -> Placement {
+        if run.placed == 1 {
+            Placement::Placed
+        } else {
+            Placement::AlreadyPresent
         }
     }
 
@@ -628,10 +727,19 @@ impl Incoming {
         if from.is_null() {
             return Err(Error::invalid("place_page: source pointer is NULL"));
         }
-        // SAFETY: the caller guarantees `from` readable for `pagesize` bytes; the destination
-        // was checked to be one page inside a registered block.
-        let result = unsafe { active.uffd.copy(host, from as usize, pagesize as usize) };
-        self.finish_place(entry, host, pagesize, result, "place_page", false)
+        let run = self.place_run(
+            "place_page",
+            entry,
+            host,
+            pagesize as usize,
+            false,
+            |off, len| {
+                // SAFETY: the caller guarantees `from` readable for `pagesize` bytes; the
+                // destination was checked to be one page inside a registered block.
+                unsafe { active.uffd.copy(host + off, from as usize + off, len) }.map(|()| len)
+            },
+        )?;
+        Ok(Self::single(run))
     }
 
     /// Atomically places a zero page at `host`: UFFDIO_ZEROPAGE where the block's
@@ -639,83 +747,20 @@ impl Incoming {
     pub fn place_page_zero(&self, host: usize, pagesize: u64) -> Result<Placement> {
         let active = self.active("place_page_zero")?;
         let entry = Self::check_place(&active.table, "place_page_zero", host, pagesize, true)?;
-        let result = Self::zero_fill(&active, entry, host, pagesize);
-        self.finish_place(entry, host, pagesize, result, "place_page_zero", true)
+        let run = self.place_run(
+            "place_page_zero",
+            entry,
+            host,
+            pagesize as usize,
+            true,
+            |off, len| Self::zero_fill(&active, entry, host + off, len),
+        )?;
+        Ok(Self::single(run))
     }
 
-    fn zero_fill(
-        active: &Active,
-        entry: &BlockEntry,
-        host: usize,
-        len: u64,
-    ) -> std::result::Result<(), PlaceError> {
-        if entry.zeropage_ok.load(Ordering::Acquire) {
-            return active.uffd.zeropage(host, len as usize);
-        }
-        let step = entry.block.page_size as usize;
-        let mut outcome = Ok(());
-        for page in (host..host + len as usize).step_by(step) {
-            // SAFETY: the zero page mapping is at least the largest block page size long and
-            // stays mapped while `active` is alive.
-            match unsafe {
-                active
-                    .uffd
-                    .copy(page, active.zero_page.as_ptr() as usize, step)
-            } {
-                Ok(()) => {}
-                Err(PlaceError::AlreadyPresent) => outcome = Err(PlaceError::AlreadyPresent),
-                Err(e) => return Err(e),
-            }
-        }
-        outcome
-    }
-
-    fn finish_place(
-        &self,
-        entry: &BlockEntry,
-        host: usize,
-        len: u64,
-        result: std::result::Result<(), PlaceError>,
-        what: &str,
-        zero: bool,
-    ) -> Result<Placement> {
-        match result {
-            Ok(()) => {
-                self.mark_received(entry, host, len);
-                let counter = if zero {
-                    &self.counters.zero_pages_placed
-                } else {
-                    &self.counters.pages_placed
-                };
-                counter.fetch_add(len >> entry.page_shift, Ordering::Relaxed);
-                Ok(Placement::Placed)
-            }
-            Err(PlaceError::AlreadyPresent) => {
-                self.mark_received(entry, host, len);
-                self.counters
-                    .already_present
-                    .fetch_add(1, Ordering::Relaxed);
-                log::debug!(
-                    "{what}: page at {host:#x} in {} was already present",
-                    entry.block.name
-                );
-                Ok(Placement::AlreadyPresent)
-            }
-            Err(PlaceError::Os(errno)) => Err(Error::new(
-                errno,
-                format!(
-                    "{what}: {} bytes at {host:#x} in {}: {}",
-                    len,
-                    entry.block.name,
-                    std::io::Error::from_raw_os_error(errno)
-                ),
-            )),
-        }
-    }
-
-    /// Places a run of whole pages (`len` bytes, one block) from `from` in one UFFDIO_COPY.
-    /// Pages already present are skipped (the rest is placed page by page after the first
-    /// such page); every waiter in the run is woken.
+    /// Places a run of whole pages (`len` bytes, one block) from `from`, in one UFFDIO_COPY
+    /// when none is present. Pages already present are skipped and counted; every waiter
+    /// in the run is woken.
     ///
     /// # Safety
     /// `from` must point to `len` readable bytes.
@@ -730,49 +775,18 @@ impl Incoming {
         if from.is_null() {
             return Err(Error::invalid("place_pages: source pointer is NULL"));
         }
-        // SAFETY: as in place_page, for `len` bytes.
-        match unsafe { active.uffd.copy(host, from as usize, len as usize) } {
-            Ok(()) => {
-                self.mark_received(entry, host, len);
-                self.counters
-                    .pages_placed
-                    .fetch_add(len >> entry.page_shift, Ordering::Relaxed);
-                Ok(RunPlacement {
-                    placed: len >> entry.page_shift,
-                    already_present: 0,
-                })
-            }
-            Err(PlaceError::AlreadyPresent) => {
-                let step = entry.block.page_size;
-                let mut run = RunPlacement::default();
-                for off in (0..len).step_by(step as usize) {
-                    // SAFETY: each page is inside the checked run; `from + off` is inside the
-                    // caller's readable source.
-                    let r = unsafe {
-                        active.uffd.copy(
-                            host + off as usize,
-                            from as usize + off as usize,
-                            step as usize,
-                        )
-                    };
-                    match self.finish_place(
-                        entry,
-                        host + off as usize,
-                        step,
-                        r,
-                        "place_pages",
-                        false,
-                    )? {
-                        Placement::Placed => run.placed += 1,
-                        Placement::AlreadyPresent => run.already_present += 1,
-                    }
-                }
-                Ok(run)
-            }
-            Err(e) => self
-                .finish_place(entry, host, len, Err(e), "place_pages", false)
-                .map(|_| RunPlacement::default()),
-        }
+        self.place_run(
+            "place_pages",
+            entry,
+            host,
+            len as usize,
+            false,
+            |off, rest| {
+                // SAFETY: `off..off+rest` lies inside the checked run and inside the caller's
+                // readable source of `len` bytes.
+                unsafe { active.uffd.copy(host + off, from as usize + off, rest) }.map(|()| rest)
+            },
+        )
     }
 
     /// Places a run of zero pages (`len` bytes, one block), one UFFDIO_ZEROPAGE where
@@ -780,34 +794,14 @@ impl Incoming {
     pub fn place_pages_zero(&self, host: usize, len: u64) -> Result<RunPlacement> {
         let active = self.active("place_pages_zero")?;
         let entry = Self::check_place(&active.table, "place_pages_zero", host, len, false)?;
-        match Self::zero_fill(&active, entry, host, len) {
-            Ok(()) => {
-                self.mark_received(entry, host, len);
-                self.counters
-                    .zero_pages_placed
-                    .fetch_add(len >> entry.page_shift, Ordering::Relaxed);
-                Ok(RunPlacement {
-                    placed: len >> entry.page_shift,
-                    already_present: 0,
-                })
-            }
-            Err(PlaceError::AlreadyPresent) => {
-                let step = entry.block.page_size;
-                let mut run = RunPlacement::default();
-                for off in (0..len).step_by(step as usize) {
-                    let page = host + off as usize;
-                    let r = Self::zero_fill(&active, entry, page, step);
-                    match self.finish_place(entry, page, step, r, "place_pages_zero", true)? {
-                        Placement::Placed => run.placed += 1,
-                        Placement::AlreadyPresent => run.already_present += 1,
-                    }
-                }
-                Ok(run)
-            }
-            Err(e) => self
-                .finish_place(entry, host, len, Err(e), "place_pages_zero", true)
-                .map(|_| RunPlacement::default()),
-        }
+        self.place_run(
+            "place_pages_zero",
+            entry,
+            host,
+            len as usize,
+            true,
+            |off, rest| Self::zero_fill(&active, entry, host + off, rest),
+        )
     }
 
     /// A scratch page as large as the largest block page, for assembling a host page before

@@ -26,7 +26,7 @@ pub struct Source {
     target_page_bits: u32,
     commands_sent: AtomicU64,
     ranges_sent: AtomicU64,
-    send_errors: AtomicU64,
+    errors: AtomicU64,
     last_errno: AtomicI32,
 }
 
@@ -56,7 +56,7 @@ impl Source {
             target_page_bits: target_page_size.trailing_zeros(),
             commands_sent: AtomicU64::new(0),
             ranges_sent: AtomicU64::new(0),
-            send_errors: AtomicU64::new(0),
+            errors: AtomicU64::new(0),
             last_errno: AtomicI32::new(0),
         })
     }
@@ -89,6 +89,18 @@ impl Source {
     /// Queues the discard of `length` pages from bitmap bit `start` (which counts from the
     /// whole migration bitmap, as QEMU's); sends a command when 12 are queued.
     pub fn discard_range(&self, batch: &mut DiscardBatch, start: u64, length: u64) -> Result<()> {
+        let queued = self.queue_range(batch, start, length);
+        if queued.is_err() {
+            self.errors.fetch_add(1, Ordering::Relaxed);
+        }
+        queued?;
+        if batch.pending == MAX_DISCARDS_PER_COMMAND {
+            self.flush(batch)?;
+        }
+        Ok(())
+    }
+
+    fn queue_range(&self, batch: &mut DiscardBatch, start: u64, length: u64) -> Result<()> {
         if start < batch.offset || length == 0 {
             return Err(Error::invalid(format!(
                 "discard_send_range {}: range [{start}, +{length}) is empty or before the block's first bit {}",
@@ -105,9 +117,6 @@ impl Source {
         batch.lengths[batch.pending] = byte_len;
         batch.pending += 1;
         batch.ranges += 1;
-        if batch.pending == MAX_DISCARDS_PER_COMMAND {
-            self.flush(batch)?;
-        }
         Ok(())
     }
 
@@ -129,7 +138,7 @@ impl Source {
             }
             Err(errno) => {
                 batch.errno = errno;
-                self.send_errors.fetch_add(1, Ordering::Relaxed);
+                self.errors.fetch_add(1, Ordering::Relaxed);
                 self.last_errno.store(errno, Ordering::Relaxed);
                 Err(Error::new(
                     errno,
@@ -165,12 +174,13 @@ impl Source {
         })
     }
 
-    /// Commands sent, ranges sent, send failures, last errno.
+    /// Commands sent, ranges sent, failures (ranges refused and commands not sent), last
+    /// errno of a failed send.
     pub fn counters(&self) -> (u64, u64, u64, i32) {
         (
             self.commands_sent.load(Ordering::Relaxed),
             self.ranges_sent.load(Ordering::Relaxed),
-            self.send_errors.load(Ordering::Relaxed),
+            self.errors.load(Ordering::Relaxed),
             self.last_errno.load(Ordering::Relaxed),
         )
     }

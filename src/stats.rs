@@ -18,7 +18,8 @@ pub(crate) struct Counters {
     pub unexpected_events: AtomicU64,
 }
 
-/// A snapshot of the counters.
+/// A snapshot of the counters. Each is updated right after the event it counts: while
+/// postcopy runs they may lag a woken thread by a step; after cleanup they are final.
 #[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
 pub struct Stats {
     /// Page-fault messages read from the userfaultfd.

@@ -176,8 +176,12 @@ impl std::fmt::Display for OpenError {
 /// Outcome of a placement ioctl that did not simply succeed.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum PlaceError {
-    /// A page of the range was already present (EEXIST). The range has been woken.
-    AlreadyPresent,
+    /// A page of the range was already present (EEXIST): the one `placed` bytes into the
+    /// range, after the pages before it were placed. The whole range has been woken.
+    AlreadyPresent {
+        /// Bytes placed before the present page.
+        placed: usize,
+    },
     /// Any other failure, as a positive errno.
     Os(i32),
 }
@@ -334,19 +338,49 @@ impl Uffd {
         Ok(())
     }
 
+    /// Runs one placement ioctl over `[dst, dst+len)` until it is all placed. `once(done)`
+    /// issues the ioctl for the part from `done` on and returns its result, its errno and
+    /// the bytes it reported placed. EAGAIN (the address space changed under the call) is
+    /// retried from where the kernel stopped. EEXIST (a page is already present) wakes the
+    /// range and reports [`PlaceError::AlreadyPresent`] with the bytes placed before it.
+    fn place_loop(
+        &self,
+        dst: usize,
+        len: usize,
+        mut once: impl FnMut(usize) -> (i32, i32, i64),
+    ) -> Result<(), PlaceError> {
+        let mut done = 0usize;
+        let mut retries = 0u32;
+        while done < len {
+            let (rc, err, progressed) = once(done);
+            if rc == 0 {
+                return Ok(());
+            }
+            if progressed > 0 {
+                done += progressed as usize;
+            }
+            match err {
+                libc::EAGAIN if retries < EAGAIN_RETRIES => {
+                    retries += 1;
+                    std::thread::yield_now();
+                }
+                libc::EEXIST => {
+                    let _ = self.wake(dst, len);
+                    return Err(PlaceError::AlreadyPresent { placed: done });
+                }
+                e => return Err(PlaceError::Os(e)),
+            }
+        }
+        Ok(())
+    }
+
     /// Atomically fills `[dst, dst+len)` with a copy of `[src, src+len)` and wakes the
-    /// threads that faulted there.
-    ///
-    /// EAGAIN (the address space changed under the call) is retried from where the kernel
-    /// stopped. EEXIST (a page is already present) wakes the range and reports
-    /// [`PlaceError::AlreadyPresent`]: the caller learns that some other placer won.
+    /// threads that faulted there; see `place_loop` for EAGAIN and EEXIST.
     ///
     /// # Safety
     /// `src..src+len` must be readable memory for the duration of the call.
     pub unsafe fn copy(&self, dst: usize, src: usize, len: usize) -> Result<(), PlaceError> {
-        let mut done = 0usize;
-        let mut retries = 0u32;
-        while done < len {
+        self.place_loop(dst, len, |done| {
             let mut arg = UffdioCopy {
                 dst: (dst + done) as u64,
                 src: (src + done) as u64,
@@ -358,34 +392,14 @@ impl Uffd {
             // source range, which the caller guarantees readable, and writes only into the
             // registered destination range, which is not Rust-owned memory.
             let rc = unsafe { libc::ioctl(self.raw_fd(), UFFDIO_COPY as _, &mut arg) };
-            if rc == 0 {
-                return Ok(());
-            }
-            let err = last_errno();
-            if arg.copy > 0 {
-                done += arg.copy as usize;
-            }
-            match err {
-                libc::EAGAIN if retries < EAGAIN_RETRIES => {
-                    retries += 1;
-                    std::thread::yield_now();
-                }
-                libc::EEXIST => {
-                    let _ = self.wake(dst, len);
-                    return Err(PlaceError::AlreadyPresent);
-                }
-                e => return Err(PlaceError::Os(e)),
-            }
-        }
-        Ok(())
+            (rc, if rc == 0 { 0 } else { last_errno() }, arg.copy)
+        })
     }
 
-    /// Atomically maps zero pages over `[dst, dst+len)` and wakes the faulting threads.
-    /// EAGAIN and EEXIST are handled as in [`Uffd::copy`].
+    /// Atomically maps zero pages over `[dst, dst+len)` and wakes the faulting threads;
+    /// EAGAIN and EEXIST as in [`Uffd::copy`].
     pub fn zeropage(&self, dst: usize, len: usize) -> Result<(), PlaceError> {
-        let mut done = 0usize;
-        let mut retries = 0u32;
-        while done < len {
+        self.place_loop(dst, len, |done| {
             let mut arg = UffdioZeropage {
                 range: UffdioRange {
                     start: (dst + done) as u64,
@@ -397,26 +411,8 @@ impl Uffd {
             // SAFETY: UFFDIO_ZEROPAGE reads and writes one `uffdio_zeropage` and only maps
             // zero pages into the registered range, which is not Rust-owned memory.
             let rc = unsafe { libc::ioctl(self.raw_fd(), UFFDIO_ZEROPAGE as _, &mut arg) };
-            if rc == 0 {
-                return Ok(());
-            }
-            let err = last_errno();
-            if arg.zeropage > 0 {
-                done += arg.zeropage as usize;
-            }
-            match err {
-                libc::EAGAIN if retries < EAGAIN_RETRIES => {
-                    retries += 1;
-                    std::thread::yield_now();
-                }
-                libc::EEXIST => {
-                    let _ = self.wake(dst, len);
-                    return Err(PlaceError::AlreadyPresent);
-                }
-                e => return Err(PlaceError::Os(e)),
-            }
-        }
-        Ok(())
+            (rc, if rc == 0 { 0 } else { last_errno() }, arg.zeropage)
+        })
     }
 
     /// Reads as many pending messages as fit in `buf` without blocking; returns how many.

@@ -342,3 +342,48 @@ fn cleanup_from_the_fault_thread_is_refused() {
     assert_eq!(*hooks.errno.lock(), Some(libc::EDEADLK));
     incoming.cleanup().unwrap();
 }
+
+#[test]
+fn runs_with_a_present_page_in_the_middle_count_exactly() {
+    require_uffd!();
+    let mem = GuestMem::anon(8 * 4096);
+    let server = Server::new(vec![mem.block("pc.ram")], false);
+    let incoming = server.incoming(IncomingConfig::default());
+    incoming.init(0).unwrap();
+    incoming.enable_notify().unwrap();
+    let data = vec![7u8; 3 * 4096];
+    // SAFETY: `data` holds the bytes of each call.
+    unsafe {
+        assert_eq!(
+            incoming
+                .place_page(mem.addr + 4096, data.as_ptr(), 4096)
+                .unwrap(),
+            Placement::Placed
+        );
+        let run = incoming
+            .place_pages(mem.addr, data.as_ptr(), 3 * 4096)
+            .unwrap();
+        assert_eq!((run.placed, run.already_present), (2, 1));
+    }
+    assert_eq!(
+        incoming.place_page_zero(mem.addr + 5 * 4096, 4096).unwrap(),
+        Placement::Placed
+    );
+    let run = incoming
+        .place_pages_zero(mem.addr + 4 * 4096, 3 * 4096)
+        .unwrap();
+    assert_eq!((run.placed, run.already_present), (2, 1));
+    // A run entirely present.
+    let run = incoming
+        .place_pages_zero(mem.addr + 4 * 4096, 3 * 4096)
+        .unwrap();
+    assert_eq!((run.placed, run.already_present), (0, 3));
+    incoming.cleanup().unwrap();
+    let s = incoming.stats();
+    assert_eq!(
+        (s.pages_placed, s.zero_pages_placed, s.already_present),
+        (3, 3, 5)
+    );
+    assert_eq!(mem.read_u64(2 * 4096), 0x0707_0707_0707_0707);
+    assert_eq!(mem.read_u64(6 * 4096), 0);
+}

@@ -236,7 +236,8 @@ pub extern "C" fn postcopy_discard_send_finish(
     })
 }
 
-/// Discard commands that failed to send so far (0 for NULL, logged).
+/// Discard failures so far: ranges refused by `postcopy_discard_send_range` and commands
+/// that failed to send (0 for NULL, logged).
 #[no_mangle]
 pub extern "C" fn postcopy_migration_discard_errors(ms: *const MigrationState) -> u64 {
     guard("postcopy_migration_discard_errors", || {

@@ -54,7 +54,10 @@ pub struct PostcopyRamBlock {
 pub type PostcopyRamBlockVisitor =
     unsafe extern "C" fn(block: *const PostcopyRamBlock, ctx: *mut c_void) -> c_int;
 
-/// Counters of a destination (`postcopy_incoming_get_stats`).
+/// Counters of a destination (`postcopy_incoming_get_stats`). Each counter is updated
+/// right after the event it counts, so while postcopy runs a woken thread may read them a
+/// step behind (a page it saw placed not yet in `pages_placed`); after
+/// `postcopy_ram_incoming_cleanup`, which joins the fault thread, they are final.
 #[repr(C)]
 #[derive(Debug, Default, Clone, Copy)]
 pub struct PostcopyStats {
