@@ -305,7 +305,10 @@ typedef struct PostcopyIncomingOps {
 } PostcopyIncomingOps;
 
 /**
- * Counters of a destination (`postcopy_incoming_get_stats`).
+ * Counters of a destination (`postcopy_incoming_get_stats`). Each counter is updated
+ * right after the event it counts, so while postcopy runs a woken thread may read them a
+ * step behind (a page it saw placed not yet in `pages_placed`); after
+ * `postcopy_ram_incoming_cleanup`, which joins the fault thread, they are final.
  */
 typedef struct PostcopyStats {
   /**
@@ -705,7 +708,8 @@ void postcopy_discard_send_range(struct MigrationState *ms,
 void postcopy_discard_send_finish(struct MigrationState *ms, struct PostcopyDiscardState *pds);
 
 /**
- * Discard commands that failed to send so far (0 for NULL, logged).
+ * Discard failures so far: ranges refused by `postcopy_discard_send_range` and commands
+ * that failed to send (0 for NULL, logged).
  */
 uint64_t postcopy_migration_discard_errors(const struct MigrationState *ms);
 
