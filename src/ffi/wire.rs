@@ -373,31 +373,47 @@ pub extern "C" fn postcopy_wire_decode_command_header(
 ) -> c_int {
     guard("postcopy_wire_decode_command_header", || {
         // SAFETY: the C caller upholds the pointer contract documented above.
-        unsafe { postcopy_wire_decode_command_header_impl(buf, len, out) }.unwrap_or_else(|e| e)
+        unsafe {
+            decode_header_into(
+                "postcopy_wire_decode_command_header",
+                buf,
+                len,
+                out,
+                |input| {
+                    wire::decode_command_header(input)
+                        .map(|h| (h.cmd.as_u16(), h.payload_len, h.total_len()))
+                },
+            )
+        }
+        .unwrap_or_else(|e| e)
     })
 }
 
+/// Decodes a header with `decode` (kind, payload length, total length) into `*out`.
+///
 /// # Safety
-/// The pointer contract of the export of the same name (its documentation).
-unsafe fn postcopy_wire_decode_command_header_impl(
+/// `buf` holds `len` readable bytes (or is NULL), `out` is NULL or writable.
+unsafe fn decode_header_into(
+    what: &'static str,
     buf: *const u8,
     len: usize,
     out: *mut PostcopyWireHeader,
+    decode: impl FnOnce(&[u8]) -> Result<(u16, u16, usize), wire::WireError>,
 ) -> Result<c_int, i32> {
-    const WHAT: &str = "postcopy_wire_decode_command_header";
     if out.is_null() {
-        return Err(einval(WHAT, "out is NULL"));
+        return Err(einval(what, "out is NULL"));
     }
     // SAFETY: the caller's buffer of `len` readable bytes.
-    let input = unsafe { in_slice(WHAT, "buf", buf, len)? };
-    let h = wire::decode_command_header(input).map_err(|e| wire_err(WHAT, e))?;
-    let header = PostcopyWireHeader {
-        kind: h.cmd.as_u16(),
-        payload_len: h.payload_len,
-        total_len: h.total_len(),
-    };
+    let input = unsafe { in_slice(what, "buf", buf, len)? };
+    let (kind, payload_len, total_len) = decode(input).map_err(|e| wire_err(what, e))?;
     // SAFETY: non-NULL; the caller passes a writable PostcopyWireHeader.
-    unsafe { out.write(header) };
+    unsafe {
+        out.write(PostcopyWireHeader {
+            kind,
+            payload_len,
+            total_len,
+        })
+    };
     Ok(0)
 }
 
@@ -616,32 +632,20 @@ pub extern "C" fn postcopy_wire_decode_return_path_header(
 ) -> c_int {
     guard("postcopy_wire_decode_return_path_header", || {
         // SAFETY: the C caller upholds the pointer contract documented above.
-        unsafe { postcopy_wire_decode_return_path_header_impl(buf, len, out) }.unwrap_or_else(|e| e)
+        unsafe {
+            decode_header_into(
+                "postcopy_wire_decode_return_path_header",
+                buf,
+                len,
+                out,
+                |input| {
+                    wire::decode_return_path_header(input)
+                        .map(|h| (h.rp_type.as_u16(), h.payload_len, h.total_len()))
+                },
+            )
+        }
+        .unwrap_or_else(|e| e)
     })
-}
-
-/// # Safety
-/// The pointer contract of the export of the same name (its documentation).
-unsafe fn postcopy_wire_decode_return_path_header_impl(
-    buf: *const u8,
-    len: usize,
-    out: *mut PostcopyWireHeader,
-) -> Result<c_int, i32> {
-    const WHAT: &str = "postcopy_wire_decode_return_path_header";
-    if out.is_null() {
-        return Err(einval(WHAT, "out is NULL"));
-    }
-    // SAFETY: the caller's buffer of `len` readable bytes.
-    let input = unsafe { in_slice(WHAT, "buf", buf, len)? };
-    let h = wire::decode_return_path_header(input).map_err(|e| wire_err(WHAT, e))?;
-    let header = PostcopyWireHeader {
-        kind: h.rp_type.as_u16(),
-        payload_len: h.payload_len,
-        total_len: h.total_len(),
-    };
-    // SAFETY: non-NULL; the caller passes a writable PostcopyWireHeader.
-    unsafe { out.write(header) };
-    Ok(0)
 }
 
 /// Decodes one whole return-path message from the start of `buf` (`len` bytes; later bytes
