@@ -7,12 +7,19 @@ bash scripts/install-deps.sh
 # build.rs leaves include/ alone with this set, so tests/header.rs can tell whether the
 # committed header is stale.
 export POSTCOPY_RAM_CHECK_HEADER=1
+log=$(mktemp)
+trap 'rm -f "$log"' EXIT
 
 echo "== Rust tests (library, wire codecs, fault storm, KVM guest, end-to-end migrations)"
-cargo test --workspace --all-targets
+cargo test --workspace --all-targets 2>&1 | tee -a "$log"
 
-echo "== C tests (CMake + ctest: seed prototypes, real userfaultfd, dlopen, static, packaging, valgrind/ASan)"
-bash scripts/c-tests.sh
+echo "== C tests (CMake + ctest: seed prototypes, real userfaultfd, dlopen, static, packaging, valgrind/ASan, KVM migration)"
+bash scripts/c-tests.sh 2>&1 | tee -a "$log"
 
 echo "== The main command: a real postcopy migration (256 MiB, 4 faulting threads)"
 cargo migrate --quiet
+
+# One closing line over both runners, counted from their own summaries above.
+awk '/^test result:/ { p += $4; f += $6 }
+     /tests passed, [0-9]+ tests failed out of/ { p += $NF - $(NF-5); f += $(NF-5) }
+     END { printf "all tests: %d passed, %d failed\n", p, f; exit (f > 0) }' "$log"
