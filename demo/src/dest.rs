@@ -275,7 +275,8 @@ pub fn run_dest(
                                     crate::kvm::run_checksum_guest(
                                         mem.addr(),
                                         mem.len(),
-                                        &Default::default(),
+                                        // Pages in a scattered order, as a guest touches them.
+                                        &crate::kvm::GuestOptions::scattered(mem.len()),
                                     )
                                 }?;
                                 Ok((Vec::new(), Some(r.checksum)))
