@@ -1,33 +1,15 @@
 //! The discard walk: fixed cases, and the fast walk against the bit-by-bit reference over
 //! seeded random bitmaps.
 
+mod common;
+
 use std::ops::ControlFlow;
+
+use common::Rng;
 
 use postcopy_ram::discard_walk::{
     discard_walk, discard_walk_reference, try_discard_walk, DiscardWalkError,
 };
-
-/// xorshift64: small, seeded, reproducible.
-struct Rng(u64);
-
-impl Rng {
-    fn new(seed: u64) -> Self {
-        Rng(seed.wrapping_mul(0x9e37_79b9_7f4a_7c15) | 1)
-    }
-
-    fn next(&mut self) -> u64 {
-        let mut x = self.0;
-        x ^= x << 13;
-        x ^= x >> 7;
-        x ^= x << 17;
-        self.0 = x;
-        x
-    }
-
-    fn below(&mut self, n: u64) -> u64 {
-        self.next() % n
-    }
-}
 
 const RATIOS: [usize; 11] = [1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024];
 

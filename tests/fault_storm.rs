@@ -13,7 +13,7 @@ use std::sync::{mpsc, Arc, Weak};
 use std::thread;
 use std::time::{Duration, Instant};
 
-use common::page_pattern;
+use common::{page_pattern, Rng};
 use parking_lot::{Condvar, Mutex};
 use postcopy_ram::{
     Backing, BlockName, Incoming, IncomingConfig, IncomingHooks, Placement, RamBlock,
@@ -271,12 +271,9 @@ fn storm_of_faults_races_with_background_placement() {
                 .enumerate()
                 .flat_map(|(i, b)| (0..b.length / b.page_size).map(move |p| (i, p * b.page_size)))
                 .collect();
-            let mut x = 0x1234_5678u64;
+            let mut rng = Rng::new(0x1234_5678);
             for i in (1..pages.len()).rev() {
-                x ^= x << 13;
-                x ^= x >> 7;
-                x ^= x << 17;
-                pages.swap(i, (x % (i as u64 + 1)) as usize);
+                pages.swap(i, rng.below(i as u64 + 1) as usize);
             }
             let incoming = weak.upgrade().unwrap();
             for (n, (bi, off)) in pages.into_iter().enumerate() {
@@ -293,14 +290,11 @@ fn storm_of_faults_races_with_background_placement() {
     for t in 0..FAULTERS {
         let (blocks, tx) = (blocks.clone(), tx.clone());
         thread::spawn(move || {
-            let mut x = 0x9E37_79B9u64 + t as u64 * 7919;
+            let mut rng = Rng::new(t as u64 + 1);
             let mut expected = vec![0u8; 4096];
             for _ in 0..TOUCHES_PER_THREAD {
-                x ^= x << 13;
-                x ^= x >> 7;
-                x ^= x << 17;
-                let b = &blocks[(x % blocks.len() as u64) as usize];
-                let off = ((x >> 16) % (b.length / 4096)) * 4096;
+                let b = &blocks[rng.below(blocks.len() as u64) as usize];
+                let off = rng.below(b.length / 4096) * 4096;
                 // SAFETY: inside a registered block; the library places it.
                 let got = unsafe {
                     std::slice::from_raw_parts((b.host + off as usize) as *const u8, 4096)

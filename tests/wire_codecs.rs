@@ -2,33 +2,10 @@
 //! section 4), round trips, streaming, clear errors, and decoders fed random, truncated and
 //! mutated bytes.
 
+mod common;
+
+use common::Rng;
 use postcopy_ram::wire::*;
-
-/// xorshift64: small, seeded, reproducible.
-struct Rng(u64);
-
-impl Rng {
-    fn new(seed: u64) -> Self {
-        Rng(seed.wrapping_mul(0x9e37_79b9_7f4a_7c15) | 1)
-    }
-
-    fn next(&mut self) -> u64 {
-        let mut x = self.0;
-        x ^= x << 13;
-        x ^= x >> 7;
-        x ^= x << 17;
-        self.0 = x;
-        x
-    }
-
-    fn below(&mut self, n: u64) -> u64 {
-        self.next() % n
-    }
-
-    fn byte(&mut self) -> u8 {
-        self.next() as u8
-    }
-}
 
 /// Bytes from a hex string; whitespace and `|` are separators for readability.
 fn hex(s: &str) -> Vec<u8> {
