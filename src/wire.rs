@@ -72,6 +72,19 @@ impl LenRule {
             LenRule::Between(lo, hi) => (lo..=hi).contains(&len),
         }
     }
+
+    /// `Ok` when the rule allows `len`, else a [`WireError::LengthMismatch`] for `what`.
+    fn check(self, what: &'static str, len: usize) -> Result<(), WireError> {
+        if self.allows(len) {
+            Ok(())
+        } else {
+            Err(WireError::LengthMismatch {
+                what,
+                found: len,
+                expected: self,
+            })
+        }
+    }
 }
 
 impl fmt::Display for LenRule {
@@ -620,16 +633,7 @@ impl Command {
     }
 
     fn check_payload_len(self, len: usize) -> Result<(), WireError> {
-        let expected = self.payload_len_rule();
-        if expected.allows(len) {
-            Ok(())
-        } else {
-            Err(WireError::LengthMismatch {
-                what: self.name(),
-                found: len,
-                expected,
-            })
-        }
+        self.payload_len_rule().check(self.name(), len)
     }
 }
 
@@ -1126,16 +1130,7 @@ impl ReturnPathType {
     }
 
     fn check_payload_len(self, len: usize) -> Result<(), WireError> {
-        let expected = self.payload_len_rule();
-        if expected.allows(len) {
-            Ok(())
-        } else {
-            Err(WireError::LengthMismatch {
-                what: self.name(),
-                found: len,
-                expected,
-            })
-        }
+        self.payload_len_rule().check(self.name(), len)
     }
 }
 

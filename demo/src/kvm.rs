@@ -284,20 +284,9 @@ pub fn page_hash(index: u32, page: &[u8]) -> u32 {
 /// # Panics
 /// If `data.len()` is not a multiple of [`PAGE_SIZE`] or has more than `u32::MAX` pages.
 pub fn reference_checksum(data: &[u8]) -> u32 {
-    assert_eq!(
-        data.len() % PAGE_SIZE,
-        0,
-        "length must be a multiple of 4 KiB"
-    );
-    assert!(
-        data.len() / PAGE_SIZE <= u32::MAX as usize,
-        "too many pages"
-    );
-    data.chunks_exact(PAGE_SIZE)
-        .enumerate()
-        .fold(0u32, |sum, (i, page)| {
-            sum.wrapping_add(page_hash(i as u32, page))
-        })
+    reference_page_hashes(data)
+        .into_iter()
+        .fold(0u32, u32::wrapping_add)
 }
 
 /// The per-page hashes of `data` (index = page number), as the guest reports them

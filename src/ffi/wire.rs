@@ -168,6 +168,37 @@ fn wire_err(what: &str, e: WireError) -> i32 {
     e.to_errno()
 }
 
+/// Refuses (with one log line) a NULL pointer, or a length whose byte size overflows isize.
+fn check_ptr_len<T>(what: &str, arg: &str, is_null: bool, len: usize) -> Result<(), i32> {
+    if is_null {
+        return Err(einval(what, &format!("{arg} is NULL")));
+    }
+    if len
+        .checked_mul(std::mem::size_of::<T>())
+        .map_or(true, |b| b > isize::MAX as usize)
+    {
+        return Err(einval(what, &format!("{arg} length {len} is too large")));
+    }
+    Ok(())
+}
+
+/// The input of a decoder: `out` must not be NULL, `buf` is `len` readable bytes.
+///
+/// # Safety
+/// As [`in_slice`] for `buf`.
+unsafe fn decoder_input<'a, T>(
+    what: &str,
+    buf: *const u8,
+    len: usize,
+    out: *mut T,
+) -> Result<&'a [u8], i32> {
+    if out.is_null() {
+        return Err(einval(what, "out is NULL"));
+    }
+    // SAFETY: forwarded from the caller.
+    unsafe { in_slice(what, "buf", buf, len) }
+}
+
 /// `len` bytes at `ptr` as a slice; an error (logged) when `ptr` is NULL or `len` too large.
 ///
 /// # Safety
@@ -179,15 +210,7 @@ unsafe fn in_slice<'a, T>(
     ptr: *const T,
     len: usize,
 ) -> Result<&'a [T], i32> {
-    if ptr.is_null() {
-        return Err(einval(what, &format!("{arg} is NULL")));
-    }
-    if len
-        .checked_mul(std::mem::size_of::<T>())
-        .map_or(true, |b| b > isize::MAX as usize)
-    {
-        return Err(einval(what, &format!("{arg} length {len} is too large")));
-    }
+    check_ptr_len::<T>(what, arg, ptr.is_null(), len)?;
     // SAFETY: non-NULL and of a valid size (checked above); the caller guarantees the rest.
     Ok(unsafe { std::slice::from_raw_parts(ptr, len) })
 }
@@ -203,15 +226,7 @@ unsafe fn out_slice<'a, T>(
     ptr: *mut T,
     len: usize,
 ) -> Result<&'a mut [T], i32> {
-    if ptr.is_null() {
-        return Err(einval(what, &format!("{arg} is NULL")));
-    }
-    if len
-        .checked_mul(std::mem::size_of::<T>())
-        .map_or(true, |b| b > isize::MAX as usize)
-    {
-        return Err(einval(what, &format!("{arg} length {len} is too large")));
-    }
+    check_ptr_len::<T>(what, arg, ptr.is_null(), len)?;
     // SAFETY: non-NULL and of a valid size (checked above); the caller guarantees the rest.
     Ok(unsafe { std::slice::from_raw_parts_mut(ptr, len) })
 }
@@ -400,11 +415,8 @@ unsafe fn decode_header_into(
     out: *mut PostcopyWireHeader,
     decode: impl FnOnce(&[u8]) -> Result<(u16, u16, usize), wire::WireError>,
 ) -> Result<c_int, i32> {
-    if out.is_null() {
-        return Err(einval(what, "out is NULL"));
-    }
     // SAFETY: the caller's buffer of `len` readable bytes.
-    let input = unsafe { in_slice(what, "buf", buf, len)? };
+    let input = unsafe { decoder_input(what, buf, len, out)? };
     let (kind, payload_len, total_len) = decode(input).map_err(|e| wire_err(what, e))?;
     // SAFETY: non-NULL; the caller passes a writable PostcopyWireHeader.
     unsafe {
@@ -442,11 +454,8 @@ unsafe fn postcopy_wire_decode_command_impl(
     out: *mut PostcopyWireCommand,
 ) -> Result<usize, i32> {
     const WHAT: &str = "postcopy_wire_decode_command";
-    if out.is_null() {
-        return Err(einval(WHAT, "out is NULL"));
-    }
     // SAFETY: the caller's buffer of `len` readable bytes.
-    let input = unsafe { in_slice(WHAT, "buf", buf, len)? };
+    let input = unsafe { decoder_input(WHAT, buf, len, out)? };
     let (msg, used) = wire::decode_command(input).map_err(|e| wire_err(WHAT, e))?;
     let mut c = PostcopyWireCommand {
         cmd: msg.command().as_u16(),
@@ -518,11 +527,8 @@ unsafe fn postcopy_wire_decode_discard_impl(
     capacity: usize,
 ) -> Result<usize, i32> {
     const WHAT: &str = "postcopy_wire_decode_discard";
-    if out.is_null() {
-        return Err(einval(WHAT, "out is NULL"));
-    }
     // SAFETY: the caller's buffer of `len` readable bytes.
-    let input = unsafe { in_slice(WHAT, "buf", buf, len)? };
+    let input = unsafe { decoder_input(WHAT, buf, len, out)? };
     let (starts, lengths): (&mut [u64], &mut [u64]) = if capacity == 0 {
         (&mut [], &mut [])
     } else {
@@ -672,11 +678,8 @@ unsafe fn postcopy_wire_decode_return_path_impl(
     out: *mut PostcopyWireRpMessage,
 ) -> Result<usize, i32> {
     const WHAT: &str = "postcopy_wire_decode_return_path";
-    if out.is_null() {
-        return Err(einval(WHAT, "out is NULL"));
-    }
     // SAFETY: the caller's buffer of `len` readable bytes.
-    let input = unsafe { in_slice(WHAT, "buf", buf, len)? };
+    let input = unsafe { decoder_input(WHAT, buf, len, out)? };
     let (msg, used) = wire::decode_return_path(input).map_err(|e| wire_err(WHAT, e))?;
     let mut m = PostcopyWireRpMessage {
         rp_type: msg.rp_type().as_u16(),
