@@ -188,7 +188,7 @@ static inline void *map_region(size_t len, int hugetlb)
     if (p == MAP_FAILED)
         return NULL;
     if (!hugetlb)
-        madvise(p, len, MADV_NOHUGEPAGE); /* 4 KiB pages only, as postcopy_ram_prepare_discard does */
+        madvise(p, len, MADV_NOHUGEPAGE); /* 4 KiB pages only, as pcr_incoming_prepare_discard does */
     return p;
 }
 
@@ -203,13 +203,13 @@ static inline void rearm(void *addr, size_t len)
 
 /* One destination with one anonymous RAM block ("bench") at `host`. */
 struct lib_side {
-    MigrationIncomingState *mis;
-    PostcopyRamBlock block;
+    PcrIncoming *mis;
+    PcrRamBlock block;
     const void *src;       /* what request_page places (fault benchmark) */
     unsigned long placed;  /* pages placed by request_page */
 };
 
-static inline int lib_foreach(void *opaque, PostcopyRamBlockVisitor visit, void *ctx)
+static inline int lib_foreach(void *opaque, PcrRamBlockVisitor visit, void *ctx)
 {
     struct lib_side *s = opaque;
     return visit(&s->block, ctx);
@@ -221,7 +221,7 @@ static inline int lib_request_page(void *opaque, const char *block_name, uint64_
 {
     struct lib_side *s = opaque;
     (void)block_name;
-    int rc = postcopy_place_page(s->mis, (char *)s->block.host + offset, (void *)s->src, (size_t)length);
+    int rc = pcr_place_page(s->mis, (char *)s->block.host + offset, (void *)s->src, (size_t)length);
     if (rc == 0 || rc == -EEXIST) {
         s->placed++;
         return 0;
@@ -229,42 +229,42 @@ static inline int lib_request_page(void *opaque, const char *block_name, uint64_
     return rc;
 }
 
-/* postcopy_incoming_state_new + postcopy_ram_incoming_init + postcopy_ram_enable_notify.
+/* pcr_incoming_new + pcr_incoming_init + pcr_incoming_enable_notify.
  * init discards the whole block, so every page is missing afterwards. */
 static inline void lib_open(struct lib_side *s, void *host, size_t len, size_t page_size, uint32_t spin_wait_us)
 {
-    s->block = (PostcopyRamBlock){
+    s->block = (PcrRamBlock){
         .name = "bench", .host = host, .offset = 0, .length = len, .page_size = page_size,
         .fd = -1, .fd_offset = 0, .shared = false,
     };
     s->placed = 0;
-    PostcopyIncomingOps ops = {
+    PcrIncomingOps ops = {
         .foreach_ram_block = lib_foreach,
         .request_page = lib_request_page,
         .target_page_size = 4096,
         .spin_wait_us = spin_wait_us,
     };
-    s->mis = postcopy_incoming_state_new(&ops, s);
+    s->mis = pcr_incoming_new(&ops, s);
     if (!s->mis)
-        die("postcopy_incoming_state_new failed");
-    int rc = postcopy_ram_incoming_init(s->mis, 0);
+        die("pcr_incoming_new failed");
+    int rc = pcr_incoming_init(s->mis, 0);
     if (rc != 0)
-        die("postcopy_ram_incoming_init: %s", strerror(-rc));
-    rc = postcopy_ram_enable_notify(s->mis);
+        die("pcr_incoming_init: %s", strerror(-rc));
+    rc = pcr_incoming_enable_notify(s->mis);
     if (rc != 0)
-        die("postcopy_ram_enable_notify: %s", strerror(-rc));
+        die("pcr_incoming_enable_notify: %s", strerror(-rc));
 }
 
-/* postcopy_ram_incoming_cleanup (joins the fault thread) + postcopy_incoming_state_free;
+/* pcr_incoming_cleanup (joins the fault thread) + pcr_incoming_free;
  * the final counters go to *stats when not NULL. */
-static inline void lib_close(struct lib_side *s, PostcopyStats *stats)
+static inline void lib_close(struct lib_side *s, PcrStats *stats)
 {
-    int rc = postcopy_ram_incoming_cleanup(s->mis);
+    int rc = pcr_incoming_cleanup(s->mis);
     if (rc != 0)
-        die("postcopy_ram_incoming_cleanup: %s", strerror(-rc));
-    if (stats && postcopy_incoming_get_stats(s->mis, stats) != 0)
-        die("postcopy_incoming_get_stats failed");
-    postcopy_incoming_state_free(s->mis);
+        die("pcr_incoming_cleanup: %s", strerror(-rc));
+    if (stats && pcr_incoming_get_stats(s->mis, stats) != 0)
+        die("pcr_incoming_get_stats failed");
+    pcr_incoming_free(s->mis);
     s->mis = NULL;
 }
 

@@ -1,5 +1,5 @@
 /*
- * Benchmark: the library's discard walk (postcopy_discard_walk, through the C ABI) against a
+ * Benchmark: the library's discard walk (pcr_discard_walk, through the C ABI) against a
  * plain C word scan doing the same job, in the same run, alternating.
  *
  * The job: the dirty-or-unsent bitmap of a 64 GiB guest with 4 KiB pages (16 Mi bits,
@@ -247,7 +247,7 @@ static int bench(const char *name, const uint64_t *pattern, size_t ratio)
                 struct tally t = {0, 0};
                 memcpy(work_lib, pattern, sizeof(work_lib));
                 t0 = now_us();
-                rc = postcopy_discard_walk(work_lib, NBITS, ratio, callback, &t);
+                rc = pcr_discard_walk(work_lib, NBITS, ratio, callback, &t);
                 t1 = now_us();
                 t_lib[round] = t1 - t0;
                 lib = t;

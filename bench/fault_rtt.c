@@ -5,7 +5,7 @@
  * registered private anonymous region and times each write. The page is served by:
  *
  *   lib      the library's fault thread: it reads the fault, calls request_page, whose
- *            callback places the page with postcopy_place_page (on the fault thread);
+ *            callback places the page with pcr_place_page (on the fault thread);
  *   raw      a plain C thread on its own userfaultfd: poll, read, UFFDIO_COPY.
  *
  * both with the fault thread sleeping in poll(2) (spin_wait_us = 0, the default), and both
@@ -13,7 +13,7 @@
  * read until S microseconds pass without a fault, then poll).
  *
  * All four run in one process for the whole run: one library destination per variant
- * (postcopy_incoming_state_new + postcopy_ram_incoming_init + postcopy_ram_enable_notify,
+ * (pcr_incoming_new + pcr_incoming_init + pcr_incoming_enable_notify,
  * cleanup + free at the end), one C handler thread per variant, each on its own region. A
  * round is `blocks` blocks of n faults per variant, the variants taking turns block by
  * block; every block touches pages never touched before, starting with WARMUP untimed
@@ -234,7 +234,7 @@ int main(int argc, char **argv)
     size_t expect = rounds * blocks * (n + WARMUP);
     for (int v = 0; v < NVARIANTS; v++) {
         if (v == LIB_BLOCK || v == LIB_SPIN) {
-            PostcopyStats st;
+            PcrStats st;
             lib_close(&lib[v], &st);
             if (st.faults != expect || st.requests != expect || lib[v].placed != expect)
                 fprintf(stderr, "fault_rtt: note: library: %llu faults, %llu requests, %lu placed for %zu touches\n",

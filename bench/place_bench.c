@@ -2,10 +2,10 @@
  * place_bench: placement throughput of the library vs the same work done directly.
  *
  *   place_bench 4k [rounds] [region_mib]
- *       postcopy_place_page          vs raw UFFDIO_COPY loop   vs memcpy into populated memory
- *       postcopy_place_page_zero     vs raw UFFDIO_ZEROPAGE loop
- *       postcopy_place_pages (64K)   vs per-page postcopy_place_page (same source)
- *       postcopy_place_pages_zero    vs per-page postcopy_place_page_zero
+ *       pcr_place_page          vs raw UFFDIO_COPY loop   vs memcpy into populated memory
+ *       pcr_place_page_zero     vs raw UFFDIO_ZEROPAGE loop
+ *       pcr_place_pages (64K)   vs per-page pcr_place_page (same source)
+ *       pcr_place_pages_zero    vs per-page pcr_place_page_zero
  *       (+ information rows: the batched calls vs one raw ioctl per 64 KiB run)
  *   place_bench 2m [rounds] [region_mib]
  *       the same first comparison with 2 MiB pages (MAP_HUGETLB anonymous memory); prints
@@ -14,8 +14,8 @@
  *       each way of placing 4 KiB pages once, untimed, for valgrind --tool=callgrind
  *       (scripts/bench.sh --callgrind).
  *
- * Setup: the library's normal sequence (postcopy_incoming_state_new with foreach_ram_block
- * and request_page, postcopy_ram_incoming_init, postcopy_ram_enable_notify) on one
+ * Setup: the library's normal sequence (pcr_incoming_new with foreach_ram_block
+ * and request_page, pcr_incoming_init, pcr_incoming_enable_notify) on one
  * anonymous block; the raw side has its own userfaultfd (syscall, UFFDIO_API,
  * UFFDIO_REGISTER MISSING) on its own region. Pages are placed from a small, cache-hot
  * source, as QEMU places from its temporary page. Before every round each area is re-armed
@@ -28,15 +28,15 @@
 #define RUN (64 * KiB) /* the batched calls place 64 KiB runs */
 
 enum variant {
-    LIB_PLACE,        /* postcopy_place_page per page, source: one page */
+    LIB_PLACE,        /* pcr_place_page per page, source: one page */
     RAW_COPY,         /* UFFDIO_COPY per page, source: one page */
     MEMCPY,           /* memcpy per page into populated memory, source: one page */
-    LIB_ZERO,         /* postcopy_place_page_zero per page */
+    LIB_ZERO,         /* pcr_place_page_zero per page */
     RAW_ZERO,         /* UFFDIO_ZEROPAGE per page */
-    LIB_RUNS,         /* postcopy_place_pages per 64 KiB run, source: 64 KiB */
-    LIB_RUN_PAGES,    /* postcopy_place_page per page, source: the same 64 KiB */
+    LIB_RUNS,         /* pcr_place_pages per 64 KiB run, source: 64 KiB */
+    LIB_RUN_PAGES,    /* pcr_place_page per page, source: the same 64 KiB */
     RAW_RUNS,         /* UFFDIO_COPY per 64 KiB run */
-    LIB_ZERO_RUNS,    /* postcopy_place_pages_zero per 64 KiB run */
+    LIB_ZERO_RUNS,    /* pcr_place_pages_zero per 64 KiB run */
     RAW_ZERO_RUNS,    /* UFFDIO_ZEROPAGE per 64 KiB run */
 };
 
@@ -56,15 +56,15 @@ struct bench {
 /* Places [dst, dst + bytes) the way variant v does; returns the seconds it took. */
 static double place_chunk(struct bench *b, enum variant v, char *dst, size_t bytes)
 {
-    MigrationIncomingState *mis = b->lib.mis;
+    PcrIncoming *mis = b->lib.mis;
     size_t ps = b->ps;
     uint64_t t0 = now_ns();
     switch (v) {
     case LIB_PLACE:
         for (size_t off = 0; off < bytes; off += ps) {
-            int rc = postcopy_place_page(mis, dst + off, b->src, ps);
+            int rc = pcr_place_page(mis, dst + off, b->src, ps);
             if (rc != 0)
-                die("postcopy_place_page: %s", strerror(-rc));
+                die("pcr_place_page: %s", strerror(-rc));
         }
         break;
     case RAW_COPY:
@@ -77,9 +77,9 @@ static double place_chunk(struct bench *b, enum variant v, char *dst, size_t byt
         break;
     case LIB_ZERO:
         for (size_t off = 0; off < bytes; off += ps) {
-            int rc = postcopy_place_page_zero(mis, dst + off, ps);
+            int rc = pcr_place_page_zero(mis, dst + off, ps);
             if (rc != 0)
-                die("postcopy_place_page_zero: %s", strerror(-rc));
+                die("pcr_place_page_zero: %s", strerror(-rc));
         }
         break;
     case RAW_ZERO:
@@ -88,16 +88,16 @@ static double place_chunk(struct bench *b, enum variant v, char *dst, size_t byt
         break;
     case LIB_RUNS:
         for (size_t off = 0; off < bytes; off += RUN) {
-            ptrdiff_t n = postcopy_place_pages(mis, dst + off, b->src, RUN);
+            ptrdiff_t n = pcr_place_pages(mis, dst + off, b->src, RUN);
             if (n != (ptrdiff_t)(RUN / ps))
-                die("postcopy_place_pages returned %td", n);
+                die("pcr_place_pages returned %td", n);
         }
         break;
     case LIB_RUN_PAGES:
         for (size_t off = 0; off < bytes; off += ps) {
-            int rc = postcopy_place_page(mis, dst + off, b->src + off % RUN, ps);
+            int rc = pcr_place_page(mis, dst + off, b->src + off % RUN, ps);
             if (rc != 0)
-                die("postcopy_place_page: %s", strerror(-rc));
+                die("pcr_place_page: %s", strerror(-rc));
         }
         break;
     case RAW_RUNS:
@@ -106,9 +106,9 @@ static double place_chunk(struct bench *b, enum variant v, char *dst, size_t byt
         break;
     case LIB_ZERO_RUNS:
         for (size_t off = 0; off < bytes; off += RUN) {
-            ptrdiff_t n = postcopy_place_pages_zero(mis, dst + off, RUN);
+            ptrdiff_t n = pcr_place_pages_zero(mis, dst + off, RUN);
             if (n != (ptrdiff_t)(RUN / ps))
-                die("postcopy_place_pages_zero returned %td", n);
+                die("pcr_place_pages_zero returned %td", n);
         }
         break;
     case RAW_ZERO_RUNS:
@@ -304,7 +304,7 @@ int main(int argc, char **argv)
         print_row("place_pages_zero 64K runs", "Mpages/s", t[0], "raw UFFDIO_ZEROPAGE 64K", t[2], rounds, 1, 0);
     }
 
-    PostcopyStats st;
+    PcrStats st;
     lib_close(&b.lib, &st);
     if (st.already_present != 0 || st.faults != 0)
         fprintf(stderr, "place_bench: note: %llu placements found the page present, %llu faults\n",

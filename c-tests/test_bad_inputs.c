@@ -12,7 +12,7 @@
  */
 #include "test_util.h"
 
-static int noop_foreach(void *opaque, PostcopyRamBlockVisitor visit, void *ctx)
+static int noop_foreach(void *opaque, PcrRamBlockVisitor visit, void *ctx)
 {
     (void)opaque;
     (void)visit;
@@ -57,9 +57,9 @@ static void refused_at_init(const char *what, mutator mutate, int want, const ch
     vmm_block orig[2] = {v.blocks[0], v.blocks[1]};
     mutate(&v);
     vmm_create(&v);
-    LOG_EXPECT_ONE(CHECK_EQ(API.postcopy_ram_incoming_init(v.mis, 0), want), substr);
-    CHECK_EQ(API.postcopy_state_get_for(v.mis), POSTCOPY_INCOMING_NONE);
-    LOG_EXPECT_ONE(CHECK(!API.postcopy_ram_supported_by_host_for(v.mis)), NULL);
+    LOG_EXPECT_ONE(CHECK_EQ(pcr_incoming_init(v.mis, 0), want), substr);
+    CHECK_EQ(pcr_state_get(v.mis), PCR_STATE_NONE);
+    LOG_EXPECT_ONE(CHECK(!pcr_incoming_supported_by_host(v.mis)), NULL);
     for (int i = 0; i < 2; i++) { /* the real mappings again */
         v.blocks[i].host = orig[i].host;
         v.blocks[i].length = orig[i].length;
@@ -71,8 +71,8 @@ static void refused_at_init(const char *what, mutator mutate, int want, const ch
     for (uint64_t i = 0; i < v.blocks[1].map_length; i += 4096)
         CHECK(v.blocks[1].host[i] == 0x6b);
     /* and nothing was set up */
-    LOG_EXPECT_ONE(CHECK_EQ(API.postcopy_ram_enable_notify(v.mis), -EINVAL), NULL);
-    LOG_EXPECT_ONE(CHECK_EQ(API.postcopy_ram_incoming_cleanup(v.mis), -EINVAL), NULL);
+    LOG_EXPECT_ONE(CHECK_EQ(pcr_incoming_enable_notify(v.mis), -EINVAL), NULL);
+    LOG_EXPECT_ONE(CHECK_EQ(pcr_incoming_cleanup(v.mis), -EINVAL), NULL);
     vmm_destroy(&v);
 }
 
@@ -94,10 +94,10 @@ static void m_foreach_error(vmm *v) { v->foreach_rc = -ENOMEM; }
 /* foreach_ram_block describing one block with a 256-byte name. */
 static char long_name[257];
 static void *long_name_host;
-static int long_name_foreach(void *opaque, PostcopyRamBlockVisitor visit, void *ctx)
+static int long_name_foreach(void *opaque, PcrRamBlockVisitor visit, void *ctx)
 {
     (void)opaque;
-    PostcopyRamBlock d = {long_name, long_name_host, 0, 4096, 4096, -1, 0, false};
+    PcrRamBlock d = {long_name, long_name_host, 0, 4096, 4096, -1, 0, false};
     return visit(&d, ctx);
 }
 
@@ -108,38 +108,38 @@ int main(void)
     uint8_t *buf = aligned_alloc(4096, 2 * 4096);
     CHECK(buf != NULL);
     memset(buf, 1, 2 * 4096);
-    PostcopyStats st;
+    PcrStats st;
 
     /* ---- creating a destination ---- */
-    printf("postcopy_incoming_state_new misuse\n");
-    LOG_EXPECT_ONE(CHECK(API.postcopy_incoming_state_new(NULL, NULL) == NULL), "NULL");
+    printf("pcr_incoming_new misuse\n");
+    LOG_EXPECT_ONE(CHECK(pcr_incoming_new(NULL, NULL) == NULL), "NULL");
     {
-        PostcopyIncomingOps ops;
+        PcrIncomingOps ops;
         memset(&ops, 0, sizeof ops);
         ops.foreach_ram_block = noop_foreach;
-        LOG_EXPECT_ONE(CHECK(API.postcopy_incoming_state_new(&ops, NULL) == NULL), "required");
+        LOG_EXPECT_ONE(CHECK(pcr_incoming_new(&ops, NULL) == NULL), "required");
         ops.foreach_ram_block = NULL;
         ops.request_page = noop_request;
-        LOG_EXPECT_ONE(CHECK(API.postcopy_incoming_state_new(&ops, NULL) == NULL), "required");
+        LOG_EXPECT_ONE(CHECK(pcr_incoming_new(&ops, NULL) == NULL), "required");
         ops.foreach_ram_block = noop_foreach;
         ops.target_page_size = 3000;
-        LOG_EXPECT_ONE(CHECK(API.postcopy_incoming_state_new(&ops, NULL) == NULL), "power of two");
+        LOG_EXPECT_ONE(CHECK(pcr_incoming_new(&ops, NULL) == NULL), "power of two");
     }
-    LOG_EXPECT_NONE(API.postcopy_incoming_state_free(NULL));
-    LOG_EXPECT_NONE(API.postcopy_migration_state_free(NULL));
+    LOG_EXPECT_NONE(pcr_incoming_free(NULL));
+    LOG_EXPECT_NONE(pcr_source_free(NULL));
 
     /* ---- NULL handles on the functions beyond the seed (test_prototypes has the seed) ---- */
     printf("NULL handles\n");
-    LOG_EXPECT_ONE(CHECK(!API.postcopy_ram_supported_by_host_for(NULL)), "NULL");
-    LOG_EXPECT_ONE(CHECK_EQ(API.postcopy_ram_discard_range(NULL, "pc.ram", 0, 4096), -EINVAL), "NULL");
-    LOG_EXPECT_ONE(CHECK_EQ(API.postcopy_place_pages(NULL, buf, buf, 4096), -EINVAL), "NULL");
-    LOG_EXPECT_ONE(CHECK_EQ(API.postcopy_place_pages_zero(NULL, buf, 4096), -EINVAL), "NULL");
-    LOG_EXPECT_ONE(API.postcopy_incoming_reset_request_block(NULL), "NULL");
-    LOG_EXPECT_ONE(CHECK_EQ(API.postcopy_incoming_get_stats(NULL, &st), -EINVAL), "NULL");
-    LOG_EXPECT_ONE(CHECK_EQ(API.postcopy_state_get_for(NULL), POSTCOPY_INCOMING_NONE), "NULL");
-    LOG_EXPECT_ONE(CHECK_EQ(API.postcopy_state_set_for(NULL, POSTCOPY_INCOMING_ADVISE),
-                            POSTCOPY_INCOMING_NONE), "NULL");
-    LOG_EXPECT_ONE(CHECK_EQ(API.postcopy_migration_discard_errors(NULL), 0), "NULL");
+    LOG_EXPECT_ONE(CHECK(!pcr_incoming_supported_by_host(NULL)), "NULL");
+    LOG_EXPECT_ONE(CHECK_EQ(pcr_incoming_discard_range(NULL, "pc.ram", 0, 4096), -EINVAL), "NULL");
+    LOG_EXPECT_ONE(CHECK_EQ(pcr_place_pages(NULL, buf, buf, 4096), -EINVAL), "NULL");
+    LOG_EXPECT_ONE(CHECK_EQ(pcr_place_pages_zero(NULL, buf, 4096), -EINVAL), "NULL");
+    LOG_EXPECT_ONE(pcr_incoming_reset_request_block(NULL), "NULL");
+    LOG_EXPECT_ONE(CHECK_EQ(pcr_incoming_get_stats(NULL, &st), -EINVAL), "NULL");
+    LOG_EXPECT_ONE(CHECK_EQ(pcr_state_get(NULL), PCR_STATE_NONE), "NULL");
+    LOG_EXPECT_ONE(CHECK_EQ(pcr_state_set(NULL, PCR_STATE_ADVISE),
+                            PCR_STATE_NONE), "NULL");
+    LOG_EXPECT_ONE(CHECK_EQ(pcr_source_discard_errors(NULL), 0), "NULL");
 
     /* ---- a destination used in the wrong order and with bad addresses ---- */
     printf("destination misuse\n");
@@ -152,80 +152,80 @@ int main(void)
     uint8_t *outside = mmap(NULL, 4096, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
     CHECK(outside != MAP_FAILED);
 
-    LOG_EXPECT_ONE(CHECK_EQ(API.postcopy_incoming_get_stats(v.mis, NULL), -EINVAL), "NULL");
+    LOG_EXPECT_ONE(CHECK_EQ(pcr_incoming_get_stats(v.mis, NULL), -EINVAL), "NULL");
     /* before init */
-    LOG_EXPECT_ONE(CHECK_EQ(API.postcopy_ram_incoming_cleanup(v.mis), -EINVAL), "without");
-    LOG_EXPECT_ONE(CHECK_EQ(API.postcopy_ram_prepare_discard(v.mis), -EINVAL), "before");
-    LOG_EXPECT_ONE(CHECK_EQ(API.postcopy_ram_discard_range(v.mis, "pc.ram", 0, 4096), -EINVAL), "before");
-    LOG_EXPECT_ONE(CHECK_EQ(API.postcopy_ram_enable_notify(v.mis), -EINVAL), "before");
-    LOG_EXPECT_ONE(CHECK(API.postcopy_get_tmp_page(v.mis) == NULL), "before");
-    LOG_EXPECT_ONE(CHECK_EQ(API.postcopy_place_page(v.mis, pc, buf, 4096), -EINVAL), "before");
-    CHECK_EQ(API.postcopy_state_get_for(v.mis), POSTCOPY_INCOMING_NONE);
+    LOG_EXPECT_ONE(CHECK_EQ(pcr_incoming_cleanup(v.mis), -EINVAL), "without");
+    LOG_EXPECT_ONE(CHECK_EQ(pcr_incoming_prepare_discard(v.mis), -EINVAL), "before");
+    LOG_EXPECT_ONE(CHECK_EQ(pcr_incoming_discard_range(v.mis, "pc.ram", 0, 4096), -EINVAL), "before");
+    LOG_EXPECT_ONE(CHECK_EQ(pcr_incoming_enable_notify(v.mis), -EINVAL), "before");
+    LOG_EXPECT_ONE(CHECK(pcr_get_tmp_page(v.mis) == NULL), "before");
+    LOG_EXPECT_ONE(CHECK_EQ(pcr_place_page(v.mis, pc, buf, 4096), -EINVAL), "before");
+    CHECK_EQ(pcr_state_get(v.mis), PCR_STATE_NONE);
 
-    LOG_EXPECT_NONE(CHECK_EQ(API.postcopy_ram_incoming_init(v.mis, 0), 0));
-    LOG_EXPECT_ONE(CHECK_EQ(API.postcopy_ram_incoming_init(v.mis, 0), -EBUSY), NULL);
-    CHECK_EQ(API.postcopy_state_get_for(v.mis), POSTCOPY_INCOMING_ADVISE);
+    LOG_EXPECT_NONE(CHECK_EQ(pcr_incoming_init(v.mis, 0), 0));
+    LOG_EXPECT_ONE(CHECK_EQ(pcr_incoming_init(v.mis, 0), -EBUSY), NULL);
+    CHECK_EQ(pcr_state_get(v.mis), PCR_STATE_ADVISE);
     /* place before enable_notify */
-    LOG_EXPECT_ONE(CHECK_EQ(API.postcopy_place_page(v.mis, pc, buf, 4096), -EINVAL), "enable_notify");
-    LOG_EXPECT_ONE(CHECK_EQ(API.postcopy_place_page_zero(v.mis, pc, 4096), -EINVAL), "enable_notify");
-    LOG_EXPECT_ONE(CHECK_EQ(API.postcopy_place_pages(v.mis, pc, buf, 4096), -EINVAL), "enable_notify");
-    LOG_EXPECT_ONE(CHECK_EQ(API.postcopy_place_pages_zero(v.mis, pc, 4096), -EINVAL), "enable_notify");
+    LOG_EXPECT_ONE(CHECK_EQ(pcr_place_page(v.mis, pc, buf, 4096), -EINVAL), "enable_notify");
+    LOG_EXPECT_ONE(CHECK_EQ(pcr_place_page_zero(v.mis, pc, 4096), -EINVAL), "enable_notify");
+    LOG_EXPECT_ONE(CHECK_EQ(pcr_place_pages(v.mis, pc, buf, 4096), -EINVAL), "enable_notify");
+    LOG_EXPECT_ONE(CHECK_EQ(pcr_place_pages_zero(v.mis, pc, 4096), -EINVAL), "enable_notify");
     /* bad discard ranges */
-    LOG_EXPECT_ONE(CHECK_EQ(API.postcopy_ram_discard_range(v.mis, "no.such", 0, 4096), -EINVAL), "no.such");
-    LOG_EXPECT_ONE(CHECK_EQ(API.postcopy_ram_discard_range(v.mis, NULL, 0, 4096), -EINVAL), "NULL");
-    LOG_EXPECT_ONE(CHECK_EQ(API.postcopy_ram_discard_range(v.mis, "pc.ram", 1, 4096), -EINVAL), "aligned");
-    LOG_EXPECT_ONE(CHECK_EQ(API.postcopy_ram_discard_range(v.mis, "pc.ram", 0, 0), -EINVAL), NULL);
-    LOG_EXPECT_ONE(CHECK_EQ(API.postcopy_ram_discard_range(v.mis, "pc.ram", 0, 100), -EINVAL), NULL);
-    LOG_EXPECT_ONE(CHECK_EQ(API.postcopy_ram_discard_range(v.mis, "pc.ram", 15 * 4096, 2 * 4096), -EINVAL),
+    LOG_EXPECT_ONE(CHECK_EQ(pcr_incoming_discard_range(v.mis, "no.such", 0, 4096), -EINVAL), "no.such");
+    LOG_EXPECT_ONE(CHECK_EQ(pcr_incoming_discard_range(v.mis, NULL, 0, 4096), -EINVAL), "NULL");
+    LOG_EXPECT_ONE(CHECK_EQ(pcr_incoming_discard_range(v.mis, "pc.ram", 1, 4096), -EINVAL), "aligned");
+    LOG_EXPECT_ONE(CHECK_EQ(pcr_incoming_discard_range(v.mis, "pc.ram", 0, 0), -EINVAL), NULL);
+    LOG_EXPECT_ONE(CHECK_EQ(pcr_incoming_discard_range(v.mis, "pc.ram", 0, 100), -EINVAL), NULL);
+    LOG_EXPECT_ONE(CHECK_EQ(pcr_incoming_discard_range(v.mis, "pc.ram", 15 * 4096, 2 * 4096), -EINVAL),
                    "end");
-    LOG_EXPECT_ONE(CHECK_EQ(API.postcopy_ram_discard_range(v.mis, "pc.ram", UINT64_MAX - 4095, 4096), -EINVAL),
+    LOG_EXPECT_ONE(CHECK_EQ(pcr_incoming_discard_range(v.mis, "pc.ram", UINT64_MAX - 4095, 4096), -EINVAL),
                    NULL);
-    LOG_EXPECT_ONE(CHECK_EQ(API.postcopy_ram_discard_range(v.mis, "vga.vram", 0, 5 * 4096), -EINVAL), NULL);
-    LOG_EXPECT_NONE(CHECK_EQ(API.postcopy_ram_discard_range(v.mis, "vga.vram", 3 * 4096, 4096), 0));
+    LOG_EXPECT_ONE(CHECK_EQ(pcr_incoming_discard_range(v.mis, "vga.vram", 0, 5 * 4096), -EINVAL), NULL);
+    LOG_EXPECT_NONE(CHECK_EQ(pcr_incoming_discard_range(v.mis, "vga.vram", 3 * 4096, 4096), 0));
 
-    LOG_EXPECT_NONE(CHECK_EQ(API.postcopy_ram_enable_notify(v.mis), 0));
-    LOG_EXPECT_ONE(CHECK_EQ(API.postcopy_ram_enable_notify(v.mis), -EBUSY), "twice");
-    LOG_EXPECT_ONE(CHECK_EQ(API.postcopy_ram_incoming_init(v.mis, 0), -EBUSY), NULL);
-    LOG_EXPECT_ONE(CHECK_EQ(API.postcopy_ram_prepare_discard(v.mis), -EINVAL), NULL);
-    LOG_EXPECT_ONE(CHECK_EQ(API.postcopy_ram_discard_range(v.mis, "pc.ram", 0, 4096), -EINVAL), NULL);
+    LOG_EXPECT_NONE(CHECK_EQ(pcr_incoming_enable_notify(v.mis), 0));
+    LOG_EXPECT_ONE(CHECK_EQ(pcr_incoming_enable_notify(v.mis), -EBUSY), "twice");
+    LOG_EXPECT_ONE(CHECK_EQ(pcr_incoming_init(v.mis, 0), -EBUSY), NULL);
+    LOG_EXPECT_ONE(CHECK_EQ(pcr_incoming_prepare_discard(v.mis), -EINVAL), NULL);
+    LOG_EXPECT_ONE(CHECK_EQ(pcr_incoming_discard_range(v.mis, "pc.ram", 0, 4096), -EINVAL), NULL);
 
     printf("bad placements\n");
-    PostcopyStats before = vmm_stats(&v);
+    PcrStats before = vmm_stats(&v);
     /* misaligned */
-    LOG_EXPECT_ONE(CHECK_EQ(API.postcopy_place_page(v.mis, pc + 8, buf, 4096), -EINVAL), "aligned");
-    LOG_EXPECT_ONE(CHECK_EQ(API.postcopy_place_page(v.mis, pc + 2048, buf, 4096), -EINVAL), "aligned");
-    LOG_EXPECT_ONE(CHECK_EQ(API.postcopy_place_page_zero(v.mis, pc + 1, 4096), -EINVAL), "aligned");
-    LOG_EXPECT_ONE(CHECK_EQ(API.postcopy_place_pages(v.mis, pc + 4, buf, 4096), -EINVAL), "aligned");
-    LOG_EXPECT_ONE(CHECK_EQ(API.postcopy_place_pages_zero(v.mis, vga + 4, 4096), -EINVAL), "aligned");
+    LOG_EXPECT_ONE(CHECK_EQ(pcr_place_page(v.mis, pc + 8, buf, 4096), -EINVAL), "aligned");
+    LOG_EXPECT_ONE(CHECK_EQ(pcr_place_page(v.mis, pc + 2048, buf, 4096), -EINVAL), "aligned");
+    LOG_EXPECT_ONE(CHECK_EQ(pcr_place_page_zero(v.mis, pc + 1, 4096), -EINVAL), "aligned");
+    LOG_EXPECT_ONE(CHECK_EQ(pcr_place_pages(v.mis, pc + 4, buf, 4096), -EINVAL), "aligned");
+    LOG_EXPECT_ONE(CHECK_EQ(pcr_place_pages_zero(v.mis, vga + 4, 4096), -EINVAL), "aligned");
     /* outside every block */
-    LOG_EXPECT_ONE(CHECK_EQ(API.postcopy_place_page(v.mis, outside, buf, 4096), -EINVAL), "outside");
-    LOG_EXPECT_ONE(CHECK_EQ(API.postcopy_place_page(v.mis, NULL, buf, 4096), -EINVAL), "outside");
+    LOG_EXPECT_ONE(CHECK_EQ(pcr_place_page(v.mis, outside, buf, 4096), -EINVAL), "outside");
+    LOG_EXPECT_ONE(CHECK_EQ(pcr_place_page(v.mis, NULL, buf, 4096), -EINVAL), "outside");
     {
         /* just below the lowest block and just above the highest one */
         uint8_t *low = pc < vga ? pc : vga;
         uint8_t *high_end = pc < vga ? vga + 4 * 4096 : pc + 16 * 4096;
-        LOG_EXPECT_ONE(CHECK_EQ(API.postcopy_place_page(v.mis, low - 4096, buf, 4096), -EINVAL), "outside");
-        LOG_EXPECT_ONE(CHECK_EQ(API.postcopy_place_page(v.mis, high_end, buf, 4096), -EINVAL), "outside");
+        LOG_EXPECT_ONE(CHECK_EQ(pcr_place_page(v.mis, low - 4096, buf, 4096), -EINVAL), "outside");
+        LOG_EXPECT_ONE(CHECK_EQ(pcr_place_page(v.mis, high_end, buf, 4096), -EINVAL), "outside");
     }
-    LOG_EXPECT_ONE(CHECK_EQ(API.postcopy_place_page_zero(v.mis, outside, 4096), -EINVAL), "outside");
-    LOG_EXPECT_ONE(CHECK_EQ(API.postcopy_place_pages(v.mis, outside, buf, 4096), -EINVAL), "outside");
-    LOG_EXPECT_ONE(CHECK_EQ(API.postcopy_place_pages_zero(v.mis, outside, 4096), -EINVAL), "outside");
+    LOG_EXPECT_ONE(CHECK_EQ(pcr_place_page_zero(v.mis, outside, 4096), -EINVAL), "outside");
+    LOG_EXPECT_ONE(CHECK_EQ(pcr_place_pages(v.mis, outside, buf, 4096), -EINVAL), "outside");
+    LOG_EXPECT_ONE(CHECK_EQ(pcr_place_pages_zero(v.mis, outside, 4096), -EINVAL), "outside");
     /* pagesize not the block's */
-    LOG_EXPECT_ONE(CHECK_EQ(API.postcopy_place_page(v.mis, pc, buf, 8192), -EINVAL), "size");
-    LOG_EXPECT_ONE(CHECK_EQ(API.postcopy_place_page(v.mis, pc, buf, 2048), -EINVAL), "size");
-    LOG_EXPECT_ONE(CHECK_EQ(API.postcopy_place_page(v.mis, pc, buf, 0), -EINVAL), "size");
-    LOG_EXPECT_ONE(CHECK_EQ(API.postcopy_place_page(v.mis, pc, buf, PCR_HUGE_PAGE_SIZE), -EINVAL), "size");
-    LOG_EXPECT_ONE(CHECK_EQ(API.postcopy_place_page_zero(v.mis, pc, 8192), -EINVAL), "size");
-    LOG_EXPECT_ONE(CHECK_EQ(API.postcopy_place_pages(v.mis, pc, buf, 0), -EINVAL), "size");
-    LOG_EXPECT_ONE(CHECK_EQ(API.postcopy_place_pages(v.mis, pc, buf, 4097), -EINVAL), "size");
-    LOG_EXPECT_ONE(CHECK_EQ(API.postcopy_place_pages_zero(v.mis, pc, 100), -EINVAL), "size");
+    LOG_EXPECT_ONE(CHECK_EQ(pcr_place_page(v.mis, pc, buf, 8192), -EINVAL), "size");
+    LOG_EXPECT_ONE(CHECK_EQ(pcr_place_page(v.mis, pc, buf, 2048), -EINVAL), "size");
+    LOG_EXPECT_ONE(CHECK_EQ(pcr_place_page(v.mis, pc, buf, 0), -EINVAL), "size");
+    LOG_EXPECT_ONE(CHECK_EQ(pcr_place_page(v.mis, pc, buf, PCR_HUGE_PAGE_SIZE), -EINVAL), "size");
+    LOG_EXPECT_ONE(CHECK_EQ(pcr_place_page_zero(v.mis, pc, 8192), -EINVAL), "size");
+    LOG_EXPECT_ONE(CHECK_EQ(pcr_place_pages(v.mis, pc, buf, 0), -EINVAL), "size");
+    LOG_EXPECT_ONE(CHECK_EQ(pcr_place_pages(v.mis, pc, buf, 4097), -EINVAL), "size");
+    LOG_EXPECT_ONE(CHECK_EQ(pcr_place_pages_zero(v.mis, pc, 100), -EINVAL), "size");
     /* past a block's end */
-    LOG_EXPECT_ONE(CHECK_EQ(API.postcopy_place_pages(v.mis, pc + 15 * 4096, buf, 2 * 4096), -EINVAL), "past");
-    LOG_EXPECT_ONE(CHECK_EQ(API.postcopy_place_pages_zero(v.mis, vga + 3 * 4096, 2 * 4096), -EINVAL), "past");
+    LOG_EXPECT_ONE(CHECK_EQ(pcr_place_pages(v.mis, pc + 15 * 4096, buf, 2 * 4096), -EINVAL), "past");
+    LOG_EXPECT_ONE(CHECK_EQ(pcr_place_pages_zero(v.mis, vga + 3 * 4096, 2 * 4096), -EINVAL), "past");
     /* no source */
-    LOG_EXPECT_ONE(CHECK_EQ(API.postcopy_place_page(v.mis, pc, NULL, 4096), -EINVAL), "NULL");
-    LOG_EXPECT_ONE(CHECK_EQ(API.postcopy_place_pages(v.mis, pc, NULL, 4096), -EINVAL), "NULL");
-    PostcopyStats after = vmm_stats(&v);
+    LOG_EXPECT_ONE(CHECK_EQ(pcr_place_page(v.mis, pc, NULL, 4096), -EINVAL), "NULL");
+    LOG_EXPECT_ONE(CHECK_EQ(pcr_place_pages(v.mis, pc, NULL, 4096), -EINVAL), "NULL");
+    PcrStats after = vmm_stats(&v);
     /* nothing placed, nothing counted (field by field: the padding is unspecified) */
     CHECK_EQ_U64(after.pages_placed, before.pages_placed);
     CHECK_EQ_U64(after.zero_pages_placed, before.zero_pages_placed);
@@ -234,20 +234,20 @@ int main(void)
     CHECK_EQ_U64(after.requests, before.requests);
     CHECK_EQ(vmm_nreqs(&v), 0);
     /* the boundaries themselves are fine: the last page of each block */
-    LOG_EXPECT_NONE(CHECK_EQ(API.postcopy_place_page(v.mis, pc + 15 * 4096, buf, 4096), 0));
-    LOG_EXPECT_NONE(CHECK_EQ(API.postcopy_place_page_zero(v.mis, vga + 3 * 4096, 4096), 0));
+    LOG_EXPECT_NONE(CHECK_EQ(pcr_place_page(v.mis, pc + 15 * 4096, buf, 4096), 0));
+    LOG_EXPECT_NONE(CHECK_EQ(pcr_place_page_zero(v.mis, vga + 3 * 4096, 4096), 0));
     CHECK(pc[15 * 4096] == 1 && vga[3 * 4096] == 0);
 
     printf("after cleanup\n");
-    LOG_EXPECT_NONE(CHECK_EQ(API.postcopy_ram_incoming_cleanup(v.mis), 0));
-    LOG_EXPECT_ONE(CHECK_EQ(API.postcopy_ram_incoming_cleanup(v.mis), -EINVAL), NULL);
-    LOG_EXPECT_ONE(CHECK_EQ(API.postcopy_place_page(v.mis, pc, buf, 4096), -EINVAL), NULL);
-    LOG_EXPECT_ONE(CHECK_EQ(API.postcopy_place_page_zero(v.mis, pc, 4096), -EINVAL), NULL);
-    LOG_EXPECT_ONE(CHECK(API.postcopy_get_tmp_page(v.mis) == NULL), NULL);
-    LOG_EXPECT_ONE(CHECK_EQ(API.postcopy_ram_enable_notify(v.mis), -EINVAL), NULL);
-    LOG_EXPECT_ONE(CHECK_EQ(API.postcopy_ram_prepare_discard(v.mis), -EINVAL), NULL);
-    LOG_EXPECT_NONE(API.postcopy_incoming_reset_request_block(v.mis)); /* harmless */
-    CHECK_EQ(API.postcopy_state_get_for(v.mis), POSTCOPY_INCOMING_END);
+    LOG_EXPECT_NONE(CHECK_EQ(pcr_incoming_cleanup(v.mis), 0));
+    LOG_EXPECT_ONE(CHECK_EQ(pcr_incoming_cleanup(v.mis), -EINVAL), NULL);
+    LOG_EXPECT_ONE(CHECK_EQ(pcr_place_page(v.mis, pc, buf, 4096), -EINVAL), NULL);
+    LOG_EXPECT_ONE(CHECK_EQ(pcr_place_page_zero(v.mis, pc, 4096), -EINVAL), NULL);
+    LOG_EXPECT_ONE(CHECK(pcr_get_tmp_page(v.mis) == NULL), NULL);
+    LOG_EXPECT_ONE(CHECK_EQ(pcr_incoming_enable_notify(v.mis), -EINVAL), NULL);
+    LOG_EXPECT_ONE(CHECK_EQ(pcr_incoming_prepare_discard(v.mis), -EINVAL), NULL);
+    LOG_EXPECT_NONE(pcr_incoming_reset_request_block(v.mis)); /* harmless */
+    CHECK_EQ(pcr_state_get(v.mis), PCR_STATE_END);
     munmap(outside, 4096);
     vmm_destroy(&v);
 
@@ -268,16 +268,16 @@ int main(void)
         long_name[256] = 0;
         long_name_host = mmap(NULL, 4096, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
         CHECK(long_name_host != MAP_FAILED);
-        PostcopyIncomingOps ops;
+        PcrIncomingOps ops;
         memset(&ops, 0, sizeof ops);
         ops.foreach_ram_block = long_name_foreach;
         ops.request_page = noop_request;
-        struct MigrationIncomingState *mis = API.postcopy_incoming_state_new(&ops, NULL);
+        struct PcrIncoming *mis = pcr_incoming_new(&ops, NULL);
         CHECK(mis != NULL);
-        LOG_EXPECT_ONE(CHECK_EQ(API.postcopy_ram_incoming_init(mis, 0), -EINVAL), "255");
+        LOG_EXPECT_ONE(CHECK_EQ(pcr_incoming_init(mis, 0), -EINVAL), "255");
         long_name[255] = 0; /* 255 bytes is fine */
-        LOG_EXPECT_NONE(CHECK_EQ(API.postcopy_ram_incoming_init(mis, 0), 0));
-        LOG_EXPECT_NONE(API.postcopy_incoming_state_free(mis)); /* cleans up */
+        LOG_EXPECT_NONE(CHECK_EQ(pcr_incoming_init(mis, 0), 0));
+        LOG_EXPECT_NONE(pcr_incoming_free(mis)); /* cleans up */
         munmap(long_name_host, 4096);
     }
 
@@ -290,7 +290,7 @@ int main(void)
         vmm_add_block(&w, "a.ram", BLK_ANON_PRIVATE, 8);
         vmm_add_block(&w, "b.ram", BLK_ANON_PRIVATE, 8);
         vmm_create(&w);
-        CHECK_EQ(API.postcopy_ram_incoming_init(w.mis, 0), 0);
+        CHECK_EQ(pcr_incoming_init(w.mis, 0), 0);
         /* Blocks register in address order. Replace the memory of the higher one with a
          * private mapping of a regular file, which userfaultfd cannot register for missing
          * pages (unmapping it would not do: registration skips holes, and the library's
@@ -306,9 +306,9 @@ int main(void)
         CHECK(filemap == (void *)w.blocks[hi].host);
         close(file);
         int rc = 0;
-        LOG_EXPECT_ONE(rc = API.postcopy_ram_enable_notify(w.mis), "REGISTER");
+        LOG_EXPECT_ONE(rc = pcr_incoming_enable_notify(w.mis), "REGISTER");
         CHECK_MSG(rc < 0 && rc != -EBUSY, "enable_notify returned %d", rc);
-        CHECK_EQ(API.postcopy_state_get_for(w.mis), POSTCOPY_INCOMING_ADVISE);
+        CHECK_EQ(pcr_state_get(w.mis), PCR_STATE_ADVISE);
         CHECK_EQ(w.balloon_calls, 0);
         CHECK_EQ(pcr_count_fds(), fds0); /* the userfaultfd and eventfd are closed */
         /* the first block is not registered any more: reads zero, no request, no hang */
@@ -318,12 +318,12 @@ int main(void)
         void *again = mmap(w.blocks[hi].host, w.blocks[hi].map_length, PROT_READ | PROT_WRITE,
                            MAP_PRIVATE | MAP_ANONYMOUS | MAP_FIXED, -1, 0);
         CHECK(again == (void *)w.blocks[hi].host);
-        LOG_EXPECT_NONE(CHECK_EQ(API.postcopy_ram_enable_notify(w.mis), 0));
+        LOG_EXPECT_NONE(CHECK_EQ(pcr_incoming_enable_notify(w.mis), 0));
         CHECK_EQ_U64(pcr_touch_read(w.blocks[hi].host + 3 * 4096), pcr_word(hi, 3 * 4096));
         CHECK_EQ_U64(pcr_touch_read(w.blocks[lo].host + 4096), pcr_word(lo, 4096));
         CHECK_EQ(vmm_nreqs(&w), 2);
         vmm_check_no_anomaly(&w);
-        CHECK_EQ(API.postcopy_ram_incoming_cleanup(w.mis), 0);
+        CHECK_EQ(pcr_incoming_cleanup(w.mis), 0);
         vmm_destroy(&w);
         CHECK_EQ(pcr_count_fds(), fds0);
     }
@@ -332,39 +332,39 @@ int main(void)
     printf("source misuse\n");
     {
         int sent = 0;
-        PostcopySourceOps sops;
+        PcrSourceOps sops;
         memset(&sops, 0, sizeof sops);
-        LOG_EXPECT_ONE(CHECK(API.postcopy_migration_state_new(NULL, &sent) == NULL), "NULL");
-        LOG_EXPECT_ONE(CHECK(API.postcopy_migration_state_new(&sops, &sent) == NULL), "required");
+        LOG_EXPECT_ONE(CHECK(pcr_source_new(NULL, &sent) == NULL), "NULL");
+        LOG_EXPECT_ONE(CHECK(pcr_source_new(&sops, &sent) == NULL), "required");
         sops.send_discard = noop_send;
         sops.target_page_size = 1000;
-        LOG_EXPECT_ONE(CHECK(API.postcopy_migration_state_new(&sops, &sent) == NULL), "power of two");
+        LOG_EXPECT_ONE(CHECK(pcr_source_new(&sops, &sent) == NULL), "power of two");
         sops.target_page_size = 0; /* 4096 */
-        MigrationState *ms = API.postcopy_migration_state_new(&sops, &sent);
+        PcrSource *ms = pcr_source_new(&sops, &sent);
         CHECK(ms != NULL);
         char name256[257];
         memset(name256, 'x', 256);
         name256[256] = 0;
-        LOG_EXPECT_ONE(CHECK(API.postcopy_discard_send_init(ms, 0, NULL) == NULL), "NULL");
-        LOG_EXPECT_ONE(CHECK(API.postcopy_discard_send_init(ms, 0, "") == NULL), NULL);
-        LOG_EXPECT_ONE(CHECK(API.postcopy_discard_send_init(ms, 0, name256) == NULL), NULL);
-        LOG_EXPECT_ONE(CHECK(API.postcopy_discard_send_init(ms, 0, "\xff\xfe") == NULL), "UTF-8");
-        LOG_EXPECT_ONE(API.postcopy_discard_send_range(ms, NULL, 0, 1), "NULL");
-        LOG_EXPECT_ONE(API.postcopy_discard_send_finish(ms, NULL), "NULL");
-        PostcopyDiscardState *pds = API.postcopy_discard_send_init(ms, 100, "pc.ram");
+        LOG_EXPECT_ONE(CHECK(pcr_discard_send_init(ms, 0, NULL) == NULL), "NULL");
+        LOG_EXPECT_ONE(CHECK(pcr_discard_send_init(ms, 0, "") == NULL), NULL);
+        LOG_EXPECT_ONE(CHECK(pcr_discard_send_init(ms, 0, name256) == NULL), NULL);
+        LOG_EXPECT_ONE(CHECK(pcr_discard_send_init(ms, 0, "\xff\xfe") == NULL), "UTF-8");
+        LOG_EXPECT_ONE(pcr_discard_send_range(ms, NULL, 0, 1), "NULL");
+        LOG_EXPECT_ONE(pcr_discard_send_finish(ms, NULL), "NULL");
+        PcrDiscardState *pds = pcr_discard_send_init(ms, 100, "pc.ram");
         CHECK(pds != NULL);
-        LOG_EXPECT_ONE(API.postcopy_discard_send_range(ms, pds, 99, 1), "before"); /* before the block */
-        LOG_EXPECT_ONE(API.postcopy_discard_send_range(ms, pds, 100, 0), "empty");
-        LOG_EXPECT_ONE(API.postcopy_discard_send_range(NULL, pds, 100, 1), "NULL");
-        LOG_EXPECT_NONE(API.postcopy_discard_send_range(ms, pds, 100, 1));
-        LOG_EXPECT_ONE(API.postcopy_discard_send_finish(NULL, pds), "NULL"); /* frees pds anyway */
+        LOG_EXPECT_ONE(pcr_discard_send_range(ms, pds, 99, 1), "before"); /* before the block */
+        LOG_EXPECT_ONE(pcr_discard_send_range(ms, pds, 100, 0), "empty");
+        LOG_EXPECT_ONE(pcr_discard_send_range(NULL, pds, 100, 1), "NULL");
+        LOG_EXPECT_NONE(pcr_discard_send_range(ms, pds, 100, 1));
+        LOG_EXPECT_ONE(pcr_discard_send_finish(NULL, pds), "NULL"); /* frees pds anyway */
         CHECK_EQ(sent, 0);
         /* a batch finished without ranges sends nothing */
-        pds = API.postcopy_discard_send_init(ms, 0, "pc.ram");
+        pds = pcr_discard_send_init(ms, 0, "pc.ram");
         CHECK(pds != NULL);
-        LOG_EXPECT_NONE(API.postcopy_discard_send_finish(ms, pds));
+        LOG_EXPECT_NONE(pcr_discard_send_finish(ms, pds));
         CHECK_EQ(sent, 0);
-        API.postcopy_migration_state_free(ms);
+        pcr_source_free(ms);
     }
 
     free(buf);

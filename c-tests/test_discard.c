@@ -4,12 +4,12 @@
  * For a private anonymous, a shared memfd and a shared anonymous block, twice (the
  * library's own discard, then a discard_range callback, with the fault thread's
  * spin_wait_us set):
- * - stale data written before postcopy_ram_incoming_init is gone after it: the pages are
+ * - stale data written before pcr_incoming_init is gone after it: the pages are
  *   not resident (mincore), memfd file content is a hole (pread reads zeros), the memory
  *   reads zero;
- * - precopy pages written in ADVISE survive; postcopy_ram_prepare_discard +
- *   postcopy_ram_discard_range drop exactly the ranges given;
- * - after postcopy_ram_enable_notify, touching every page requests exactly the discarded
+ * - precopy pages written in ADVISE survive; pcr_incoming_prepare_discard +
+ *   pcr_incoming_discard_range drop exactly the ranges given;
+ * - after pcr_incoming_enable_notify, touching every page requests exactly the discarded
  *   pages and the pages never written since init, each once; the others keep their
  *   precopy content; served pages hold the served content.
  */
@@ -78,7 +78,7 @@ static void run(bool with_callback)
         memset(v.blocks[bi].host, 0xee, v.blocks[bi].map_length);
         CHECK(pcr_resident(v.blocks[bi].host));
     }
-    LOG_EXPECT_NONE(CHECK_EQ(API.postcopy_ram_incoming_init(v.mis, 0), 0));
+    LOG_EXPECT_NONE(CHECK_EQ(pcr_incoming_init(v.mis, 0), 0));
     if (with_callback) {
         CHECK_EQ(v.discard_cb_calls, v.nblocks);
         CHECK_EQ_U64(v.discard_cb_bytes, (PC_PAGES + VGA_PAGES + SHM_PAGES) * 4096ull);
@@ -117,12 +117,12 @@ static void run(bool with_callback)
         }
     }
     /* Discard some precopied pages (as the source's discard commands do). */
-    LOG_EXPECT_NONE(CHECK_EQ(API.postcopy_ram_prepare_discard(v.mis), 0));
-    CHECK_EQ(API.postcopy_state_get_for(v.mis), POSTCOPY_INCOMING_DISCARD);
+    LOG_EXPECT_NONE(CHECK_EQ(pcr_incoming_prepare_discard(v.mis), 0));
+    CHECK_EQ(pcr_state_get(v.mis), PCR_STATE_DISCARD);
     int cb_before = v.discard_cb_calls;
     for (size_t i = 0; i < sizeof DISCARDS / sizeof DISCARDS[0]; i++) {
         const range *r = &DISCARDS[i];
-        LOG_EXPECT_NONE(CHECK_EQ(API.postcopy_ram_discard_range(v.mis, v.blocks[r->block].name,
+        LOG_EXPECT_NONE(CHECK_EQ(pcr_incoming_discard_range(v.mis, v.blocks[r->block].name,
                                                                 r->first * 4096, r->count * 4096), 0));
     }
     if (with_callback)
@@ -144,7 +144,7 @@ static void run(bool with_callback)
     }
 
     /* Postcopy: every page touched once; only the dropped ones fault. */
-    LOG_EXPECT_NONE(CHECK_EQ(API.postcopy_ram_enable_notify(v.mis), 0));
+    LOG_EXPECT_NONE(CHECK_EQ(pcr_incoming_enable_notify(v.mis), 0));
     for (int bi = 0; bi < v.nblocks; bi++) {
         vmm_block *b = &v.blocks[bi];
         for (uint64_t p = 0; p < b->map_length / 4096; p++) {
@@ -163,11 +163,11 @@ static void run(bool with_callback)
         }
     }
     vmm_check_no_anomaly(&v);
-    PostcopyStats s = vmm_stats(&v);
+    PcrStats s = vmm_stats(&v);
     vmm_check_stats_invariant(&s);
     CHECK_EQ_U64(s.requests, v.nreqs);
     CHECK_EQ_U64(s.pages_placed, v.placed);
-    LOG_EXPECT_NONE(CHECK_EQ(API.postcopy_ram_incoming_cleanup(v.mis), 0));
+    LOG_EXPECT_NONE(CHECK_EQ(pcr_incoming_cleanup(v.mis), 0));
     CHECK(!v.shut_failed);
     vmm_destroy(&v);
     const int fds_after = pcr_count_fds();

@@ -56,16 +56,16 @@ int main(void)
 #undef PCR_API_DLSYM
     pcr_test_begin_common("test_dlopen", 30);
     printf("dlsym found all %zu functions of the header in %s\n", n, PCR_SO_PATH);
-    CHECK_STR(API.postcopy_ram_version(), PCR_EXPECTED_VERSION);
+    CHECK_STR(API.pcr_version(), PCR_EXPECTED_VERSION);
 
     vmm v;
     vmm_init(&v, SERVE_DIRECT);
     vmm_add_block(&v, "pc.ram", BLK_ANON_PRIVATE, 4);
     vmm_create(&v);
-    LOG_EXPECT_NONE(CHECK(API.postcopy_ram_supported_by_host()));
-    LOG_EXPECT_NONE(CHECK_EQ(API.postcopy_ram_incoming_init(v.mis, 4 * (size_t)getpagesize() / 4096), 0));
-    LOG_EXPECT_NONE(CHECK_EQ(API.postcopy_ram_enable_notify(v.mis), 0));
-    CHECK_EQ(API.postcopy_state_get(), POSTCOPY_INCOMING_LISTENING);
+    LOG_EXPECT_NONE(CHECK(API.pcr_incoming_supported_by_host(v.mis)));
+    LOG_EXPECT_NONE(CHECK_EQ(API.pcr_incoming_init(v.mis, 4 * (size_t)getpagesize() / 4096), 0));
+    LOG_EXPECT_NONE(CHECK_EQ(API.pcr_incoming_enable_notify(v.mis), 0));
+    CHECK_EQ(API.pcr_state_get(v.mis), PCR_STATE_LISTENING);
 
     toucher t = {.addr = v.blocks[0].host + 2 * 4096 + 40};
     pthread_t th;
@@ -77,15 +77,15 @@ int main(void)
     CHECK(v.reqs[0].named);
     CHECK_EQ_U64(v.reqs[0].offset, 2 * 4096);
     vmm_check_no_anomaly(&v);
-    PostcopyStats s = vmm_stats(&v);
+    PcrStats s = vmm_stats(&v);
     CHECK_EQ_U64(s.faults, 1);
     CHECK_EQ_U64(s.requests, 1);
     CHECK_EQ_U64(s.pages_placed, 1);
 
-    LOG_EXPECT_NONE(CHECK_EQ(API.postcopy_ram_incoming_cleanup(v.mis), 0));
+    LOG_EXPECT_NONE(CHECK_EQ(API.pcr_incoming_cleanup(v.mis), 0));
     vmm_destroy(&v);
     /* back to the default sink before the library may go away */
-    API.postcopy_set_log_callback(NULL, NULL, 0);
+    API.pcr_set_log_callback(NULL, NULL, 0);
     CHECK_MSG(dlclose(lib) == 0, "dlclose: %s", dlerror());
     const int fds_after = pcr_count_fds();
     if (fds_after != fds_before) {

@@ -3,11 +3,11 @@
  *
  * Three 4 KiB-page blocks (private anonymous, shared memfd, shared anonymous). Checks:
  * requests name the right block (NULL for same-block repeats, named again after a failed
- * request and after postcopy_incoming_reset_request_block), with page-aligned offsets and
+ * request and after pcr_incoming_reset_request_block), with page-aligned offsets and
  * page-size lengths; faulting threads read exactly the placed bytes (zero for
- * postcopy_place_page_zero pages), also for write faults; pages placed ahead of a touch
- * do not fault; postcopy_place_page on a present page gives -EEXIST; the batched
- * postcopy_place_pages*; the temporary page; many threads faulting on the same pages
+ * pcr_place_page_zero pages), also for write faults; pages placed ahead of a touch
+ * do not fault; pcr_place_page on a present page gives -EEXIST; the batched
+ * pcr_place_pages*; the temporary page; many threads faulting on the same pages
  * (each page requested once); a failing request_page; cleanup while a thread is blocked;
  * stats match what happened; callbacks (state, balloon, shut); no descriptor leaked.
  *
@@ -15,6 +15,9 @@
  * (test_fault_static).
  */
 #include "test_util.h"
+#ifdef PCR_TEST_SEED_ABI
+#include "postcopy_ram_seed.h"
+#endif
 
 #define PC_PAGES 64
 #define VGA_PAGES 16
@@ -123,7 +126,9 @@ int main(void)
     pcr_test_begin("test_fault", 60);
     const int fds_before = pcr_count_fds();
 
-    LOG_EXPECT_NONE(CHECK(API.postcopy_ram_supported_by_host()));
+#ifdef PCR_TEST_SEED_ABI
+    LOG_EXPECT_NONE(CHECK(postcopy_ram_supported_by_host()));
+#endif
 
     vmm v;
     vmm_init(&v, SERVE_NONE);
@@ -138,25 +143,29 @@ int main(void)
     const size_t ram_pages = (PC_PAGES + VGA_PAGES + SHM_PAGES) * (size_t)getpagesize() / 4096;
     uint64_t manual_placed = 0, manual_zero = 0, manual_eexist = 0;
 
-    LOG_EXPECT_NONE(CHECK(API.postcopy_ram_supported_by_host_for(v.mis)));
-    LOG_EXPECT_NONE(CHECK(API.postcopy_ram_supported_by_host())); /* the newest live one: v */
-    CHECK_EQ(API.postcopy_state_get_for(v.mis), POSTCOPY_INCOMING_NONE);
-    LOG_EXPECT_NONE(CHECK_EQ(API.postcopy_ram_incoming_init(v.mis, ram_pages), 0));
-    CHECK_EQ(API.postcopy_state_get_for(v.mis), POSTCOPY_INCOMING_ADVISE);
-    CHECK_EQ(API.postcopy_state_get(), POSTCOPY_INCOMING_ADVISE);
+    LOG_EXPECT_NONE(CHECK(pcr_incoming_supported_by_host(v.mis)));
+#ifdef PCR_TEST_SEED_ABI
+    LOG_EXPECT_NONE(CHECK(postcopy_ram_supported_by_host())); /* the newest live one: v */
+#endif
+    CHECK_EQ(pcr_state_get(v.mis), PCR_STATE_NONE);
+    LOG_EXPECT_NONE(CHECK_EQ(pcr_incoming_init(v.mis, ram_pages), 0));
+    CHECK_EQ(pcr_state_get(v.mis), PCR_STATE_ADVISE);
+#ifdef PCR_TEST_SEED_ABI
+    CHECK_EQ(postcopy_state_get(), PCR_STATE_ADVISE);
+#endif
 
     /* The temporary page: usable (as large as the largest page), and the same every time. */
-    uint8_t *tmp = API.postcopy_get_tmp_page(v.mis);
+    uint8_t *tmp = pcr_get_tmp_page(v.mis);
     CHECK(tmp != NULL);
     memset(tmp, 0xa5, (size_t)getpagesize());
-    CHECK(API.postcopy_get_tmp_page(v.mis) == tmp);
+    CHECK(pcr_get_tmp_page(v.mis) == tmp);
     CHECK(tmp[0] == 0xa5 && tmp[getpagesize() - 1] == 0xa5);
 
-    LOG_EXPECT_NONE(CHECK_EQ(API.postcopy_ram_enable_notify(v.mis), 0));
-    CHECK_EQ(API.postcopy_state_get_for(v.mis), POSTCOPY_INCOMING_LISTENING);
+    LOG_EXPECT_NONE(CHECK_EQ(pcr_incoming_enable_notify(v.mis), 0));
+    CHECK_EQ(pcr_state_get(v.mis), PCR_STATE_LISTENING);
     CHECK_EQ(v.balloon_calls, 1);
     CHECK(v.balloon_inhibited);
-    CHECK(API.postcopy_get_tmp_page(v.mis) == tmp);
+    CHECK(pcr_get_tmp_page(v.mis) == tmp);
 
     /* Phase 1: one touch at a time; exact request sequence. */
     printf("phase 1: ordered faults\n");
@@ -186,9 +195,9 @@ int main(void)
     /* Placing a present page: -EEXIST, no log line at warn level, content unchanged. */
     pcr_fill_page(0, 10 * 4096, v.direct_buf, 4096);
     memset(v.direct_buf, 0x77, 64);
-    LOG_EXPECT_NONE(CHECK_EQ(API.postcopy_place_page(v.mis, v.blocks[0].host + 10 * 4096,
+    LOG_EXPECT_NONE(CHECK_EQ(pcr_place_page(v.mis, v.blocks[0].host + 10 * 4096,
                                                      v.direct_buf, 4096), -EEXIST));
-    LOG_EXPECT_NONE(CHECK_EQ(API.postcopy_place_page_zero(v.mis, v.blocks[0].host + 11 * 4096, 4096),
+    LOG_EXPECT_NONE(CHECK_EQ(pcr_place_page_zero(v.mis, v.blocks[0].host + 11 * 4096, 4096),
                              -EEXIST));
     manual_eexist += 2;
     vmm_check_page(&v, 0, 10 * 4096);
@@ -201,18 +210,18 @@ int main(void)
             v.blocks[0].zero_pages[p] = 0;
             pcr_fill_page(0, p * 4096, run + (p - 20) * 4096, 4096);
         }
-        LOG_EXPECT_NONE(CHECK_EQ(API.postcopy_place_pages(v.mis, v.blocks[0].host + 20 * 4096, run,
+        LOG_EXPECT_NONE(CHECK_EQ(pcr_place_pages(v.mis, v.blocks[0].host + 20 * 4096, run,
                                                           4 * 4096), 4));
         manual_placed += 4;
         for (uint64_t p = 24; p < 26; p++)
             v.blocks[0].zero_pages[p] = 1;
-        LOG_EXPECT_NONE(CHECK_EQ(API.postcopy_place_pages_zero(v.mis, v.blocks[0].host + 24 * 4096,
+        LOG_EXPECT_NONE(CHECK_EQ(pcr_place_pages_zero(v.mis, v.blocks[0].host + 24 * 4096,
                                                                2 * 4096), 2));
         manual_zero += 2;
         for (uint64_t p = 20; p < 26; p++)
             vmm_check_page(&v, 0, p * 4096);
         /* A run over present pages only: nothing placed, nothing broken. */
-        LOG_EXPECT_NONE(CHECK_EQ(API.postcopy_place_pages(v.mis, v.blocks[0].host + 20 * 4096, run,
+        LOG_EXPECT_NONE(CHECK_EQ(pcr_place_pages(v.mis, v.blocks[0].host + 20 * 4096, run,
                                                           2 * 4096), 0));
         manual_eexist += 2;
         free(run);
@@ -271,7 +280,7 @@ int main(void)
     for (int i = 0; i < 5000 && pcr_log_count() < 1; i++)
         pcr_sleep_ms(1);
     pcr_log_expect_(1, "failed", "a failing request_page", __FILE__, __LINE__);
-    PostcopyStats s = vmm_stats(&v);
+    PcrStats s = vmm_stats(&v);
     CHECK_EQ_U64(s.request_errors, 1);
     CHECK_EQ(s.last_request_errno, EIO);
     CHECK_EQ(v.failed_requests, 1);
@@ -285,16 +294,16 @@ int main(void)
     CHECK_EQ_U64(ta.value, expected_word(&v, 0, (PC_PAGES - 8) * 4096));
     CHECK_EQ_U64(tb.value, ta.value);
 
-    /* Phase 5: after postcopy_incoming_reset_request_block the next request names its block. */
+    /* Phase 5: after pcr_incoming_reset_request_block the next request names its block. */
     printf("phase 5: reset_request_block\n");
     ordered_touch(&v, 0, PC_PAGES - 7, false, false);
-    API.postcopy_incoming_reset_request_block(v.mis);
+    pcr_incoming_reset_request_block(v.mis);
     ordered_touch(&v, 0, PC_PAGES - 6, true, false);
     ordered_touch(&v, 0, PC_PAGES - 5, false, false);
     vmm_check_no_anomaly(&v);
 
     /* Phase 6: the log callback gets one line for a misuse. */
-    LOG_EXPECT_ONE(CHECK_EQ(API.postcopy_place_page(v.mis, v.blocks[0].host + 1, v.direct_buf, 4096),
+    LOG_EXPECT_ONE(CHECK_EQ(pcr_place_page(v.mis, v.blocks[0].host + 1, v.direct_buf, 4096),
                             -EINVAL),
                    "aligned");
 
@@ -321,20 +330,20 @@ int main(void)
     toucher tc;
     touch_async(&tc, &v, 0, PC_PAGES - 1, false, 0);
     CHECK(vmm_wait_requests(&v, nreq + 1, 5000));
-    LOG_EXPECT_NONE(CHECK_EQ(API.postcopy_ram_incoming_cleanup(v.mis), 0));
+    LOG_EXPECT_NONE(CHECK_EQ(pcr_incoming_cleanup(v.mis), 0));
     pthread_join(tc.thread, NULL);
     CHECK_EQ_U64(tc.value, 0);
-    CHECK_EQ(API.postcopy_state_get_for(v.mis), POSTCOPY_INCOMING_END);
+    CHECK_EQ(pcr_state_get(v.mis), PCR_STATE_END);
     CHECK_EQ(v.shut_calls, 1);
     CHECK(v.shut_failed); /* a request failed in phase 4 */
     CHECK_EQ(v.balloon_calls, 2);
     CHECK(!v.balloon_inhibited);
     /* State changes seen by the callback. */
     {
-        const PostcopyState want[][2] = {
-            {POSTCOPY_INCOMING_NONE, POSTCOPY_INCOMING_ADVISE},
-            {POSTCOPY_INCOMING_ADVISE, POSTCOPY_INCOMING_LISTENING},
-            {POSTCOPY_INCOMING_LISTENING, POSTCOPY_INCOMING_END},
+        const PcrState want[][2] = {
+            {PCR_STATE_NONE, PCR_STATE_ADVISE},
+            {PCR_STATE_ADVISE, PCR_STATE_LISTENING},
+            {PCR_STATE_LISTENING, PCR_STATE_END},
         };
         CHECK_EQ(v.nstates, 3);
         for (int i = 0; i < 3; i++) {
@@ -346,12 +355,12 @@ int main(void)
     vmm_check_page(&v, 0, 0);
     pcr_touch_write(v.blocks[0].host + (PC_PAGES - 2) * 4096, 42);
     CHECK_EQ(vmm_nreqs(&v), nreq + 1);
-    LOG_EXPECT_ONE(CHECK_EQ(API.postcopy_ram_incoming_cleanup(v.mis), -EINVAL), "cleanup");
+    LOG_EXPECT_ONE(CHECK_EQ(pcr_incoming_cleanup(v.mis), -EINVAL), "cleanup");
     vmm_check_no_anomaly(&v);
 
     vmm_destroy(&v);
 
-    /* Phase 8: postcopy_incoming_state_free without cleanup, with a thread blocked on a
+    /* Phase 8: pcr_incoming_free without cleanup, with a thread blocked on a
      * page: it cleans up (the thread is woken, shut is called), nothing leaks. */
     printf("phase 8: free without cleanup\n");
     vmm w;
@@ -359,20 +368,22 @@ int main(void)
     vmm_add_block(&w, "pc.ram", BLK_ANON_PRIVATE, 4);
     vmm_add_block(&w, "vga.vram", BLK_MEMFD_SHARED, 4);
     vmm_create(&w);
-    CHECK_EQ(API.postcopy_ram_incoming_init(w.mis, 0), 0);
-    CHECK_EQ(API.postcopy_ram_enable_notify(w.mis), 0);
-    CHECK(API.postcopy_get_tmp_page(w.mis) != NULL);
+    CHECK_EQ(pcr_incoming_init(w.mis, 0), 0);
+    CHECK_EQ(pcr_incoming_enable_notify(w.mis), 0);
+    CHECK(pcr_get_tmp_page(w.mis) != NULL);
     toucher td;
     touch_async(&td, &w, 1, 2, false, 0);
     CHECK(vmm_wait_requests(&w, 1, 5000));
-    LOG_EXPECT_NONE(API.postcopy_incoming_state_free(w.mis));
+    LOG_EXPECT_NONE(pcr_incoming_free(w.mis));
     w.mis = NULL;
     pthread_join(td.thread, NULL);
     CHECK_EQ_U64(td.value, 0); /* a hole of the memfd */
     CHECK_EQ(w.shut_calls, 1);
     CHECK(!w.shut_failed);
     CHECK(!w.balloon_inhibited);
-    CHECK_EQ(API.postcopy_state_get(), POSTCOPY_INCOMING_NONE); /* no live destination */
+#ifdef PCR_TEST_SEED_ABI
+    CHECK_EQ(postcopy_state_get(), PCR_STATE_NONE); /* no live destination */
+#endif
     vmm_destroy(&w);
 
     const int fds_after = pcr_count_fds();

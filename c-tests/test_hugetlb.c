@@ -57,8 +57,8 @@ int main(void)
     long free_with_stale = free_huge_pages();
     printf("free huge pages: %ld at start, %ld with stale data\n", free_at_start, free_with_stale);
 
-    LOG_EXPECT_NONE(CHECK(API.postcopy_ram_supported_by_host_for(v.mis)));
-    LOG_EXPECT_NONE(CHECK_EQ(API.postcopy_ram_incoming_init(v.mis, 0), 0));
+    LOG_EXPECT_NONE(CHECK(pcr_incoming_supported_by_host(v.mis)));
+    LOG_EXPECT_NONE(CHECK_EQ(pcr_incoming_init(v.mis, 0), 0));
     long free_after_init = free_huge_pages();
     printf("free huge pages after init: %ld\n", free_after_init);
     /* The shared (memfd) pages go back to the pool; the private ones keep their
@@ -77,8 +77,8 @@ int main(void)
         }
     }
 
-    LOG_EXPECT_NONE(CHECK_EQ(API.postcopy_ram_enable_notify(v.mis), 0));
-    uint8_t *tmp = API.postcopy_get_tmp_page(v.mis);
+    LOG_EXPECT_NONE(CHECK_EQ(pcr_incoming_enable_notify(v.mis), 0));
+    uint8_t *tmp = pcr_get_tmp_page(v.mis);
     CHECK(tmp != NULL);
     memset(tmp, 0x11, H); /* as large as the largest page */
 
@@ -93,20 +93,20 @@ int main(void)
         CHECK_EQ_U64(v.reqs[0].offset, H);
         CHECK_EQ_U64(v.reqs[0].length, H);
         /* a 4 KiB placement inside a huge block is refused */
-        LOG_EXPECT_ONE(CHECK_EQ(API.postcopy_place_page(v.mis, v.blocks[0].host + H, v.direct_buf, 4096),
+        LOG_EXPECT_ONE(CHECK_EQ(pcr_place_page(v.mis, v.blocks[0].host + H, v.direct_buf, 4096),
                                 -EINVAL), "size");
-        LOG_EXPECT_ONE(CHECK_EQ(API.postcopy_place_page(v.mis, v.blocks[0].host + H + 4096, v.direct_buf,
+        LOG_EXPECT_ONE(CHECK_EQ(pcr_place_page(v.mis, v.blocks[0].host + H + 4096, v.direct_buf,
                                                         H), -EINVAL), "aligned");
-        LOG_EXPECT_ONE(CHECK_EQ(API.postcopy_place_page_zero(v.mis, v.blocks[0].host + H, 4096), -EINVAL),
+        LOG_EXPECT_ONE(CHECK_EQ(pcr_place_page_zero(v.mis, v.blocks[0].host + H, 4096), -EINVAL),
                        "size");
         /* served from the temporary page */
         pcr_fill_page(0, H, tmp, H);
-        LOG_EXPECT_NONE(CHECK_EQ(API.postcopy_place_page(v.mis, v.blocks[0].host + H, tmp, H), 0));
+        LOG_EXPECT_NONE(CHECK_EQ(pcr_place_page(v.mis, v.blocks[0].host + H, tmp, H), 0));
         pthread_join(t.thread, NULL);
         CHECK_EQ_U64(t.value, pcr_word(0, H + 12345 * 8));
         vmm_check_page(&v, 0, H);
-        LOG_EXPECT_NONE(CHECK_EQ(API.postcopy_place_page(v.mis, v.blocks[0].host + H, tmp, H), -EEXIST));
-        LOG_EXPECT_NONE(CHECK_EQ(API.postcopy_place_page_zero(v.mis, v.blocks[0].host + H, H), -EEXIST));
+        LOG_EXPECT_NONE(CHECK_EQ(pcr_place_page(v.mis, v.blocks[0].host + H, tmp, H), -EEXIST));
+        LOG_EXPECT_NONE(CHECK_EQ(pcr_place_page_zero(v.mis, v.blocks[0].host + H, H), -EEXIST));
         vmm_check_page(&v, 0, H);
     }
 
@@ -126,7 +126,7 @@ int main(void)
         CHECK_EQ_U64(v.reqs[1].offset, 0);
         CHECK_EQ_U64(v.reqs[1].length, H);
         pcr_fill_page(1, 0, tmp, H);
-        CHECK_EQ(API.postcopy_place_page(v.mis, v.blocks[1].host, tmp, H), 0);
+        CHECK_EQ(pcr_place_page(v.mis, v.blocks[1].host, tmp, H), 0);
         for (int i = 0; i < 3; i++) {
             pthread_join(t[i].thread, NULL);
             CHECK_EQ_U64(t[i].value, pcr_word(1, (uint64_t)i * 100 * 4096 + 8));
@@ -168,7 +168,7 @@ int main(void)
     CHECK(v.reqs[4].named);
     CHECK(!v.reqs[5].named);
 
-    PostcopyStats s = vmm_stats(&v);
+    PcrStats s = vmm_stats(&v);
     vmm_check_stats_invariant(&s);
     CHECK_EQ_U64(s.requests, vmm_nreqs(&v));
     CHECK_EQ_U64(s.pages_placed, 2 + 1 + 8);   /* 2 by hand, 1 huge + 8 small by the server */
@@ -177,7 +177,7 @@ int main(void)
     CHECK_EQ_U64(s.request_errors, 0);
     CHECK_EQ_U64(s.faults_outside, 0);
 
-    LOG_EXPECT_NONE(CHECK_EQ(API.postcopy_ram_incoming_cleanup(v.mis), 0));
+    LOG_EXPECT_NONE(CHECK_EQ(pcr_incoming_cleanup(v.mis), 0));
     vmm_destroy(&v);
     CHECK_EQ(free_huge_pages(), free_at_start);
     const int fds_after = pcr_count_fds();

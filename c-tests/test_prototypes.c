@@ -1,15 +1,16 @@
 /*
- * test_prototypes.c: the header is call-compatible with QEMU's migration/postcopy-ram.c.
+ * test_prototypes.c: postcopy_ram_seed.h is call-compatible with QEMU 2.9's migration/postcopy-ram.c.
  *
- * After including postcopy_ram.h, every seed prototype is declared again exactly as QEMU
+ * After including postcopy_ram_seed.h, every seed prototype is declared again exactly as QEMU
  * declares it (QEMU-POSTCOPY-NOTES.md section 1; the PostcopyState typedef enum is not
- * repeated, the header defines PostcopyState as uint32_t with the POSTCOPY_INCOMING_*
+ * repeated, the seed header defines PostcopyState as uint32_t with the POSTCOPY_INCOMING_*
  * values). A mismatch in any return or parameter type is a compile error ("conflicting
  * types"), and the file is built with -Wall -Wextra -Werror. Then each function is called
  * once with NULL handles: the documented error value (-EINVAL / false / NULL), no crash,
  * and one log line each.
  */
 #include "test_util.h"
+#include "postcopy_ram_seed.h"
 
 /* ---- the seed's exported functions, verbatim ---- */
 bool  postcopy_ram_supported_by_host(void);

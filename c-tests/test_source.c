@@ -1,11 +1,11 @@
 /*
- * test_source.c: the source side, postcopy_discard_send_init / _range / _finish.
+ * test_source.c: the source side, pcr_discard_send_init / _range / _finish.
  *
  * Ranges arrive as migration-bitmap bits (target pages, counted from the start of the
  * whole bitmap); the library subtracts the block's first bit, converts to bytes with the
  * target page size, and sends a command through send_discard every 12 ranges, plus one
  * at finish for the rest. Also: several blocks at once, a failing send (counted by
- * postcopy_migration_discard_errors, logged), and the write_command path, whose bytes
+ * pcr_source_discard_errors, logged), and the write_command path, whose bytes
  * must be a QEMU POSTCOPY_RAM_DISCARD command exactly.
  */
 #include "test_util.h"
@@ -31,7 +31,7 @@ static int record_send(void *opaque, const char *name, uint16_t count, const uin
     recorder *r = opaque;
     CHECK(r->n < 64);
     CHECK(name != NULL);
-    CHECK(count >= 1 && count <= POSTCOPY_MAX_DISCARDS_PER_COMMAND);
+    CHECK(count >= 1 && count <= PCR_MAX_DISCARDS_PER_COMMAND);
     command *c = &r->cmds[r->n];
     snprintf(c->name, sizeof c->name, "%s", name);
     c->count = count;
@@ -51,18 +51,18 @@ static int record_write(void *opaque, const uint8_t *bytes, size_t length)
     return 0;
 }
 
-static MigrationState *new_source(recorder *r, size_t target_page_size, bool wire)
+static PcrSource *new_source(recorder *r, size_t target_page_size, bool wire)
 {
     memset(r, 0, sizeof *r);
     r->fail_at = -1;
-    PostcopySourceOps ops;
+    PcrSourceOps ops;
     memset(&ops, 0, sizeof ops);
     if (wire)
         ops.write_command = record_write;
     else
         ops.send_discard = record_send;
     ops.target_page_size = target_page_size;
-    MigrationState *ms = API.postcopy_migration_state_new(&ops, r);
+    PcrSource *ms = pcr_source_new(&ops, r);
     CHECK(ms != NULL);
     return ms;
 }
@@ -72,15 +72,15 @@ static void batching(size_t target_page_size, unsigned long first_bit)
 {
     printf("30 ranges, target page %zu, block at bit %lu\n", target_page_size, first_bit);
     recorder r;
-    MigrationState *ms = new_source(&r, target_page_size, false);
+    PcrSource *ms = new_source(&r, target_page_size, false);
     const uint64_t tps = target_page_size ? target_page_size : 4096;
-    PostcopyDiscardState *pds = API.postcopy_discard_send_init(ms, first_bit, "pc.ram");
+    PcrDiscardState *pds = pcr_discard_send_init(ms, first_bit, "pc.ram");
     CHECK(pds != NULL);
     for (unsigned long i = 0; i < 30; i++) {
-        LOG_EXPECT_NONE(API.postcopy_discard_send_range(ms, pds, first_bit + 3 * i, i % 3 + 1));
+        LOG_EXPECT_NONE(pcr_discard_send_range(ms, pds, first_bit + 3 * i, i % 3 + 1));
         CHECK_EQ(r.n, (int)((i + 1) / 12)); /* a command every 12 ranges, not before */
     }
-    LOG_EXPECT_NONE(API.postcopy_discard_send_finish(ms, pds));
+    LOG_EXPECT_NONE(pcr_discard_send_finish(ms, pds));
     CHECK_EQ(r.n, 3);
     const int counts[] = {12, 12, 6};
     for (int c = 0; c < 3; c++) {
@@ -92,8 +92,8 @@ static void batching(size_t target_page_size, unsigned long first_bit)
             CHECK_EQ_U64(r.cmds[c].lengths[k], (i % 3 + 1) * tps);
         }
     }
-    CHECK_EQ_U64(API.postcopy_migration_discard_errors(ms), 0);
-    API.postcopy_migration_state_free(ms);
+    CHECK_EQ_U64(pcr_source_discard_errors(ms), 0);
+    pcr_source_free(ms);
 }
 
 static void put_be16(uint8_t *p, uint16_t v) { p[0] = (uint8_t)(v >> 8); p[1] = (uint8_t)v; }
@@ -118,21 +118,21 @@ int main(void)
     {
         printf("12 ranges; no range; two blocks interleaved\n");
         recorder r;
-        MigrationState *ms = new_source(&r, 4096, false);
-        PostcopyDiscardState *a = API.postcopy_discard_send_init(ms, 0, "pc.ram");
-        PostcopyDiscardState *b = API.postcopy_discard_send_init(ms, 5000, "vga.vram");
-        PostcopyDiscardState *e = API.postcopy_discard_send_init(ms, 9000, "empty");
+        PcrSource *ms = new_source(&r, 4096, false);
+        PcrDiscardState *a = pcr_discard_send_init(ms, 0, "pc.ram");
+        PcrDiscardState *b = pcr_discard_send_init(ms, 5000, "vga.vram");
+        PcrDiscardState *e = pcr_discard_send_init(ms, 9000, "empty");
         CHECK(a && b && e);
         for (unsigned long i = 0; i < 12; i++) {
-            API.postcopy_discard_send_range(ms, a, 2 * i, 1);
-            API.postcopy_discard_send_range(ms, b, 5000 + i, 1);
+            pcr_discard_send_range(ms, a, 2 * i, 1);
+            pcr_discard_send_range(ms, b, 5000 + i, 1);
         }
         CHECK_EQ(r.n, 2);
-        API.postcopy_discard_send_range(ms, b, 6000, 4);
-        LOG_EXPECT_NONE(API.postcopy_discard_send_finish(ms, a));
-        LOG_EXPECT_NONE(API.postcopy_discard_send_finish(ms, e));
+        pcr_discard_send_range(ms, b, 6000, 4);
+        LOG_EXPECT_NONE(pcr_discard_send_finish(ms, a));
+        LOG_EXPECT_NONE(pcr_discard_send_finish(ms, e));
         CHECK_EQ(r.n, 2);
-        LOG_EXPECT_NONE(API.postcopy_discard_send_finish(ms, b));
+        LOG_EXPECT_NONE(pcr_discard_send_finish(ms, b));
         CHECK_EQ(r.n, 3);
         CHECK_STR(r.cmds[0].name, "pc.ram");
         CHECK_STR(r.cmds[1].name, "vga.vram");
@@ -142,7 +142,7 @@ int main(void)
         CHECK_EQ_U64(r.cmds[2].lengths[0], 4 * 4096ull);
         CHECK_EQ_U64(r.cmds[1].starts[11], 11 * 4096ull);
         CHECK_EQ_U64(r.cmds[0].starts[11], 22 * 4096ull);
-        API.postcopy_migration_state_free(ms);
+        pcr_source_free(ms);
     }
 
     /* A failing send: counted, logged (when it fails, and again at finish); the batch goes
@@ -150,45 +150,45 @@ int main(void)
     {
         printf("failing send\n");
         recorder r;
-        MigrationState *ms = new_source(&r, 4096, false);
+        PcrSource *ms = new_source(&r, 4096, false);
         r.fail_at = 0;
-        PostcopyDiscardState *pds = API.postcopy_discard_send_init(ms, 0, "pc.ram");
+        PcrDiscardState *pds = pcr_discard_send_init(ms, 0, "pc.ram");
         CHECK(pds != NULL);
         for (unsigned long i = 0; i < 11; i++)
-            API.postcopy_discard_send_range(ms, pds, i, 1);
-        LOG_EXPECT_ONE(API.postcopy_discard_send_range(ms, pds, 11, 1), "failed");
-        CHECK_EQ_U64(API.postcopy_migration_discard_errors(ms), 1);
+            pcr_discard_send_range(ms, pds, i, 1);
+        LOG_EXPECT_ONE(pcr_discard_send_range(ms, pds, 11, 1), "failed");
+        CHECK_EQ_U64(pcr_source_discard_errors(ms), 1);
         for (unsigned long i = 12; i < 20; i++)
-            LOG_EXPECT_NONE(API.postcopy_discard_send_range(ms, pds, i, 1));
-        LOG_EXPECT_ONE(API.postcopy_discard_send_finish(ms, pds), "pc.ram");
+            LOG_EXPECT_NONE(pcr_discard_send_range(ms, pds, i, 1));
+        LOG_EXPECT_ONE(pcr_discard_send_finish(ms, pds), "pc.ram");
         CHECK_EQ(r.n, 2);
         CHECK_EQ(r.cmds[1].count, 8);
-        CHECK_EQ_U64(API.postcopy_migration_discard_errors(ms), 1);
+        CHECK_EQ_U64(pcr_source_discard_errors(ms), 1);
         /* A range before the block's first bit is refused, logged and not sent. */
-        pds = API.postcopy_discard_send_init(ms, 100, "pc.ram");
+        pds = pcr_discard_send_init(ms, 100, "pc.ram");
         CHECK(pds != NULL);
-        LOG_EXPECT_ONE(API.postcopy_discard_send_range(ms, pds, 50, 1), "before");
-        LOG_EXPECT_NONE(API.postcopy_discard_send_finish(ms, pds));
+        LOG_EXPECT_ONE(pcr_discard_send_range(ms, pds, 50, 1), "before");
+        LOG_EXPECT_NONE(pcr_discard_send_finish(ms, pds));
         CHECK_EQ(r.n, 2);
-        uint64_t errors = API.postcopy_migration_discard_errors(ms);
+        uint64_t errors = pcr_source_discard_errors(ms);
         if (errors == 1)
             printf("NOTE: a range before the block is not counted by "
-                   "postcopy_migration_discard_errors (it counts failed sends only), although "
-                   "the header's postcopy_discard_send_range comment says such errors are counted\n");
+                   "pcr_source_discard_errors (it counts failed sends only), although "
+                   "the header's pcr_discard_send_range comment says such errors are counted\n");
         CHECK(errors == 1 || errors == 2);
-        API.postcopy_migration_state_free(ms);
+        pcr_source_free(ms);
     }
 
     /* write_command: the bytes of a QEMU POSTCOPY_RAM_DISCARD command, envelope included. */
     {
         printf("write_command wire bytes\n");
         recorder r;
-        MigrationState *ms = new_source(&r, 4096, true);
-        PostcopyDiscardState *pds = API.postcopy_discard_send_init(ms, 16, "pc.ram");
+        PcrSource *ms = new_source(&r, 4096, true);
+        PcrDiscardState *pds = pcr_discard_send_init(ms, 16, "pc.ram");
         CHECK(pds != NULL);
         for (unsigned long i = 0; i < 13; i++)
-            API.postcopy_discard_send_range(ms, pds, 16 + 10 * i, i + 1);
-        LOG_EXPECT_NONE(API.postcopy_discard_send_finish(ms, pds));
+            pcr_discard_send_range(ms, pds, 16 + 10 * i, i + 1);
+        LOG_EXPECT_NONE(pcr_discard_send_finish(ms, pds));
         CHECK_EQ(r.nwrites, 2);
         const char *name = "pc.ram";
         const size_t name_len = strlen(name);
@@ -217,7 +217,7 @@ int main(void)
                 CHECK_MSG(r.bytes[c][i] == want[i], "command %d byte %zu: %#x, expected %#x", c, i,
                           r.bytes[c][i], want[i]);
         }
-        API.postcopy_migration_state_free(ms);
+        pcr_source_free(ms);
     }
 
     CHECK_EQ(pcr_count_fds(), fds_before);

@@ -3,13 +3,13 @@
  *
  * - CHECK* macros that print file:line and exit(1); SKIP() exits with 77 (ctest
  *   SKIP_RETURN_CODE); a watchdog alarm turns a hang into a failure.
- * - A log capture installed with postcopy_set_log_callback: tests assert how many lines a
+ * - A log capture installed with pcr_set_log_callback: tests assert how many lines a
  *   call produced (LOG_EXPECT_ONE), every captured line is echoed to stderr.
  * - Guest RAM blocks of several kinds (private anonymous, shared anonymous, memfd, hugetlb
  *   via MAP_HUGETLB or memfd_create(MFD_HUGETLB)) with deterministic page content
  *   f(block, offset), a foreach_ram_block callback, and a request_page callback that checks
  *   and records every request and serves it (from the fault thread, from a server thread
- *   through postcopy_get_tmp_page, or not at all).
+ *   through pcr_get_tmp_page, or not at all).
  * - Touch helpers: a direct load/store, or (under valgrind, where a thread blocked in a
  *   page fault inside valgrind's JIT holds valgrind's global lock, so the library's fault
  *   thread never runs and the process hangs, even for SIGTERM) the same access performed
@@ -20,8 +20,8 @@
  *   original value back on every exit path (exit, failed check, signals, watchdog).
  * - /proc/self/fd counting for descriptor-leak checks.
  *
- * The library is called through the table API (filled from the linked symbols by
- * pcr_test_begin, or from dlsym by test_dlopen.c, which defines PCR_TEST_NO_DIRECT_LINK).
+ * Tests call the library directly; only test_dlopen.c goes through a table of function
+ * pointers (see PCR() below).
  */
 #ifndef POSTCOPY_RAM_TEST_UTIL_H
 #define POSTCOPY_RAM_TEST_UTIL_H
@@ -80,38 +80,26 @@
 #define PCR_SKIP_CODE 77
 #define PCR_HUGE_PAGE_SIZE (2u * 1024u * 1024u)
 
-/* ---- the library, through a table of function pointers ---------------------------- */
-
+/* ---- the library --------------------------------------------------------------------
+ * Tests call the library directly. Only test_dlopen.c, which is not linked with it and
+ * defines PCR_TEST_NO_DIRECT_LINK, goes through the table API, filled by dlsym(); the
+ * shared helpers below reach the library through PCR(name), which is `name` or
+ * `API.name` accordingly. */
+#ifdef PCR_TEST_NO_DIRECT_LINK
 #define PCR_API_FUNCTIONS(X)                                                                 \
-    X(postcopy_incoming_state_new)                                                         \
-    X(postcopy_incoming_state_free)                                                        \
-    X(postcopy_ram_supported_by_host)                                                      \
-    X(postcopy_ram_supported_by_host_for)                                                  \
-    X(postcopy_ram_incoming_init)                                                          \
-    X(postcopy_ram_incoming_cleanup)                                                       \
-    X(postcopy_ram_prepare_discard)                                                        \
-    X(postcopy_ram_discard_range)                                                          \
-    X(postcopy_ram_enable_notify)                                                          \
-    X(postcopy_place_page)                                                                 \
-    X(postcopy_place_page_zero)                                                            \
-    X(postcopy_place_pages)                                                                \
-    X(postcopy_place_pages_zero)                                                           \
-    X(postcopy_get_tmp_page)                                                               \
-    X(postcopy_incoming_reset_request_block)                                               \
-    X(postcopy_incoming_get_stats)                                                         \
-    X(postcopy_set_log_callback)                                                           \
-    X(postcopy_ram_version)                                                                \
-    X(postcopy_ram_version_number)                                                         \
-    X(postcopy_migration_state_new)                                                        \
-    X(postcopy_migration_state_free)                                                       \
-    X(postcopy_discard_send_init)                                                          \
-    X(postcopy_discard_send_range)                                                         \
-    X(postcopy_discard_send_finish)                                                        \
-    X(postcopy_migration_discard_errors)                                                   \
-    X(postcopy_state_get)                                                                  \
-    X(postcopy_state_set)                                                                  \
-    X(postcopy_state_get_for)                                                              \
-    X(postcopy_state_set_for)
+    X(pcr_incoming_new)                                                                    \
+    X(pcr_incoming_free)                                                                   \
+    X(pcr_incoming_supported_by_host)                                                      \
+    X(pcr_incoming_init)                                                                   \
+    X(pcr_incoming_cleanup)                                                                \
+    X(pcr_incoming_enable_notify)                                                          \
+    X(pcr_place_page)                                                                      \
+    X(pcr_place_page_zero)                                                                 \
+    X(pcr_get_tmp_page)                                                                    \
+    X(pcr_incoming_get_stats)                                                              \
+    X(pcr_set_log_callback)                                                                \
+    X(pcr_version)                                                                         \
+    X(pcr_state_get)
 
 typedef struct pcr_api {
 #define PCR_API_FIELD(name) __typeof__(&name) name;
@@ -120,14 +108,9 @@ typedef struct pcr_api {
 } pcr_api;
 
 static pcr_api API;
-
-#ifndef PCR_TEST_NO_DIRECT_LINK
-static inline void pcr_api_use_linked(void)
-{
-#define PCR_API_SET(name) API.name = &name;
-    PCR_API_FUNCTIONS(PCR_API_SET)
-#undef PCR_API_SET
-}
+#define PCR(name) (API.name)
+#else
+#define PCR(name) name
 #endif
 
 /* ---- failing, skipping, watchdog, huge page restore ------------------------------- */
@@ -320,7 +303,7 @@ static inline int pcr_log_count(void)
 /* Lines at warn level or above are captured (the library logs failures at error level). */
 static inline void pcr_log_install(void)
 {
-    API.postcopy_set_log_callback(pcr_log_cb, &LOG, 2);
+    PCR(pcr_set_log_callback)(pcr_log_cb, &LOG, 2);
 }
 
 static inline void pcr_log_expect_(int expected, const char *substr, const char *what,
@@ -413,14 +396,13 @@ static inline void pcr_test_begin_common(const char *name, unsigned timeout_s)
         timeout_s *= 10;
     alarm(timeout_s);
     pcr_log_install();
-    printf("%s: library %s, touching pages %s\n", name, API.postcopy_ram_version(),
+    printf("%s: library %s, touching pages %s\n", name, PCR(pcr_version)(),
            pcr_under_valgrind() ? "through syscalls (valgrind / PCR_TOUCH=syscall)" : "directly");
 }
 
 #ifndef PCR_TEST_NO_DIRECT_LINK
 static inline void pcr_test_begin(const char *name, unsigned timeout_s)
 {
-    pcr_api_use_linked();
     pcr_test_begin_common(name, timeout_s);
 }
 #endif
@@ -549,7 +531,7 @@ typedef struct vmm_request {
 
 typedef enum vmm_serve {
     SERVE_DIRECT, /* place from the request callback, on the fault thread */
-    SERVE_THREAD, /* queue to a server thread that assembles pages in postcopy_get_tmp_page */
+    SERVE_THREAD, /* queue to a server thread that assembles pages in pcr_get_tmp_page */
     SERVE_NONE,   /* record only; the test places pages itself */
 } vmm_serve;
 
@@ -557,8 +539,8 @@ typedef struct vmm {
     vmm_block blocks[VMM_MAX_BLOCKS];
     int nblocks;
     uint64_t next_ram_offset;
-    struct MigrationIncomingState *mis;
-    PostcopyIncomingOps ops;
+    struct PcrIncoming *mis;
+    PcrIncomingOps ops;
 
     pthread_mutex_t lock;
     pthread_cond_t cond;
@@ -575,15 +557,15 @@ typedef struct vmm {
     size_t direct_buf_len;
     /* placements made by the harness */
     uint64_t placed, zero_placed, eexist;
-    void *tmp_page;       /* what postcopy_get_tmp_page returned to the server */
+    void *tmp_page;       /* what pcr_get_tmp_page returned to the server */
     pthread_t server;
     bool server_running, server_quit;
     int foreach_rc;       /* returned by foreach_ram_block after visiting (0 normally) */
     bool foreach_null_name; /* describe block 0 with a NULL name */
     /* callbacks seen */
     int nstates;                 /* state_changed calls */
-    PostcopyState states[64][2]; /* the first 64 of them: old, new */
-    PostcopyState last_state[2]; /* the last one */
+    PcrState states[64][2]; /* the first 64 of them: old, new */
+    PcrState last_state[2]; /* the last one */
     int shut_calls;
     bool shut_failed;
     int balloon_calls;
@@ -708,10 +690,10 @@ static inline int vmm_place(vmm *v, int bi, uint64_t off, uint8_t *buf)
     uint64_t page = off / b->real_page_size;
     int rc;
     if (b->zero_pages[page]) {
-        rc = API.postcopy_place_page_zero(v->mis, b->host + off, b->real_page_size);
+        rc = PCR(pcr_place_page_zero)(v->mis, b->host + off, b->real_page_size);
     } else {
         pcr_fill_page(bi, off, buf, b->real_page_size);
-        rc = API.postcopy_place_page(v->mis, b->host + off, buf, b->real_page_size);
+        rc = PCR(pcr_place_page)(v->mis, b->host + off, buf, b->real_page_size);
     }
     pthread_mutex_lock(&v->lock);
     if (rc == 0 && b->zero_pages[page])
@@ -726,12 +708,12 @@ static inline int vmm_place(vmm *v, int bi, uint64_t off, uint8_t *buf)
     return rc;
 }
 
-static inline int vmm_foreach_cb(void *opaque, PostcopyRamBlockVisitor visit, void *ctx)
+static inline int vmm_foreach_cb(void *opaque, PcrRamBlockVisitor visit, void *ctx)
 {
     vmm *v = opaque;
     for (int i = 0; i < v->nblocks; i++) {
         vmm_block *b = &v->blocks[i];
-        PostcopyRamBlock d = {
+        PcrRamBlock d = {
             .name = (i == 0 && v->foreach_null_name) ? NULL : b->name,
             .host = b->host,
             .offset = b->ram_offset,
@@ -804,7 +786,7 @@ static inline int vmm_request_cb(void *opaque, const char *block_name, uint64_t 
     return 0;
 }
 
-static inline void vmm_state_cb(void *opaque, PostcopyState old_state, PostcopyState new_state)
+static inline void vmm_state_cb(void *opaque, PcrState old_state, PcrState new_state)
 {
     vmm *v = opaque;
     pthread_mutex_lock(&v->lock);
@@ -838,7 +820,7 @@ static inline void vmm_balloon_cb(void *opaque, bool inhibit)
 
 /* A discard_range callback that does what the library's default does for the block kinds
  * used here, and counts. */
-static inline int vmm_discard_cb(void *opaque, const PostcopyRamBlock *block, uint64_t start,
+static inline int vmm_discard_cb(void *opaque, const PcrRamBlock *block, uint64_t start,
                                  uint64_t length)
 {
     vmm *v = opaque;
@@ -883,7 +865,7 @@ static inline void vmm_create(vmm *v)
     v->direct_buf_len = largest;
     v->direct_buf = aligned_alloc(4096, largest);
     CHECK(v->direct_buf != NULL);
-    v->mis = API.postcopy_incoming_state_new(&v->ops, v);
+    v->mis = PCR(pcr_incoming_new)(&v->ops, v);
     CHECK(v->mis != NULL);
 }
 
@@ -900,12 +882,12 @@ static inline void *vmm_server_main(void *arg)
         pthread_mutex_unlock(&v->lock);
         if (r.block >= 0 && r.offset % v->blocks[r.block].real_page_size == 0 &&
             r.offset + r.length <= v->blocks[r.block].map_length) {
-            void *tmp = API.postcopy_get_tmp_page(v->mis);
+            void *tmp = PCR(pcr_get_tmp_page)(v->mis);
             pthread_mutex_lock(&v->lock);
             if (tmp == NULL)
-                vmm_anomaly(v, "postcopy_get_tmp_page returned NULL");
+                vmm_anomaly(v, "pcr_get_tmp_page returned NULL");
             else if (v->tmp_page != NULL && v->tmp_page != tmp)
-                vmm_anomaly(v, "postcopy_get_tmp_page moved from %p to %p", v->tmp_page, tmp);
+                vmm_anomaly(v, "pcr_get_tmp_page moved from %p to %p", v->tmp_page, tmp);
             v->tmp_page = tmp;
             pthread_mutex_unlock(&v->lock);
             if (tmp)
@@ -973,11 +955,11 @@ static inline void vmm_check_no_anomaly(vmm *v)
         pcr_fail("%d anomal%s in callbacks, last: %s", n, n == 1 ? "y" : "ies", last);
 }
 
-static inline PostcopyStats vmm_stats_now(vmm *v)
+static inline PcrStats vmm_stats_now(vmm *v)
 {
-    PostcopyStats s;
+    PcrStats s;
     memset(&s, 0xff, sizeof s);
-    CHECK_EQ(API.postcopy_incoming_get_stats(v->mis, &s), 0);
+    CHECK_EQ(PCR(pcr_incoming_get_stats)(v->mis, &s), 0);
     return s;
 }
 
@@ -986,11 +968,11 @@ static inline PostcopyStats vmm_stats_now(vmm *v)
  * callback that places the page itself wakes the faulting thread before that, so a test
  * that reads the counters right after its touch returned may see the fault without its
  * request. Waits (up to 2 s) until every fault read is accounted for. */
-static inline PostcopyStats vmm_stats(vmm *v)
+static inline PcrStats vmm_stats(vmm *v)
 {
     double end = pcr_now() + (pcr_under_valgrind() ? 20.0 : 2.0);
     for (;;) {
-        PostcopyStats s = vmm_stats_now(v);
+        PcrStats s = vmm_stats_now(v);
         if (s.faults == s.requests + s.request_errors + s.duplicate_faults + s.late_faults +
                             s.faults_outside ||
             pcr_now() > end)
@@ -1001,7 +983,7 @@ static inline PostcopyStats vmm_stats(vmm *v)
 
 /* Every fault message is exactly one of: a request made, a request that failed, a duplicate,
  * a late fault, a fault outside the blocks. */
-static inline void vmm_check_stats_invariant(const PostcopyStats *s)
+static inline void vmm_check_stats_invariant(const PcrStats *s)
 {
     CHECK_EQ_U64(s->faults, s->requests + s->request_errors + s->duplicate_faults +
                                 s->late_faults + s->faults_outside);
@@ -1011,7 +993,7 @@ static inline void vmm_destroy(vmm *v)
 {
     vmm_stop_server(v);
     if (v->mis)
-        API.postcopy_incoming_state_free(v->mis);
+        PCR(pcr_incoming_free)(v->mis);
     v->mis = NULL;
     for (int i = 0; i < v->nblocks; i++) {
         vmm_block *b = &v->blocks[i];

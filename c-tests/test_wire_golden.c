@@ -76,24 +76,24 @@ static int encodes_as(const uint8_t *buf, ptrdiff_t got, const char *expected_he
     return 1;
 }
 
-static struct PostcopyWireCommand command(uint16_t cmd)
+static struct PcrWireCommand command(uint16_t cmd)
 {
-    struct PostcopyWireCommand c;
+    struct PcrWireCommand c;
     memset(&c, 0, sizeof(c));
     c.cmd = cmd;
     return c;
 }
 
-static struct PostcopyWireRpMessage rp(uint16_t type)
+static struct PcrWireRpMessage rp(uint16_t type)
 {
-    struct PostcopyWireRpMessage m;
+    struct PcrWireRpMessage m;
     memset(&m, 0, sizeof(m));
     m.rp_type = type;
     return m;
 }
 
 struct golden_cmd {
-    struct PostcopyWireCommand msg;
+    struct PcrWireCommand msg;
     const char *bytes;
 };
 
@@ -102,28 +102,28 @@ static void test_commands(void)
     struct golden_cmd g[9];
     size_t i;
 
-    g[0].msg = command(POSTCOPY_WIRE_CMD_OPEN_RETURN_PATH);
+    g[0].msg = command(PCR_WIRE_CMD_OPEN_RETURN_PATH);
     g[0].bytes = "08 0001 0000";
-    g[1].msg = command(POSTCOPY_WIRE_CMD_PING);
+    g[1].msg = command(PCR_WIRE_CMD_PING);
     g[1].msg.value = 0x01020304;
     g[1].bytes = "08 0002 0004 01020304";
-    g[2].msg = command(POSTCOPY_WIRE_CMD_POSTCOPY_ADVISE);
+    g[2].msg = command(PCR_WIRE_CMD_POSTCOPY_ADVISE);
     g[2].msg.has_page_sizes = 1;
     g[2].msg.ram_pagesize_summary = 0x201000;
     g[2].msg.target_page_size = 0x1000;
     g[2].bytes = "08 0003 0010 0000000000201000 0000000000001000";
-    g[3].msg = command(POSTCOPY_WIRE_CMD_POSTCOPY_ADVISE);
+    g[3].msg = command(PCR_WIRE_CMD_POSTCOPY_ADVISE);
     g[3].bytes = "08 0003 0000";
-    g[4].msg = command(POSTCOPY_WIRE_CMD_POSTCOPY_LISTEN);
+    g[4].msg = command(PCR_WIRE_CMD_POSTCOPY_LISTEN);
     g[4].bytes = "08 0004 0000";
-    g[5].msg = command(POSTCOPY_WIRE_CMD_POSTCOPY_RUN);
+    g[5].msg = command(PCR_WIRE_CMD_POSTCOPY_RUN);
     g[5].bytes = "08 0005 0000";
-    g[6].msg = command(POSTCOPY_WIRE_CMD_PACKAGED);
+    g[6].msg = command(PCR_WIRE_CMD_PACKAGED);
     g[6].msg.value = 0x12345;
     g[6].bytes = "08 0007 0004 00012345";
-    g[7].msg = command(POSTCOPY_WIRE_CMD_POSTCOPY_RESUME);
+    g[7].msg = command(PCR_WIRE_CMD_POSTCOPY_RESUME);
     g[7].bytes = "08 0009 0000";
-    g[8].msg = command(POSTCOPY_WIRE_CMD_RECV_BITMAP);
+    g[8].msg = command(PCR_WIRE_CMD_RECV_BITMAP);
     g[8].msg.name = "pc.ram";
     g[8].msg.name_len = 6;
     g[8].bytes = "08 000a 0007 06 70632e72616d";
@@ -131,18 +131,18 @@ static void test_commands(void)
     for (i = 0; i < sizeof(g) / sizeof(g[0]); i++) {
         uint8_t buf[64], wire[64];
         size_t n = hex(g[i].bytes, wire, sizeof(wire));
-        struct PostcopyWireCommand out;
-        struct PostcopyWireHeader h;
-        ptrdiff_t got = postcopy_wire_encode_command(buf, sizeof(buf), &g[i].msg);
+        struct PcrWireCommand out;
+        struct PcrWireHeader h;
+        ptrdiff_t got = pcr_wire_encode_command(buf, sizeof(buf), &g[i].msg);
         CHECK(encodes_as(buf, got, g[i].bytes));
 
-        CHECK(postcopy_wire_decode_command_header(wire, 5, &h) == 0);
+        CHECK(pcr_wire_decode_command_header(wire, 5, &h) == 0);
         CHECK(h.kind == g[i].msg.cmd);
         CHECK(h.total_len == n);
         CHECK((size_t)h.payload_len == n - 5);
 
         memset(&out, 0xa5, sizeof(out));
-        CHECK(postcopy_wire_decode_command(wire, n, &out) == (ptrdiff_t)n);
+        CHECK(pcr_wire_decode_command(wire, n, &out) == (ptrdiff_t)n);
         CHECK(out.cmd == g[i].msg.cmd);
         CHECK(out.value == g[i].msg.value);
         CHECK(out.has_page_sizes == g[i].msg.has_page_sizes);
@@ -160,10 +160,10 @@ static void test_commands(void)
 
         /* Every shorter prefix is a truncated message. */
         for (size_t len = 0; len < n; len++) {
-            CHECK(postcopy_wire_decode_command(wire, len, &out) == -EBADMSG);
+            CHECK(pcr_wire_decode_command(wire, len, &out) == -EBADMSG);
         }
         /* A buffer one byte short is -ENOSPC. */
-        CHECK(postcopy_wire_encode_command(buf, n - 1, &g[i].msg) == -ENOSPC);
+        CHECK(pcr_wire_encode_command(buf, n - 1, &g[i].msg) == -ENOSPC);
     }
 }
 
@@ -180,26 +180,26 @@ static const char DISCARD_12[] = "08 0006 00c7 | 00 04 72616d30 00 |"
 static void test_discard(void)
 {
     uint8_t buf[512], wire[512];
-    uint64_t starts[POSTCOPY_MAX_DISCARDS_PER_COMMAND], lengths[POSTCOPY_MAX_DISCARDS_PER_COMMAND];
+    uint64_t starts[PCR_MAX_DISCARDS_PER_COMMAND], lengths[PCR_MAX_DISCARDS_PER_COMMAND];
     uint64_t got_starts[16], got_lengths[16];
-    struct PostcopyWireDiscard d;
-    struct PostcopyWireCommand c;
+    struct PcrWireDiscard d;
+    struct PcrWireCommand c;
     uint64_t one_start = 0x1000, one_length = 0x2000;
     size_t n, i;
 
-    CHECK(encodes_as(buf, postcopy_wire_encode_discard(buf, sizeof(buf), "pc.ram", &one_start, &one_length, 1),
+    CHECK(encodes_as(buf, pcr_wire_encode_discard(buf, sizeof(buf), "pc.ram", &one_start, &one_length, 1),
                      DISCARD_1));
 
-    for (i = 0; i < POSTCOPY_MAX_DISCARDS_PER_COMMAND; i++) {
+    for (i = 0; i < PCR_MAX_DISCARDS_PER_COMMAND; i++) {
         starts[i] = i * 0x10000;
         lengths[i] = (i + 1) * 0x1000;
     }
-    CHECK(encodes_as(buf, postcopy_wire_encode_discard(buf, sizeof(buf), "ram0", starts, lengths, 12), DISCARD_12));
+    CHECK(encodes_as(buf, pcr_wire_encode_discard(buf, sizeof(buf), "ram0", starts, lengths, 12), DISCARD_12));
 
     n = hex(DISCARD_12, wire, sizeof(wire));
     CHECK(n == 5 + 3 + 4 + 16 * 12);
     memset(got_starts, 0, sizeof(got_starts));
-    CHECK(postcopy_wire_decode_discard(wire, n, &d, got_starts, got_lengths, 16) == (ptrdiff_t)n);
+    CHECK(pcr_wire_decode_discard(wire, n, &d, got_starts, got_lengths, 16) == (ptrdiff_t)n);
     CHECK(d.name_len == 4 && memcmp(d.name, "ram0", 4) == 0);
     CHECK(d.name == (const char *)wire + 7);
     CHECK(d.range_count == 12);
@@ -207,35 +207,35 @@ static void test_discard(void)
     CHECK(memcmp(got_lengths, lengths, sizeof(lengths)) == 0);
 
     /* The generic decoder gives the name and the count. */
-    CHECK(postcopy_wire_decode_command(wire, n, &c) == (ptrdiff_t)n);
-    CHECK(c.cmd == POSTCOPY_WIRE_CMD_POSTCOPY_RAM_DISCARD);
+    CHECK(pcr_wire_decode_command(wire, n, &c) == (ptrdiff_t)n);
+    CHECK(c.cmd == PCR_WIRE_CMD_POSTCOPY_RAM_DISCARD);
     CHECK(c.range_count == 12 && c.name_len == 4);
 
     /* Too little room for the ranges: -ENOSPC, with the name, count and first ranges. */
     memset(got_starts, 0, sizeof(got_starts));
-    CHECK(postcopy_wire_decode_discard(wire, n, &d, got_starts, got_lengths, 4) == -ENOSPC);
+    CHECK(pcr_wire_decode_discard(wire, n, &d, got_starts, got_lengths, 4) == -ENOSPC);
     CHECK(d.range_count == 12 && d.name_len == 4);
     CHECK(got_starts[3] == 0x30000 && got_starts[4] == 0);
-    CHECK(postcopy_wire_decode_discard(wire, n, &d, NULL, NULL, 0) == -ENOSPC);
+    CHECK(pcr_wire_decode_discard(wire, n, &d, NULL, NULL, 0) == -ENOSPC);
 
     /* Not a discard. */
     n = hex("08 0005 0000", wire, sizeof(wire));
-    CHECK(postcopy_wire_decode_discard(wire, n, &d, got_starts, got_lengths, 16) == -EBADMSG);
+    CHECK(pcr_wire_decode_discard(wire, n, &d, got_starts, got_lengths, 16) == -EBADMSG);
 
     /* Bad fields, each in turn. */
     n = hex(DISCARD_1, wire, sizeof(wire));
     wire[5] = 1; /* version */
-    CHECK(postcopy_wire_decode_discard(wire, n, &d, got_starts, got_lengths, 16) == -EBADMSG);
+    CHECK(pcr_wire_decode_discard(wire, n, &d, got_starts, got_lengths, 16) == -EBADMSG);
     n = hex(DISCARD_1, wire, sizeof(wire));
     wire[13] = 'x'; /* terminator */
-    CHECK(postcopy_wire_decode_discard(wire, n, &d, got_starts, got_lengths, 16) == -EBADMSG);
+    CHECK(pcr_wire_decode_discard(wire, n, &d, got_starts, got_lengths, 16) == -EBADMSG);
     n = hex(DISCARD_1, wire, sizeof(wire));
     wire[28] = 0; /* length 0x2000 -> 0 */
-    CHECK(postcopy_wire_decode_discard(wire, n, &d, got_starts, got_lengths, 16) == -EINVAL);
+    CHECK(pcr_wire_decode_discard(wire, n, &d, got_starts, got_lengths, 16) == -EINVAL);
     n = hex("08 0006 0014 | 00 00 00 | 0000000000001000 0000000000002000 00", wire, sizeof(wire));
-    CHECK(postcopy_wire_decode_discard(wire, n, &d, got_starts, got_lengths, 16) == -EINVAL); /* empty name */
+    CHECK(pcr_wire_decode_discard(wire, n, &d, got_starts, got_lengths, 16) == -EINVAL); /* empty name */
     n = hex("08 0006 001a | 00 06 70632e72616d 00 | 0000000000001000 0000000000002000 00", wire, sizeof(wire));
-    CHECK(postcopy_wire_decode_discard(wire, n, &d, got_starts, got_lengths, 16) == -EBADMSG); /* 17 bytes */
+    CHECK(pcr_wire_decode_discard(wire, n, &d, got_starts, got_lengths, 16) == -EBADMSG); /* 17 bytes */
 }
 
 static void test_discard_encode_errors(void)
@@ -246,26 +246,26 @@ static void test_discard_encode_errors(void)
 
     memset(long_name, 'n', 256);
     long_name[256] = '\0';
-    CHECK(postcopy_wire_encode_discard(buf, sizeof(buf), "", s, l, 1) == -EINVAL);
-    CHECK(postcopy_wire_encode_discard(buf, sizeof(buf), long_name, s, l, 1) == -EINVAL);
+    CHECK(pcr_wire_encode_discard(buf, sizeof(buf), "", s, l, 1) == -EINVAL);
+    CHECK(pcr_wire_encode_discard(buf, sizeof(buf), long_name, s, l, 1) == -EINVAL);
     long_name[255] = '\0';
-    CHECK(postcopy_wire_encode_discard(buf, sizeof(buf), long_name, s, l, 1) == 5 + 3 + 255 + 16);
-    CHECK(postcopy_wire_encode_discard(buf, sizeof(buf), "ram", s, l, 2) == -EINVAL); /* zero length */
-    CHECK(postcopy_wire_encode_discard(buf, sizeof(buf), "ram", s, l, 0) == -EINVAL); /* no range */
-    CHECK(postcopy_wire_encode_discard(buf, 26, "ram", s, l, 1) == -ENOSPC);
-    CHECK(postcopy_wire_encode_discard(buf, 27, "ram", s, l, 1) == 27);
+    CHECK(pcr_wire_encode_discard(buf, sizeof(buf), long_name, s, l, 1) == 5 + 3 + 255 + 16);
+    CHECK(pcr_wire_encode_discard(buf, sizeof(buf), "ram", s, l, 2) == -EINVAL); /* zero length */
+    CHECK(pcr_wire_encode_discard(buf, sizeof(buf), "ram", s, l, 0) == -EINVAL); /* no range */
+    CHECK(pcr_wire_encode_discard(buf, 26, "ram", s, l, 1) == -ENOSPC);
+    CHECK(pcr_wire_encode_discard(buf, 27, "ram", s, l, 1) == 27);
 
     log_lines = 0;
-    CHECK(postcopy_wire_encode_discard(NULL, 64, "ram", s, l, 1) == -EINVAL);
+    CHECK(pcr_wire_encode_discard(NULL, 64, "ram", s, l, 1) == -EINVAL);
     CHECK(log_lines == 1 && strstr(last_log, "buf is NULL") != NULL);
-    CHECK(postcopy_wire_encode_discard(buf, 64, NULL, s, l, 1) == -EINVAL);
+    CHECK(pcr_wire_encode_discard(buf, 64, NULL, s, l, 1) == -EINVAL);
     CHECK(strstr(last_log, "name is NULL") != NULL);
-    CHECK(postcopy_wire_encode_discard(buf, 64, "ram", NULL, l, 1) == -EINVAL);
+    CHECK(pcr_wire_encode_discard(buf, 64, "ram", NULL, l, 1) == -EINVAL);
     CHECK(strstr(last_log, "starts is NULL") != NULL);
 }
 
 struct golden_rp {
-    struct PostcopyWireRpMessage msg;
+    struct PcrWireRpMessage msg;
     const char *bytes;
 };
 
@@ -274,44 +274,44 @@ static void test_return_path(void)
     struct golden_rp g[6];
     size_t i;
 
-    g[0].msg = rp(POSTCOPY_WIRE_RP_SHUT);
+    g[0].msg = rp(PCR_WIRE_RP_SHUT);
     g[0].msg.value = 1;
     g[0].bytes = "0001 0004 00000001";
-    g[1].msg = rp(POSTCOPY_WIRE_RP_PONG);
+    g[1].msg = rp(PCR_WIRE_RP_PONG);
     g[1].msg.value = 0xdeadbeef;
     g[1].bytes = "0002 0004 deadbeef";
-    g[2].msg = rp(POSTCOPY_WIRE_RP_REQ_PAGES);
+    g[2].msg = rp(PCR_WIRE_RP_REQ_PAGES);
     g[2].msg.start = 0x7ffff000;
     g[2].msg.len = 0x1000;
     g[2].bytes = "0004 000c 000000007ffff000 00001000";
-    g[3].msg = rp(POSTCOPY_WIRE_RP_REQ_PAGES_ID);
+    g[3].msg = rp(PCR_WIRE_RP_REQ_PAGES_ID);
     g[3].msg.start = 0x200000;
     g[3].msg.len = 0x200000;
     g[3].msg.name = "pc.ram";
     g[3].msg.name_len = 6;
     g[3].bytes = "0003 0013 0000000000200000 00200000 06 70632e72616d";
-    g[4].msg = rp(POSTCOPY_WIRE_RP_RECV_BITMAP);
+    g[4].msg = rp(PCR_WIRE_RP_RECV_BITMAP);
     g[4].msg.name = "pc.ram";
     g[4].msg.name_len = 6;
     g[4].bytes = "0005 0007 06 70632e72616d";
-    g[5].msg = rp(POSTCOPY_WIRE_RP_RESUME_ACK);
+    g[5].msg = rp(PCR_WIRE_RP_RESUME_ACK);
     g[5].msg.value = 1;
     g[5].bytes = "0006 0004 00000001";
 
     for (i = 0; i < sizeof(g) / sizeof(g[0]); i++) {
         uint8_t buf[64], wire[64];
         size_t n = hex(g[i].bytes, wire, sizeof(wire));
-        struct PostcopyWireRpMessage out;
-        struct PostcopyWireHeader h;
+        struct PcrWireRpMessage out;
+        struct PcrWireHeader h;
 
-        CHECK(encodes_as(buf, postcopy_wire_encode_return_path(buf, sizeof(buf), &g[i].msg), g[i].bytes));
-        CHECK(postcopy_wire_encode_return_path(buf, n - 1, &g[i].msg) == -ENOSPC);
+        CHECK(encodes_as(buf, pcr_wire_encode_return_path(buf, sizeof(buf), &g[i].msg), g[i].bytes));
+        CHECK(pcr_wire_encode_return_path(buf, n - 1, &g[i].msg) == -ENOSPC);
 
-        CHECK(postcopy_wire_decode_return_path_header(wire, 4, &h) == 0);
+        CHECK(pcr_wire_decode_return_path_header(wire, 4, &h) == 0);
         CHECK(h.kind == g[i].msg.rp_type && h.total_len == n && (size_t)h.payload_len == n - 4);
 
         memset(&out, 0x5a, sizeof(out));
-        CHECK(postcopy_wire_decode_return_path(wire, n, &out) == (ptrdiff_t)n);
+        CHECK(pcr_wire_decode_return_path(wire, n, &out) == (ptrdiff_t)n);
         CHECK(out.rp_type == g[i].msg.rp_type);
         CHECK(out.value == g[i].msg.value);
         CHECK(out.start == g[i].msg.start);
@@ -323,7 +323,7 @@ static void test_return_path(void)
             CHECK(out.name == NULL);
         }
         for (size_t len = 0; len < n; len++) {
-            CHECK(postcopy_wire_decode_return_path(wire, len, &out) == -EBADMSG);
+            CHECK(pcr_wire_decode_return_path(wire, len, &out) == -EBADMSG);
         }
     }
 }
@@ -331,8 +331,8 @@ static void test_return_path(void)
 static void test_return_path_errors(void)
 {
     uint8_t buf[600], wire[64];
-    struct PostcopyWireRpMessage m = rp(POSTCOPY_WIRE_RP_REQ_PAGES_ID);
-    struct PostcopyWireHeader h;
+    struct PcrWireRpMessage m = rp(PCR_WIRE_RP_REQ_PAGES_ID);
+    struct PcrWireHeader h;
     char long_name[256];
     size_t n;
 
@@ -340,54 +340,54 @@ static void test_return_path_errors(void)
     m.len = 4096;
     m.name = "";
     m.name_len = 0;
-    CHECK(postcopy_wire_encode_return_path(buf, sizeof(buf), &m) == -EINVAL); /* empty id */
+    CHECK(pcr_wire_encode_return_path(buf, sizeof(buf), &m) == -EINVAL); /* empty id */
     memset(long_name, 'x', sizeof(long_name));
     m.name = long_name;
     m.name_len = 256;
-    CHECK(postcopy_wire_encode_return_path(buf, sizeof(buf), &m) == -EINVAL); /* 256-byte id */
+    CHECK(pcr_wire_encode_return_path(buf, sizeof(buf), &m) == -EINVAL); /* 256-byte id */
     m.name_len = 255;
-    CHECK(postcopy_wire_encode_return_path(buf, sizeof(buf), &m) == 4 + 13 + 255);
-    m = rp(POSTCOPY_WIRE_RP_REQ_PAGES);
-    CHECK(postcopy_wire_encode_return_path(buf, sizeof(buf), &m) == -EINVAL); /* 0 bytes */
+    CHECK(pcr_wire_encode_return_path(buf, sizeof(buf), &m) == 4 + 13 + 255);
+    m = rp(PCR_WIRE_RP_REQ_PAGES);
+    CHECK(pcr_wire_encode_return_path(buf, sizeof(buf), &m) == -EINVAL); /* 0 bytes */
     m = rp(7);
-    CHECK(postcopy_wire_encode_return_path(buf, sizeof(buf), &m) == -EINVAL); /* unknown type */
+    CHECK(pcr_wire_encode_return_path(buf, sizeof(buf), &m) == -EINVAL); /* unknown type */
 
     n = hex("0007 0004 00000000", wire, sizeof(wire));
-    CHECK(postcopy_wire_decode_return_path(wire, n, &m) == -EBADMSG);
-    CHECK(postcopy_wire_decode_return_path_header(wire, n, &h) == -EBADMSG);
+    CHECK(pcr_wire_decode_return_path(wire, n, &m) == -EBADMSG);
+    CHECK(pcr_wire_decode_return_path_header(wire, n, &h) == -EBADMSG);
     n = hex("0001 0005 0000000000", wire, sizeof(wire)); /* SHUT of 5 bytes */
-    CHECK(postcopy_wire_decode_return_path(wire, n, &m) == -EBADMSG);
+    CHECK(pcr_wire_decode_return_path(wire, n, &m) == -EBADMSG);
     n = hex("0003 000d 0000000000000000 00001000 00", wire, sizeof(wire)); /* empty id */
-    CHECK(postcopy_wire_decode_return_path(wire, n, &m) == -EINVAL);
-    CHECK(postcopy_wire_decode_return_path(NULL, n, &m) == -EINVAL);
-    CHECK(postcopy_wire_decode_return_path(wire, n, NULL) == -EINVAL);
+    CHECK(pcr_wire_decode_return_path(wire, n, &m) == -EINVAL);
+    CHECK(pcr_wire_decode_return_path(NULL, n, &m) == -EINVAL);
+    CHECK(pcr_wire_decode_return_path(wire, n, NULL) == -EINVAL);
     CHECK(strstr(last_log, "out is NULL") != NULL);
 }
 
 static void test_command_errors(void)
 {
     uint8_t buf[64], wire[64];
-    struct PostcopyWireCommand c = command(8);
-    struct PostcopyWireHeader h;
+    struct PcrWireCommand c = command(8);
+    struct PcrWireHeader h;
     size_t n;
 
-    CHECK(postcopy_wire_encode_command(buf, sizeof(buf), &c) == -EINVAL); /* unknown command */
-    c = command(POSTCOPY_WIRE_CMD_POSTCOPY_RAM_DISCARD);
-    CHECK(postcopy_wire_encode_command(buf, sizeof(buf), &c) == -EINVAL);
-    c = command(POSTCOPY_WIRE_CMD_RECV_BITMAP);
-    CHECK(postcopy_wire_encode_command(buf, sizeof(buf), &c) == -EINVAL); /* empty name */
-    CHECK(postcopy_wire_encode_command(buf, sizeof(buf), NULL) == -EINVAL);
+    CHECK(pcr_wire_encode_command(buf, sizeof(buf), &c) == -EINVAL); /* unknown command */
+    c = command(PCR_WIRE_CMD_POSTCOPY_RAM_DISCARD);
+    CHECK(pcr_wire_encode_command(buf, sizeof(buf), &c) == -EINVAL);
+    c = command(PCR_WIRE_CMD_RECV_BITMAP);
+    CHECK(pcr_wire_encode_command(buf, sizeof(buf), &c) == -EINVAL); /* empty name */
+    CHECK(pcr_wire_encode_command(buf, sizeof(buf), NULL) == -EINVAL);
 
     n = hex("08 0008 0000", wire, sizeof(wire));
-    CHECK(postcopy_wire_decode_command(wire, n, &c) == -EBADMSG);
+    CHECK(pcr_wire_decode_command(wire, n, &c) == -EBADMSG);
     CHECK(strstr(last_log, "unknown command 8") != NULL);
     n = hex("07 0001 0000", wire, sizeof(wire));
-    CHECK(postcopy_wire_decode_command_header(wire, n, &h) == -EBADMSG);
+    CHECK(pcr_wire_decode_command_header(wire, n, &h) == -EBADMSG);
     n = hex("08 0002 0003 000000", wire, sizeof(wire));
-    CHECK(postcopy_wire_decode_command_header(wire, n, &h) == -EBADMSG);
-    CHECK(postcopy_wire_decode_command_header(wire, 4, &h) == -EBADMSG);
+    CHECK(pcr_wire_decode_command_header(wire, n, &h) == -EBADMSG);
+    CHECK(pcr_wire_decode_command_header(wire, 4, &h) == -EBADMSG);
     n = hex("08 000a 0003 02 6100", wire, sizeof(wire)); /* NUL in the name */
-    CHECK(postcopy_wire_decode_command(wire, n, &c) == -EINVAL);
+    CHECK(pcr_wire_decode_command(wire, n, &c) == -EINVAL);
 }
 
 static void test_recv_bitmap(void)
@@ -399,17 +399,17 @@ static void test_recv_bitmap(void)
     uint8_t buf[64], wire[64];
     size_t n = hex(golden, wire, sizeof(wire));
 
-    CHECK(postcopy_wire_recv_bitmap_len(70) == 32);
-    CHECK(postcopy_wire_recv_bitmap_len(128) == 32);
-    CHECK(postcopy_wire_recv_bitmap_len(129) == 40);
-    CHECK(encodes_as(buf, postcopy_wire_encode_recv_bitmap(buf, sizeof(buf), bitmap, 70), golden));
-    CHECK(postcopy_wire_encode_recv_bitmap(buf, 31, bitmap, 70) == -ENOSPC);
-    CHECK(postcopy_wire_decode_recv_bitmap(wire, n, back, 70) == (ptrdiff_t)n);
+    CHECK(pcr_wire_recv_bitmap_len(70) == 32);
+    CHECK(pcr_wire_recv_bitmap_len(128) == 32);
+    CHECK(pcr_wire_recv_bitmap_len(129) == 40);
+    CHECK(encodes_as(buf, pcr_wire_encode_recv_bitmap(buf, sizeof(buf), bitmap, 70), golden));
+    CHECK(pcr_wire_encode_recv_bitmap(buf, 31, bitmap, 70) == -ENOSPC);
+    CHECK(pcr_wire_decode_recv_bitmap(wire, n, back, 70) == (ptrdiff_t)n);
     CHECK(back[0] == bitmap[0] && back[1] == 0x21);
-    CHECK(postcopy_wire_decode_recv_bitmap(wire, n, back, 200) == -EINVAL); /* size mismatch */
-    CHECK(postcopy_wire_decode_recv_bitmap(wire, n - 1, back, 70) == -EBADMSG);
+    CHECK(pcr_wire_decode_recv_bitmap(wire, n, back, 200) == -EINVAL); /* size mismatch */
+    CHECK(pcr_wire_decode_recv_bitmap(wire, n - 1, back, 70) == -EBADMSG);
     wire[n - 1] ^= 1;
-    CHECK(postcopy_wire_decode_recv_bitmap(wire, n, back, 70) == -EBADMSG); /* end marker */
+    CHECK(pcr_wire_decode_recv_bitmap(wire, n, back, 70) == -EBADMSG); /* end marker */
 }
 
 struct runs {
@@ -446,7 +446,7 @@ static void test_discard_walk(void)
     {
         uint64_t copy[4];
         memcpy(copy, bm, sizeof(bm));
-        CHECK(postcopy_discard_walk(copy, 256, 1, collect, &r) == 0);
+        CHECK(pcr_discard_walk(copy, 256, 1, collect, &r) == 0);
         CHECK(r.count == 2);
         CHECK(r.start[0] == 60 && r.npages[0] == 10);
         CHECK(r.start[1] == 127 && r.npages[1] == 66);
@@ -457,7 +457,7 @@ static void test_discard_walk(void)
     {
         uint64_t copy[4];
         memcpy(copy, bm, sizeof(bm));
-        CHECK(postcopy_discard_walk(copy, 256, 4, collect, &r) == 0);
+        CHECK(pcr_discard_walk(copy, 256, 4, collect, &r) == 0);
         CHECK(r.count == 2);
         CHECK(r.start[0] == 60 && r.npages[0] == 12);
         CHECK(r.start[1] == 124 && r.npages[1] == 72);
@@ -466,7 +466,7 @@ static void test_discard_walk(void)
     }
 
     memset(&r, 0, sizeof(r));
-    CHECK(postcopy_discard_walk(bm, 256, 512, collect, &r) == 0);
+    CHECK(pcr_discard_walk(bm, 256, 512, collect, &r) == 0);
     CHECK(r.count == 1 && r.start[0] == 0 && r.npages[0] == 256);
 
     /* A nonzero callback return stops the walk and is returned. */
@@ -474,20 +474,20 @@ static void test_discard_walk(void)
     bm[0] = 0x5555555555555555ull;
     memset(&r, 0, sizeof(r));
     r.stop_after = 3;
-    CHECK(postcopy_discard_walk(bm, 64, 1, collect, &r) == 77);
+    CHECK(pcr_discard_walk(bm, 64, 1, collect, &r) == 77);
     CHECK(r.count == 3);
 
-    CHECK(postcopy_discard_walk(bm, 64, 3, collect, &r) == -EINVAL);
+    CHECK(pcr_discard_walk(bm, 64, 3, collect, &r) == -EINVAL);
     CHECK(strstr(last_log, "power of two") != NULL);
-    CHECK(postcopy_discard_walk(bm, 64, 1, NULL, &r) == -EINVAL);
+    CHECK(pcr_discard_walk(bm, 64, 1, NULL, &r) == -EINVAL);
     CHECK(strstr(last_log, "callback is NULL") != NULL);
-    CHECK(postcopy_discard_walk(NULL, 64, 1, collect, &r) == -EINVAL);
+    CHECK(pcr_discard_walk(NULL, 64, 1, collect, &r) == -EINVAL);
     CHECK(strstr(last_log, "bitmap is NULL") != NULL);
 }
 
 int main(void)
 {
-    postcopy_set_log_callback(capture_log, NULL, 1);
+    pcr_set_log_callback(capture_log, NULL, 1);
 
     test_commands();
     test_discard();
@@ -498,7 +498,7 @@ int main(void)
     test_recv_bitmap();
     test_discard_walk();
 
-    postcopy_set_log_callback(NULL, NULL, 2);
+    pcr_set_log_callback(NULL, NULL, 2);
     printf("test_wire_golden: %d checks, %d failed\n", checks, failures);
     return failures == 0 ? 0 : 1;
 }

@@ -7,13 +7,13 @@
 
 #define RAM_SIZE (16u << 20)
 
-struct vmm { void *ram; MigrationIncomingState *mis; };
+struct vmm { void *ram; PcrIncoming *mis; };
 
-static int foreach_block(void *opaque, PostcopyRamBlockVisitor visit, void *ctx)
+static int foreach_block(void *opaque, PcrRamBlockVisitor visit, void *ctx)
 {
     struct vmm *vmm = opaque;
-    PostcopyRamBlock b = { .name = "pc.ram", .host = vmm->ram, .offset = 0,
-                           .length = RAM_SIZE, .page_size = 4096, .fd = -1 };
+    PcrRamBlock b = { .name = "pc.ram", .host = vmm->ram, .offset = 0,
+                      .length = RAM_SIZE, .page_size = 4096, .fd = -1 };
     return visit(&b, ctx);
 }
 
@@ -23,9 +23,9 @@ static int request_page(void *opaque, const char *block, uint64_t offset, uint64
 {
     struct vmm *vmm = opaque;
     (void)block;
-    unsigned char *page = postcopy_get_tmp_page(vmm->mis);
+    unsigned char *page = pcr_get_tmp_page(vmm->mis);
     memset(page, (int)(offset / 4096) & 0xff, len);
-    int rc = postcopy_place_page(vmm->mis, (char *)vmm->ram + offset, page, len);
+    int rc = pcr_place_page(vmm->mis, (char *)vmm->ram + offset, page, len);
     return rc == -EEXIST ? 0 : rc;
 }
 
@@ -33,18 +33,18 @@ int main(void)
 {
     struct vmm vmm;
     vmm.ram = mmap(NULL, RAM_SIZE, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
-    PostcopyIncomingOps ops = { .foreach_ram_block = foreach_block, .request_page = request_page };
-    vmm.mis = postcopy_incoming_state_new(&ops, &vmm);
-    if (!vmm.mis || !postcopy_ram_supported_by_host_for(vmm.mis))
+    PcrIncomingOps ops = { .foreach_ram_block = foreach_block, .request_page = request_page };
+    vmm.mis = pcr_incoming_new(&ops, &vmm);
+    if (!vmm.mis || !pcr_incoming_supported_by_host(vmm.mis))
         return 1;
-    if (postcopy_ram_incoming_init(vmm.mis, RAM_SIZE / 4096) ||  /* discards all RAM */
-        postcopy_ram_enable_notify(vmm.mis))                       /* register + fault thread */
+    if (pcr_incoming_init(vmm.mis, RAM_SIZE / 4096) ||  /* discards all RAM */
+        pcr_incoming_enable_notify(vmm.mis))            /* register + fault thread */
         return 1;
-    postcopy_state_set_for(vmm.mis, POSTCOPY_INCOMING_RUNNING);
+    pcr_state_set(vmm.mis, PCR_STATE_RUNNING);
     unsigned char *ram = vmm.ram;
     printf("page 7 reads %d\n", ram[7 * 4096]);                  /* faults, served above */
-    postcopy_ram_incoming_cleanup(vmm.mis);
-    postcopy_incoming_state_free(vmm.mis);
+    pcr_incoming_cleanup(vmm.mis);
+    pcr_incoming_free(vmm.mis);
     munmap(vmm.ram, RAM_SIZE);
     return 0;
 }

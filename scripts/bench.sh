@@ -9,10 +9,10 @@
 # It builds the library (cargo build --release) and the C programs of bench/ with plain cc
 # (linked to target/release/libpostcopy_ram.so through an rpath), then runs:
 #   bench/fault_rtt.c    4 KiB fault round trip: library fault thread + request_page +
-#                        postcopy_place_page vs a C poll/read/UFFDIO_COPY thread; blocking
+#                        pcr_place_page vs a C poll/read/UFFDIO_COPY thread; blocking
 #                        and spinning (spin_wait_us) variants; faults back to back, then
 #                        sparse faults (100 us apart, spin 200 us)
-#   bench/place_bench.c  postcopy_place_page / _zero / _pages / _pages_zero vs raw ioctls and
+#   bench/place_bench.c  pcr_place_page / _zero / _pages / _pages_zero vs raw ioctls and
 #                        memcpy, 4 KiB pages and 2 MiB MAP_HUGETLB pages
 # Library and baseline are measured in the same process, alternating (ABAB...) at a fine
 # grain, and summarised per round; the table shows medians, p10-p90 across rounds, and the

@@ -1,8 +1,11 @@
-//! The library's error: an errno for C callers plus a message naming the cause.
+//! The library's error: a positive errno plus a message naming the cause. The C layer
+//! negates the errno in one place (`ffi::ret`). Each error type of the core converts into
+//! it with one `From`.
 
 use std::fmt;
 
-/// An error with the errno a C caller receives (negated) and a human-readable cause.
+/// An error with a positive errno (a C caller receives it negated) and a human-readable
+/// cause.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Error {
     errno: i32,
@@ -49,6 +52,24 @@ impl fmt::Display for Error {
 }
 
 impl std::error::Error for Error {}
+
+impl From<crate::wire::WireError> for Error {
+    fn from(e: crate::wire::WireError) -> Error {
+        Error::new(e.errno(), e.to_string())
+    }
+}
+
+impl From<crate::source::discard_walk::DiscardWalkError> for Error {
+    fn from(e: crate::source::discard_walk::DiscardWalkError) -> Error {
+        Error::new(e.errno(), e.to_string())
+    }
+}
+
+impl From<crate::sys::uffd::UffdError> for Error {
+    fn from(e: crate::sys::uffd::UffdError) -> Error {
+        Error::new(e.errno(), e.to_string())
+    }
+}
 
 /// Result with [`Error`].
 pub type Result<T> = std::result::Result<T, Error>;

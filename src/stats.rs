@@ -18,33 +18,36 @@ pub(crate) struct Counters {
     pub unexpected_events: AtomicU64,
 }
 
-/// A snapshot of the counters. Each is updated right after the event it counts: while
-/// postcopy runs they may lag a woken thread by a step; after cleanup they are final.
+/// A snapshot of the counters of a destination (`pcr_incoming_get_stats` in C, where it is
+/// `PcrStats`). Each counter is updated right after the event it counts, so while postcopy
+/// runs a woken thread may read them a step behind (a page it saw placed not yet in
+/// `pages_placed`); after cleanup, which joins the fault thread, they are final.
+#[repr(C)]
 #[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
 pub struct Stats {
     /// Page-fault messages read from the userfaultfd.
     pub faults: u64,
-    /// Page requests passed to the request callback (failed ones included: see
+    /// Page requests passed to the request callback (failed ones included, see
     /// `request_errors`).
     pub requests: u64,
-    /// Faults on a page already requested and not yet placed (no new request sent).
+    /// Faults on a page already requested and not yet placed (no new request).
     pub duplicate_faults: u64,
-    /// Faults on a page placed after the fault was queued (no request sent).
+    /// Faults on a page placed after the fault was queued (no request).
     pub late_faults: u64,
-    /// Faults at an address outside every block (logged; the fault thread keeps serving).
+    /// Faults outside every block (logged; the fault thread keeps serving).
     pub faults_outside: u64,
     /// Requests whose callback returned an error.
     pub request_errors: u64,
-    /// The errno of the last failed request (0 if none).
-    pub last_request_errno: i32,
-    /// Pages placed with data (UFFDIO_COPY).
+    /// Pages placed with data.
     pub pages_placed: u64,
-    /// Pages placed as zero (UFFDIO_ZEROPAGE, or a copy of a zero page).
+    /// Pages placed as zero.
     pub zero_pages_placed: u64,
-    /// Placements that found the page already present (EEXIST); the waiters were woken.
+    /// Placements that found the page already present (-EEXIST; waiters woken).
     pub already_present: u64,
-    /// Messages other than page faults read from the userfaultfd.
+    /// userfaultfd messages other than page faults.
     pub unexpected_events: u64,
+    /// errno (positive) of the last failed page request, 0 if none.
+    pub last_request_errno: i32,
 }
 
 impl Counters {

@@ -215,7 +215,7 @@ fn bad_arguments() {
             words: 2
         }
     );
-    assert_eq!(err.to_errno(), -libc::EINVAL);
+    assert_eq!(err.errno(), libc::EINVAL);
     assert!(err.to_string().contains("129"), "{err}");
     assert!(DiscardWalkError::BadHostRatio(3)
         .to_string()

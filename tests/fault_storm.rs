@@ -176,7 +176,7 @@ fn place(incoming: &Incoming, block: &RamBlock, offset: u64, buf: &mut [u8], cou
 
 #[test]
 fn storm_of_faults_races_with_background_placement() {
-    if let Err(e) = postcopy_ram::uffd::probe() {
+    if let Err(e) = postcopy_ram::sys::uffd::probe() {
         eprintln!("SKIP: userfaultfd unavailable: {e}");
         return;
     }
@@ -227,7 +227,7 @@ fn storm_of_faults_races_with_background_placement() {
         last_name: Mutex::new(None),
         requests_seen: AtomicU64::new(0),
     });
-    let incoming = Arc::new(Incoming::new(storm.clone(), IncomingConfig::default()));
+    let incoming = Arc::new(Incoming::new(storm.clone(), IncomingConfig::default()).unwrap());
     incoming.init(0).unwrap();
     incoming.enable_notify().unwrap();
 

@@ -1,5 +1,6 @@
 //! Through the C ABI: with a byte writer instead of callbacks, the library itself sends
 //! QEMU-format page requests (REQ_PAGES_ID / REQ_PAGES), SHUT, and discard commands.
+#![cfg(feature = "capi")]
 
 mod common;
 
@@ -11,8 +12,10 @@ use std::time::{Duration, Instant};
 use common::GuestMem;
 use parking_lot::Mutex;
 use postcopy_ram::ffi::incoming::*;
+use postcopy_ram::ffi::incoming_ops::PcrIncomingOps;
+use postcopy_ram::ffi::placement::*;
 use postcopy_ram::ffi::source::*;
-use postcopy_ram::ffi::types::PostcopyRamBlock;
+use postcopy_ram::ffi::types::PcrRamBlock;
 use postcopy_ram::wire::{self, CommandMsg, ReturnPathMsg};
 
 struct Vmm {
@@ -22,13 +25,13 @@ struct Vmm {
 
 unsafe extern "C" fn foreach(
     opaque: *mut c_void,
-    visit: postcopy_ram::ffi::types::PostcopyRamBlockVisitor,
+    visit: postcopy_ram::ffi::types::PcrRamBlockVisitor,
     ctx: *mut c_void,
 ) -> c_int {
     // SAFETY: `opaque` is the test's Vmm.
     let vmm = unsafe { &*(opaque as *const Vmm) };
     for (name, host, len) in &vmm.blocks {
-        let b = PostcopyRamBlock {
+        let b = PcrRamBlock {
             name: name.as_ptr(),
             host: *host as *mut c_void,
             offset: 0,
@@ -83,7 +86,7 @@ fn library_sends_requests_and_shut_on_the_return_path() {
         ],
         sent: Mutex::new(Vec::new()),
     });
-    let ops = PostcopyIncomingOps {
+    let ops = PcrIncomingOps {
         foreach_ram_block: Some(foreach),
         request_page: None,
         discard_range: None,
@@ -97,10 +100,10 @@ fn library_sends_requests_and_shut_on_the_return_path() {
         spin_wait_us: 0,
     };
     let vmm_ptr = &*vmm as *const Vmm as *mut c_void;
-    let mis = postcopy_incoming_state_new(&ops, vmm_ptr);
+    let mis = pcr_incoming_new(&ops, vmm_ptr);
     assert!(!mis.is_null());
-    assert_eq!(postcopy_ram_incoming_init(mis, 0), 0);
-    assert_eq!(postcopy_ram_enable_notify(mis), 0);
+    assert_eq!(pcr_incoming_init(mis, 0), 0);
+    assert_eq!(pcr_incoming_enable_notify(mis), 0);
     let page = vec![0x42u8; 4096];
     let mis_addr = mis as usize;
     // Touch a page of a, another of a, one of b, then (after a return-path reset) one of b.
@@ -112,14 +115,14 @@ fn library_sends_requests_and_shut_on_the_return_path() {
     ];
     for (i, (base, off)) in touches.iter().copied().enumerate() {
         if i == 3 {
-            postcopy_incoming_reset_request_block(mis);
+            pcr_incoming_reset_request_block(mis);
         }
         let toucher = thread::spawn(move || {
             // SAFETY: inside a live registered mapping.
             unsafe { ptr::read_volatile((base + off) as *const u8) }
         });
         wait_for(&vmm, i + 1);
-        let rc = postcopy_place_page(
+        let rc = pcr_place_page(
             mis_addr as *mut _,
             (base + off) as *mut c_void,
             page.as_ptr() as *mut c_void,
@@ -128,8 +131,8 @@ fn library_sends_requests_and_shut_on_the_return_path() {
         assert_eq!(rc, 0);
         assert_eq!(toucher.join().unwrap(), 0x42);
     }
-    assert_eq!(postcopy_ram_incoming_cleanup(mis), 0);
-    postcopy_incoming_state_free(mis);
+    assert_eq!(pcr_incoming_cleanup(mis), 0);
+    pcr_incoming_free(mis);
     let sent = vmm.sent.lock().clone();
     let decoded: Vec<ReturnPathMsg> = sent
         .iter()
@@ -180,21 +183,21 @@ fn library_writes_qemu_discard_commands() {
         blocks: Vec::new(),
         sent: Mutex::new(Vec::new()),
     });
-    let ops = PostcopySourceOps {
+    let ops = PcrSourceOps {
         send_discard: None,
         write_command: Some(write_bytes),
         target_page_size: 4096,
     };
-    let ms = postcopy_migration_state_new(&ops, &*vmm as *const Vmm as *mut c_void);
+    let ms = pcr_source_new(&ops, &*vmm as *const Vmm as *mut c_void);
     assert!(!ms.is_null());
     let name = CString::new("pc.ram").unwrap();
-    let pds = postcopy_discard_send_init(ms, 1000, name.as_ptr());
+    let pds = pcr_discard_send_init(ms, 1000, name.as_ptr());
     for i in 0..13 {
-        postcopy_discard_send_range(ms, pds, 1000 + 3 * i, 2);
+        pcr_discard_send_range(ms, pds, 1000 + 3 * i, 2);
     }
-    postcopy_discard_send_finish(ms, pds);
-    assert_eq!(postcopy_migration_discard_errors(ms), 0);
-    postcopy_migration_state_free(ms);
+    pcr_discard_send_finish(ms, pds);
+    assert_eq!(pcr_source_discard_errors(ms), 0);
+    pcr_source_free(ms);
     let sent = vmm.sent.lock().clone();
     assert_eq!(sent.len(), 2, "12 ranges, then 1");
     for (msg, first, count) in [(&sent[0], 0u64, 12usize), (&sent[1], 12, 1)] {

@@ -334,7 +334,7 @@ fn cleanup_from_the_fault_thread_is_refused() {
         me: Mutex::new(Weak::new()),
         errno: Mutex::new(None),
     });
-    let incoming = Arc::new(Incoming::new(hooks.clone(), IncomingConfig::default()));
+    let incoming = Arc::new(Incoming::new(hooks.clone(), IncomingConfig::default()).unwrap());
     *hooks.me.lock() = Arc::downgrade(&incoming);
     incoming.init(0).unwrap();
     incoming.enable_notify().unwrap();

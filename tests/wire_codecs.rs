@@ -683,7 +683,7 @@ fn clear_errors_for_bad_return_path_and_names() {
         ),
         "{e:?}"
     );
-    assert_eq!(e.to_errno(), -libc::EBADMSG);
+    assert_eq!(e.errno(), libc::EBADMSG);
     assert_eq!(
         decode_return_path(&hex("0003 000d 0000000000200000 00200000 00")),
         Err(WireError::EmptyName)
@@ -768,14 +768,14 @@ fn too_small_buffers_are_enospc() {
                     available: len
                 }
             );
-            assert_eq!(e.to_errno(), -libc::ENOSPC);
+            assert_eq!(e.errno(), libc::ENOSPC);
         }
     }
     for (msg, bytes) in rp_goldens() {
         let mut buf = vec![0u8; bytes.len() - 1];
         assert_eq!(
-            encode_return_path(&mut buf, &msg).unwrap_err().to_errno(),
-            -libc::ENOSPC
+            encode_return_path(&mut buf, &msg).unwrap_err().errno(),
+            libc::ENOSPC
         );
     }
     let mut buf = [0u8; 203];
@@ -790,8 +790,8 @@ fn too_small_buffers_are_enospc() {
     assert_eq!(
         encode_recv_bitmap(&mut buf, &[0, 0], 70)
             .unwrap_err()
-            .to_errno(),
-        -libc::ENOSPC
+            .errno(),
+        libc::ENOSPC
     );
     let mut buf = [0u8; 4];
     assert_eq!(
@@ -865,17 +865,17 @@ fn errno_mapping_and_display() {
         WireError::BadEndMarker(0),
     ];
     for e in all {
-        let errno = e.to_errno();
+        let errno = e.errno();
         assert!(
-            [-libc::EINVAL, -libc::ENOSPC, -libc::EBADMSG].contains(&errno),
+            [libc::EINVAL, libc::ENOSPC, libc::EBADMSG].contains(&errno),
             "{e:?}"
         );
         let text = e.to_string();
         assert!(!text.is_empty() && !text.contains('\n'), "{e:?}: {text}");
     }
-    assert_eq!(WireError::EmptyName.to_errno(), -libc::EINVAL);
-    assert_eq!(WireError::NoRanges.to_errno(), -libc::EINVAL);
-    assert_eq!(WireError::BadVersion(1).to_errno(), -libc::EBADMSG);
+    assert_eq!(WireError::EmptyName.errno(), libc::EINVAL);
+    assert_eq!(WireError::NoRanges.errno(), libc::EINVAL);
+    assert_eq!(WireError::BadVersion(1).errno(), libc::EBADMSG);
     assert_eq!(
         WireError::UnknownCommand(8).to_string(),
         "unknown command 8"

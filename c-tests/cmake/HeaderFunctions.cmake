@@ -1,4 +1,4 @@
-# pcr_header_functions(<out_var> <header>): the names of the functions the cbindgen header
+# pcr_header_functions(<out_var> <header>): the names of the pcr_ functions the cbindgen header
 # declares (lines starting with a return type and ending the name with "(", outside comments).
 function(pcr_header_functions out_var header)
   # Split into lines by hand: list semantics would mangle ';' and unbalanced '[' ']'.
@@ -10,7 +10,7 @@ function(pcr_header_functions out_var header)
   string(REPLACE "\n" ";" _lines "${_text}")
   set(_names "")
   foreach(_line IN LISTS _lines)
-    if(_line MATCHES "^[A-Za-z_][A-Za-z0-9_ *]*[ *](postcopy_[a-z0-9_]+)\\(")
+    if(_line MATCHES "^[A-Za-z_][A-Za-z0-9_ *]*[ *](pcr_[a-z0-9_]+)\\(")
       list(APPEND _names "${CMAKE_MATCH_1}")
     endif()
   endforeach()

@@ -8,8 +8,8 @@ use std::thread;
 use std::time::Instant;
 
 use parking_lot::Mutex;
-use postcopy_ram::return_path;
-use postcopy_ram::wire::{self, CommandMsg};
+use postcopy_ram::destination::return_path_sender::ReturnPathSender;
+use postcopy_ram::wire::{self, CommandMsg, MessageWriter};
 use postcopy_ram::{
     BlockName, Incoming, IncomingConfig, IncomingHooks, Placement, RamBlock, State,
 };
@@ -117,18 +117,21 @@ pub fn now_ns() -> u64 {
     ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64
 }
 
-struct DestHooks {
-    block: RamBlock,
-    return_path: Mutex<TcpStream>,
-}
+/// The return-path connection, one whole message per write.
+struct StreamWriter(Mutex<TcpStream>);
 
-impl DestHooks {
-    fn send(&self, bytes: &[u8]) -> Result<(), i32> {
-        self.return_path
+impl MessageWriter for StreamWriter {
+    fn write_message(&self, bytes: &[u8]) -> Result<(), i32> {
+        self.0
             .lock()
             .write_all(bytes)
             .map_err(|e| e.raw_os_error().unwrap_or(libc::EPIPE))
     }
+}
+
+struct DestHooks {
+    block: RamBlock,
+    return_path: ReturnPathSender<StreamWriter>,
 }
 
 impl IncomingHooks for DestHooks {
@@ -137,17 +140,12 @@ impl IncomingHooks for DestHooks {
     }
 
     fn request_page(&self, block: Option<&BlockName>, offset: u64, length: u64) -> Result<(), i32> {
-        let mut buf = [0u8; return_path::MAX_MESSAGE];
-        let n = return_path::encode_page_request(&mut buf, block, offset, length)?;
-        self.send(&buf[..n])
+        self.return_path.request_page(block, offset, length)
     }
 
     fn shut(&self, failed: bool) {
-        let mut buf = [0u8; return_path::MAX_MESSAGE];
-        if let Ok(n) = return_path::encode_shut(&mut buf, failed) {
-            if let Err(e) = self.send(&buf[..n]) {
-                log::warn!("sending SHUT: errno {e}");
-            }
+        if let Err(e) = self.return_path.shut(failed) {
+            log::warn!("sending SHUT: errno {e}");
         }
     }
 }
@@ -217,9 +215,12 @@ pub fn run_dest(
     let block = mem.block(BLOCK);
     let hooks = Arc::new(DestHooks {
         block: block.clone(),
-        return_path: Mutex::new(stream.try_clone().map_err(|e| e.to_string())?),
+        return_path: ReturnPathSender::new(StreamWriter(Mutex::new(
+            stream.try_clone().map_err(|e| e.to_string())?,
+        ))),
     });
-    let incoming = Arc::new(Incoming::new(hooks, IncomingConfig::default()));
+    let incoming =
+        Arc::new(Incoming::new(hooks, IncomingConfig::default()).map_err(|e| e.to_string())?);
     // Requested pages arrive on their own connection, ahead of the background stream.
     let urgent_reader = {
         let (incoming, mem) = (incoming.clone(), mem.clone());

@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 
 use parking_lot::Mutex;
 use postcopy_ram::discard_walk::discard_walk;
-use postcopy_ram::source::{Source, SourceHooks};
+use postcopy_ram::source::{DiscardCommandWriter, Source};
 use postcopy_ram::wire::{self, Advise, CommandMsg, ReturnPathMsg};
 
 use crate::checksum::{fill_initial, mix};
@@ -108,18 +108,6 @@ impl Stream {
             self.out.write_all(page)?;
             self.bytes += self.page_size as u64;
         }
-        Ok(())
-    }
-}
-
-struct DiscardSink(Arc<Mutex<Vec<Vec<u8>>>>);
-
-impl SourceHooks for DiscardSink {
-    fn send_discard(&self, name: &str, starts: &[u64], lengths: &[u64]) -> Result<(), i32> {
-        let mut buf = [0u8; 512];
-        let n = wire::encode_discard_pairs(&mut buf, name.as_bytes(), starts, lengths)
-            .map_err(|e| -e.to_errno())?;
-        self.0.lock().push(buf[..n].to_vec());
         Ok(())
     }
 }
@@ -325,9 +313,13 @@ pub fn run_source(
     }
     report.dirtied_writes = writes.load(Ordering::Relaxed);
     let mut unsent = dirty.take();
-    let commands = Arc::new(Mutex::new(Vec::new()));
-    let source =
-        Source::new(Box::new(DiscardSink(commands.clone())), 4096).map_err(|e| e.to_string())?;
+    let commands = Arc::new(Mutex::new(Vec::<Vec<u8>>::new()));
+    let sink = commands.clone();
+    let writer = DiscardCommandWriter::new(move |bytes: &[u8]| {
+        sink.lock().push(bytes.to_vec());
+        Ok(())
+    });
+    let source = Source::new(Box::new(writer), 4096).map_err(|e| e.to_string())?;
     let mut batch = source.discard_begin(0, BLOCK).map_err(|e| e.to_string())?;
     let mut walk_error = None;
     discard_walk(&mut unsent, target_pages, ratio, |start, npages| {

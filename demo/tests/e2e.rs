@@ -26,7 +26,7 @@ fn text(out: &Output) -> String {
 }
 
 fn uffd_available() -> bool {
-    match postcopy_ram::uffd::probe() {
+    match postcopy_ram::sys::uffd::probe() {
         Ok(_) => true,
         Err(e) => {
             eprintln!("SKIP: userfaultfd unavailable: {e}");

@@ -2,13 +2,10 @@
 
 use std::ffi::{c_char, c_int, c_void};
 
-use super::guard::guard;
+use super::ret::ffi_call;
+use super::types::PcrLogCallback;
+use crate::error::Result;
 use crate::logging;
-
-/// A log sink: `level` 1 (error) to 5 (trace); `message` is a NUL-terminated line without
-/// newline, valid during the call only.
-pub type PostcopyLogCallback =
-    Option<unsafe extern "C" fn(opaque: *mut c_void, level: c_int, message: *const c_char)>;
 
 /// Routes the library's log lines to `callback(opaque, level, message)` (level 1 = error,
 /// 2 = warn, 3 = info, 4 = debug, 5 = trace; `message` valid during the call only), keeping
@@ -16,12 +13,12 @@ pub type PostcopyLogCallback =
 /// including the fault thread, and must not call back into the library. NULL restores the
 /// default: stderr through env_logger, configured by the POSTCOPY_LOG environment variable.
 #[no_mangle]
-pub extern "C" fn postcopy_set_log_callback(
-    callback: PostcopyLogCallback,
+pub extern "C" fn pcr_set_log_callback(
+    callback: PcrLogCallback,
     opaque: *mut c_void,
     max_level: c_int,
 ) {
-    guard("postcopy_set_log_callback", || {
+    ffi_call!(|| -> Result<()> {
         let level = match max_level {
             i32::MIN..=0 => log::LevelFilter::Off,
             1 => log::LevelFilter::Error,
@@ -31,24 +28,25 @@ pub extern "C" fn postcopy_set_log_callback(
             _ => log::LevelFilter::Trace,
         };
         logging::set_c_callback(callback, opaque, level);
+        Ok(())
     })
 }
 
 /// The library version as a static string, e.g. "0.1.0".
 #[no_mangle]
-pub extern "C" fn postcopy_ram_version() -> *const c_char {
-    guard("postcopy_ram_version", || {
-        concat!(env!("CARGO_PKG_VERSION"), "\0").as_ptr().cast()
+pub extern "C" fn pcr_version() -> *const c_char {
+    ffi_call!(|| -> Result<*const c_char> {
+        Ok(concat!(env!("CARGO_PKG_VERSION"), "\0").as_ptr().cast())
     })
 }
 
 /// The library version as (major << 16) | (minor << 8) | patch.
 #[no_mangle]
-pub extern "C" fn postcopy_ram_version_number() -> u32 {
-    guard("postcopy_ram_version_number", || {
+pub extern "C" fn pcr_version_number() -> u32 {
+    ffi_call!(|| -> Result<u32> {
         let part = |s: &str| s.parse::<u32>().unwrap_or(0);
-        (part(env!("CARGO_PKG_VERSION_MAJOR")) << 16)
+        Ok((part(env!("CARGO_PKG_VERSION_MAJOR")) << 16)
             | (part(env!("CARGO_PKG_VERSION_MINOR")) << 8)
-            | part(env!("CARGO_PKG_VERSION_PATCH"))
+            | part(env!("CARGO_PKG_VERSION_PATCH")))
     })
 }

@@ -1,19 +1,38 @@
-//! The C ABI: thin `extern "C"` wrappers over the safe core. No logic of its own.
+//! The C ABI: thin `extern "C"` conversions over the safe core, behind the `capi` feature.
 //!
-//! Conventions: 0 or a negative errno, `false`, or NULL on failure, each failure logged as
-//! one line naming the cause; panics never cross the boundary ([`guard`]).
+//! Every export is written the same way: `ffi_call!` (in `ret`) runs a body returning
+//! `Result<T, Error>` under the panic guard, and converts the result to the C value in one
+//! place (0 or a negative errno, `false`, or NULL), logging a failure once as
+//! "{function}: {error}". Arguments go through the checked helpers of `args`.
 //!
 //! The exports are safe `extern "C"` functions that dereference the pointers C hands them:
 //! their validity is the contract the header documents, checked for NULL here, so
 //! clippy's `not_unsafe_ptr_arg_deref` does not apply to this module.
 #![allow(clippy::not_unsafe_ptr_arg_deref)]
 
-mod guard;
+mod args;
 pub mod incoming;
+pub mod incoming_ops;
 pub mod misc;
+pub mod placement;
+pub(crate) mod ret;
 pub mod source;
 pub mod state;
 pub mod types;
-mod wire;
+pub mod wire;
+pub mod wire_types;
 
-pub(crate) use guard::panic_message as panic_text;
+/// cbindgen:ignore
+#[cfg(feature = "seed-abi")]
+pub mod seed;
+
+use crate::destination::placement::Placement;
+
+/// `Placement::AlreadyPresent` is -EEXIST for C, without a log line: a racing placer won,
+/// which is benign.
+pub(crate) fn placement_rc(placement: Placement) -> std::ffi::c_int {
+    match placement {
+        Placement::Placed => 0,
+        Placement::AlreadyPresent => -libc::EEXIST,
+    }
+}

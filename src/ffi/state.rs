@@ -1,69 +1,51 @@
-//! C exports of the postcopy state machine.
+//! C exports of the postcopy state machine (`pcr_state_get/set`).
 
-use super::guard::guard;
-use super::incoming::{current, handle, MigrationIncomingState};
-use super::types::PostcopyState;
-use crate::incoming::Incoming;
+use super::incoming::{incoming, PcrIncoming};
+use super::ret::{ffi_call, ErrorWith};
+use super::types::PcrState;
+use crate::destination::incoming::Incoming;
+use crate::error::{Error, Result};
 use crate::state::State;
 
-fn set_on(what: &str, incoming: &Incoming, new_state: PostcopyState) -> PostcopyState {
-    let Some(new) = State::from_raw(new_state) else {
-        log::error!("{what}: {new_state} is not a PostcopyState");
-        return incoming.state() as u32;
+/// Moves `incoming` to `new_state`; a refused step (or an unknown value) is an error whose
+/// C value is the current state.
+pub(crate) fn set_state(
+    incoming: &Incoming,
+    new_state: PcrState,
+) -> std::result::Result<PcrState, ErrorWith<PcrState>> {
+    let refused = |error: Error| ErrorWith {
+        error,
+        value: incoming.state() as u32,
     };
-    match incoming.set_state(new) {
-        Ok(old) => old as u32,
-        Err(e) => {
-            log::error!("{what}: {e}");
-            incoming.state() as u32
-        }
-    }
+    let new = State::from_raw(new_state)
+        .ok_or_else(|| refused(Error::invalid(format!("{new_state} is not a PcrState"))))?;
+    incoming
+        .set_state(new)
+        .map(|old| old as u32)
+        .map_err(refused)
 }
 
-/// The state of the newest live destination (load-acquire); POSTCOPY_INCOMING_NONE when
-/// there is none.
+/// The state of `mis` (load-acquire); PCR_STATE_NONE for NULL (logged).
 #[no_mangle]
-pub extern "C" fn postcopy_state_get() -> PostcopyState {
-    guard("postcopy_state_get", || {
-        current().map_or(State::None as u32, |i| i.state() as u32)
+pub extern "C" fn pcr_state_get(mis: *const PcrIncoming) -> PcrState {
+    ffi_call!(|| -> Result<PcrState> {
+        // SAFETY: `mis` is NULL or a live handle (the header's contract).
+        Ok(unsafe { incoming(mis) }?.state() as u32)
     })
 }
 
-/// Sets the state of the newest live destination and returns the previous one. Steps are
-/// checked: NONE -> ADVISE -> [DISCARD] -> LISTENING -> RUNNING, anything -> END,
-/// END -> NONE, or staying put. A refused step (or an unknown value) changes nothing, is
-/// logged, and returns the current state: compare with `postcopy_state_get()` to detect it.
-/// With no live destination, logs and returns POSTCOPY_INCOMING_NONE.
+/// Sets the state of `mis` and returns the previous one. Steps are checked: NONE -> ADVISE
+/// -> [DISCARD] -> LISTENING -> RUNNING, anything -> END, END -> NONE, or staying put. A
+/// refused step (or an unknown value) changes nothing, is logged, and returns the current
+/// state: compare with `pcr_state_get()` to detect it. PCR_STATE_NONE for NULL (logged).
 #[no_mangle]
-pub extern "C" fn postcopy_state_set(new_state: PostcopyState) -> PostcopyState {
-    guard("postcopy_state_set", || match current() {
-        Some(incoming) => set_on("postcopy_state_set", &incoming, new_state),
-        None => {
-            log::error!("postcopy_state_set: no live MigrationIncomingState");
-            State::None as u32
-        }
-    })
-}
-
-/// The state of `mis` (POSTCOPY_INCOMING_NONE for NULL, logged).
-#[no_mangle]
-pub extern "C" fn postcopy_state_get_for(mis: *const MigrationIncomingState) -> PostcopyState {
-    guard("postcopy_state_get_for", || {
-        handle("postcopy_state_get_for", mis)
-            .map_or(State::None as u32, |m| m.incoming.state() as u32)
-    })
-}
-
-/// `postcopy_state_set` on `mis`.
-#[no_mangle]
-pub extern "C" fn postcopy_state_set_for(
-    mis: *mut MigrationIncomingState,
-    new_state: PostcopyState,
-) -> PostcopyState {
-    guard("postcopy_state_set_for", || {
-        match handle("postcopy_state_set_for", mis) {
-            Some(m) => set_on("postcopy_state_set_for", &m.incoming, new_state),
-            None => State::None as u32,
-        }
+pub extern "C" fn pcr_state_set(mis: *mut PcrIncoming, new_state: PcrState) -> PcrState {
+    ffi_call!(|| -> std::result::Result<PcrState, ErrorWith<PcrState>> {
+        // SAFETY: `mis` is NULL or a live handle (the header's contract).
+        let incoming = unsafe { incoming(mis) }.map_err(|error| ErrorWith {
+            error,
+            value: State::None as u32,
+        })?;
+        set_state(incoming, new_state)
     })
 }

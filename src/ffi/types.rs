@@ -2,33 +2,49 @@
 
 use std::ffi::{c_char, c_int, c_void};
 
-/// Postcopy state of the destination, as QEMU's `PostcopyState`: one of the
-/// `POSTCOPY_INCOMING_*` values.
-pub type PostcopyState = u32;
+/// Most ranges QEMU puts in one POSTCOPY_RAM_DISCARD command.
+pub const PCR_MAX_DISCARDS_PER_COMMAND: u32 = 12;
+const _: () =
+    assert!(PCR_MAX_DISCARDS_PER_COMMAND as usize == crate::wire::MAX_DISCARDS_PER_COMMAND);
 
-/// The values of [`PostcopyState`].
+/// Postcopy state of a destination: one of the `PCR_STATE_*` values.
+pub type PcrState = u32;
+
+/// The values of `PcrState` (QEMU's `PostcopyState` numbering).
 #[repr(u32)]
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 #[allow(non_camel_case_types, clippy::upper_case_acronyms)]
-pub enum PostcopyStateValue {
+pub enum PcrStateValue {
     /// No postcopy migration in progress.
-    POSTCOPY_INCOMING_NONE = 0,
-    /// Postcopy advised: RAM discarded by `postcopy_ram_incoming_init`; precopy pages may arrive.
-    POSTCOPY_INCOMING_ADVISE = 1,
-    /// Discard commands are being applied (`postcopy_ram_prepare_discard` was called).
-    POSTCOPY_INCOMING_DISCARD = 2,
-    /// RAM registered with userfaultfd, fault thread running (`postcopy_ram_enable_notify`).
-    POSTCOPY_INCOMING_LISTENING = 3,
+    PCR_STATE_NONE = 0,
+    /// Postcopy advised: RAM discarded by `pcr_incoming_init`; precopy pages may arrive.
+    PCR_STATE_ADVISE = 1,
+    /// Discard commands are being applied (`pcr_incoming_prepare_discard` was called).
+    PCR_STATE_DISCARD = 2,
+    /// RAM registered with userfaultfd, fault thread running (`pcr_incoming_enable_notify`).
+    PCR_STATE_LISTENING = 3,
     /// The guest runs on the destination (only reachable from LISTENING).
-    POSTCOPY_INCOMING_RUNNING = 4,
-    /// Postcopy ended (`postcopy_ram_incoming_cleanup`).
-    POSTCOPY_INCOMING_END = 5,
+    PCR_STATE_RUNNING = 4,
+    /// Postcopy ended (`pcr_incoming_cleanup`).
+    PCR_STATE_END = 5,
 }
+
+// The C values are the core's.
+const _: () = {
+    use crate::state::State;
+    use PcrStateValue as V;
+    assert!(V::PCR_STATE_NONE as u32 == State::None as u32);
+    assert!(V::PCR_STATE_ADVISE as u32 == State::Advise as u32);
+    assert!(V::PCR_STATE_DISCARD as u32 == State::Discard as u32);
+    assert!(V::PCR_STATE_LISTENING as u32 == State::Listening as u32);
+    assert!(V::PCR_STATE_RUNNING as u32 == State::Running as u32);
+    assert!(V::PCR_STATE_END as u32 == State::End as u32);
+};
 
 /// One guest RAM block, as the hypervisor describes it to the library.
 #[repr(C)]
 #[derive(Debug, Clone, Copy)]
-pub struct PostcopyRamBlock {
+pub struct PcrRamBlock {
     /// The block's id (QEMU's idstr): NUL-terminated, 1 to 255 bytes. Copied by the library.
     pub name: *const c_char,
     /// Host address of the block's first byte, aligned to `page_size`.
@@ -48,39 +64,23 @@ pub struct PostcopyRamBlock {
     pub shared: bool,
 }
 
-/// Visitor the library passes to `PostcopyIncomingOps::foreach_ram_block`: call it once per
+/// Visitor the library passes to `PcrIncomingOps::foreach_ram_block`: call it once per
 /// block with the block's description (valid during the call) and the `ctx` received. It
 /// returns 0, or a negative errno when the block is refused: then stop and return that value.
-pub type PostcopyRamBlockVisitor =
-    unsafe extern "C" fn(block: *const PostcopyRamBlock, ctx: *mut c_void) -> c_int;
+pub type PcrRamBlockVisitor =
+    unsafe extern "C" fn(block: *const PcrRamBlock, ctx: *mut c_void) -> c_int;
 
-/// Counters of a destination (`postcopy_incoming_get_stats`). Each counter is updated
-/// right after the event it counts, so while postcopy runs a woken thread may read them a
-/// step behind (a page it saw placed not yet in `pages_placed`); after
-/// `postcopy_ram_incoming_cleanup`, which joins the fault thread, they are final.
-#[repr(C)]
-#[derive(Debug, Default, Clone, Copy)]
-pub struct PostcopyStats {
-    /// Page-fault messages read from the userfaultfd.
-    pub faults: u64,
-    /// Page requests passed to `request_page` (failed ones included, see `request_errors`).
-    pub requests: u64,
-    /// Faults on a page already requested and not yet placed (no new request).
-    pub duplicate_faults: u64,
-    /// Faults on a page placed after the fault was queued (no request).
-    pub late_faults: u64,
-    /// Faults outside every block (logged; the fault thread keeps serving).
-    pub faults_outside: u64,
-    /// Requests whose callback returned an error.
-    pub request_errors: u64,
-    /// Pages placed with data.
-    pub pages_placed: u64,
-    /// Pages placed as zero.
-    pub zero_pages_placed: u64,
-    /// Placements that found the page already present (-EEXIST; waiters woken).
-    pub already_present: u64,
-    /// userfaultfd messages other than page faults.
-    pub unexpected_events: u64,
-    /// errno (positive) of the last failed page request, 0 if none.
-    pub last_request_errno: i32,
+/// A log sink: `level` 1 (error) to 5 (trace); `message` is a NUL-terminated line without
+/// newline, valid during the call only.
+pub type PcrLogCallback =
+    Option<unsafe extern "C" fn(opaque: *mut c_void, level: c_int, message: *const c_char)>;
+
+/// A C callback's return value as a result: 0 is success, a negative value its errno, and
+/// anything else EIO.
+pub(crate) fn errno_of(rc: c_int) -> i32 {
+    if rc < 0 {
+        -rc
+    } else {
+        libc::EIO
+    }
 }

@@ -11,7 +11,7 @@ use postcopy_ram::{Backing, BlockName, Incoming, IncomingConfig, IncomingHooks, 
 #[macro_export]
 macro_rules! require_uffd {
     () => {
-        if let Err(e) = postcopy_ram::uffd::probe() {
+        if let Err(e) = postcopy_ram::sys::uffd::probe() {
             eprintln!("SKIP: userfaultfd unavailable: {e}");
             return;
         }
@@ -113,7 +113,7 @@ impl Server {
     }
 
     pub fn incoming(self: &Arc<Self>, config: IncomingConfig) -> Arc<Incoming> {
-        let incoming = Arc::new(Incoming::new(self.clone(), config));
+        let incoming = Arc::new(Incoming::new(self.clone(), config).expect("a valid config"));
         *self.incoming.lock() = Arc::downgrade(&incoming);
         incoming
     }

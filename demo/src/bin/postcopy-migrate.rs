@@ -209,7 +209,7 @@ fn source_main(args: &Args) -> Result<bool, String> {
     if args.kvm {
         postcopy_demo::kvm::kvm_available().map_err(|e| format!("--kvm: {e}"))?;
     }
-    postcopy_ram::uffd::probe().map_err(|e| format!("this host cannot do postcopy: {e}"))?;
+    postcopy_ram::sys::uffd::probe().map_err(|e| format!("this host cannot do postcopy: {e}"))?;
     let _huge = match args.kind {
         Kind::Hugetlb => Some(HugePageReservation::reserve(
             (args.size / (2 << 20)) as u64,

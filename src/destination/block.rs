@@ -51,6 +51,14 @@ pub struct BlockName {
 }
 
 impl BlockName {
+    /// `text` in both forms; `None` when it holds a NUL.
+    pub(crate) fn new(text: &str) -> Option<BlockName> {
+        Some(BlockName {
+            c_text: CString::new(text).ok()?,
+            text: text.to_owned(),
+        })
+    }
+
     /// As a Rust string.
     pub fn as_str(&self) -> &str {
         &self.text
@@ -223,10 +231,7 @@ impl BlockTable {
             .map(|block| {
                 let pages = block.length / block.page_size;
                 BlockEntry {
-                    name: BlockName {
-                        c_text: CString::new(block.name.clone()).expect("checked: no NUL"),
-                        text: block.name.clone(),
-                    },
+                    name: BlockName::new(&block.name).expect("checked: no NUL"),
                     page_shift: block.page_size.trailing_zeros(),
                     zeropage_ok: AtomicBool::new(false),
                     received: PageBitmap::new(pages),

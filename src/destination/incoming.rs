@@ -4,7 +4,8 @@
 //! [`Incoming::new`] -> [`Incoming::supported_by_host`] -> [`Incoming::init`] (precopy may run)
 //! -> [`Incoming::prepare_discard`] + [`Incoming::discard_range`]... ->
 //! [`Incoming::enable_notify`] -> [`Incoming::place_page`] / [`Incoming::place_page_zero`]
-//! from any thread, while the fault thread requests missing pages -> [`Incoming::cleanup`].
+//! from any thread (placement.rs), while the fault thread requests missing pages ->
+//! [`Incoming::cleanup`].
 
 use std::os::fd::{FromRawFd, OwnedFd};
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -12,14 +13,19 @@ use std::sync::Arc;
 
 use parking_lot::{Mutex, RwLock};
 
-use crate::block::{host_page_size, Backing, BlockEntry, BlockName, BlockTable, RamBlock};
-use crate::discard;
+use crate::destination::block::{host_page_size, BlockEntry, BlockName, BlockTable, RamBlock};
+use crate::destination::discard;
+use crate::destination::fault_thread::{FaultShared, FaultThread, WaitStrategy};
 use crate::error::{Error, Result};
-use crate::fault::{FaultShared, FaultThread, WaitStrategy};
-use crate::mapping::AnonMapping;
 use crate::state::State;
 use crate::stats::{Counters, Stats};
-use crate::uffd::{self, feature, ioctl_bit, PlaceError, Uffd};
+use crate::sys::mapping::AnonMapping;
+
+pub use super::host_support::check_host_support;
+use super::host_support::{feature_names, features_needed, mlockall_checked, munlockall_checked};
+
+pub use super::placement::{Placement, RunPlacement};
+use crate::sys::uffd::{self, feature, ioctl_bit, Uffd};
 
 /// What the library needs from the hypervisor on the destination. Every method but
 /// [`IncomingHooks::ram_blocks`] and [`IncomingHooks::request_page`] has a default.
@@ -40,7 +46,7 @@ pub trait IncomingHooks: Send + Sync {
     ) -> std::result::Result<(), i32>;
 
     /// Drops `[start, start+length)` of `block`. `None` (the default) lets the library do
-    /// it (see [`crate::discard::drop_range`]).
+    /// it (see [`crate::destination::discard::drop_range`]).
     fn discard_range(&self, _block: &RamBlock, _start: u64, _length: u64) -> Option<Result<()>> {
         None
     }
@@ -86,29 +92,11 @@ impl Default for IncomingConfig {
     }
 }
 
-/// What a successful placement did.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Placement {
-    /// The page was placed and its waiters woken.
-    Placed,
-    /// The page was already present (another placer won the race); its waiters were woken.
-    AlreadyPresent,
-}
-
-/// Result of placing a run of pages.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
-pub struct RunPlacement {
-    /// Pages this call placed.
-    pub placed: u64,
-    /// Pages that were already present.
-    pub already_present: u64,
-}
-
 /// State that exists between enable_notify and cleanup.
-struct Active {
-    uffd: Arc<Uffd>,
-    table: Arc<BlockTable>,
-    zero_page: AnonMapping,
+pub(super) struct Active {
+    pub(super) uffd: Arc<Uffd>,
+    pub(super) table: Arc<BlockTable>,
+    pub(super) zero_page: AnonMapping,
     fault_thread: Mutex<Option<FaultThread>>,
 }
 
@@ -122,99 +110,20 @@ pub struct Incoming {
     table: RwLock<Option<Arc<BlockTable>>>,
     active: RwLock<Option<Arc<Active>>>,
     tmp_page: Mutex<Option<AnonMapping>>,
-    counters: Arc<Counters>,
-}
-
-fn munlockall_checked() -> Result<()> {
-    // SAFETY: munlockall has no memory-safety preconditions.
-    if unsafe { libc::munlockall() } != 0 {
-        return Err(Error::os(&std::io::Error::last_os_error(), "munlockall"));
-    }
-    Ok(())
-}
-
-fn mlockall_checked() -> Result<()> {
-    // SAFETY: mlockall has no memory-safety preconditions.
-    if unsafe { libc::mlockall(libc::MCL_CURRENT | libc::MCL_FUTURE) } != 0 {
-        return Err(Error::os(&std::io::Error::last_os_error(), "mlockall"));
-    }
-    Ok(())
-}
-
-/// The userfaultfd features blocks of these kinds need.
-fn features_needed(table: &BlockTable) -> u64 {
-    let host = host_page_size();
-    table.entries().iter().fold(0, |acc, e| {
-        let b = &e.block;
-        let huge = b.page_size != host;
-        let shmem = !huge
-            && matches!(
-                b.backing,
-                Backing::File { .. } | Backing::Anonymous { shared: true }
-            );
-        acc | if huge { feature::MISSING_HUGETLBFS } else { 0 }
-            | if shmem { feature::MISSING_SHMEM } else { 0 }
-    })
-}
-
-fn feature_names(bits: u64) -> String {
-    let mut names = Vec::new();
-    if bits & feature::MISSING_HUGETLBFS != 0 {
-        names.push("UFFD_FEATURE_MISSING_HUGETLBFS (huge-page blocks)");
-    }
-    if bits & feature::MISSING_SHMEM != 0 {
-        names.push("UFFD_FEATURE_MISSING_SHMEM (shared-memory blocks)");
-    }
-    names.join(", ")
-}
-
-/// Checks that this host can do postcopy for `blocks` with `target_page_size`, without side
-/// effects: the target page is not larger than the host page; userfaultfd opens and
-/// handshakes; the features the blocks need (huge pages, shared memory) are there; and an
-/// anonymous test area registers with WAKE, COPY and ZEROPAGE offered.
-pub fn check_host_support(blocks: Vec<RamBlock>, target_page_size: u64) -> Result<()> {
-    let host = host_page_size();
-    if target_page_size == 0 || !target_page_size.is_power_of_two() || target_page_size > host {
-        return Err(Error::invalid(format!(
-            "target page size {target_page_size} is not a power of two no bigger than the host page size {host}"
-        )));
-    }
-    let table = BlockTable::new(blocks)?;
-    let caps = uffd::probe().map_err(|m| Error::new(libc::ENOSYS, m))?;
-    let missing = features_needed(&table) & !caps.features;
-    if missing != 0 {
-        return Err(Error::new(
-            libc::ENOTSUP,
-            format!(
-                "userfaultfd on this kernel lacks {}",
-                feature_names(missing)
-            ),
-        ));
-    }
-    let uffd = Uffd::open(0).map_err(|m| Error::new(libc::ENOSYS, m))?;
-    let area = AnonMapping::new(host as usize).map_err(|e| Error::os(&e, "mapping a test page"))?;
-    let ioctls = uffd
-        .register_missing(area.as_ptr() as usize, area.len())
-        .map_err(|e| Error::os(&e, "UFFDIO_REGISTER of a test page"))?;
-    uffd.unregister(area.as_ptr() as usize, area.len())
-        .map_err(|e| Error::os(&e, "UFFDIO_UNREGISTER of a test page"))?;
-    let wanted = ioctl_bit::WAKE | ioctl_bit::COPY | ioctl_bit::ZEROPAGE;
-    if ioctls & wanted != wanted {
-        return Err(Error::new(
-            libc::ENOTSUP,
-            format!(
-                "userfaultfd registration lacks ioctls {:#x} (WAKE/COPY/ZEROPAGE)",
-                wanted & !ioctls
-            ),
-        ));
-    }
-    Ok(())
+    pub(super) counters: Arc<Counters>,
 }
 
 impl Incoming {
-    /// A destination with no migration in progress (state NONE).
-    pub fn new(hooks: Arc<dyn IncomingHooks>, config: IncomingConfig) -> Incoming {
-        Incoming {
+    /// A destination with no migration in progress (state NONE). Fails with EINVAL when
+    /// `config.target_page_size` is not a power of two (0 included).
+    pub fn new(hooks: Arc<dyn IncomingHooks>, config: IncomingConfig) -> Result<Incoming> {
+        if !config.target_page_size.is_power_of_two() {
+            return Err(Error::invalid(format!(
+                "target page size {} is not a power of two",
+                config.target_page_size
+            )));
+        }
+        Ok(Incoming {
             hooks,
             config,
             state: Default::default(),
@@ -223,7 +132,7 @@ impl Incoming {
             active: RwLock::new(None),
             tmp_page: Mutex::new(None),
             counters: Default::default(),
-        }
+        })
     }
 
     /// The configuration.
@@ -385,11 +294,11 @@ impl Incoming {
                         other.command()
                     )))
                 }
-                Err(e) => return Err(Error::new(-e.to_errno(), format!("discard command: {e}"))),
+                Err(e) => return Err(Error::new(e.errno(), format!("discard command: {e}"))),
             }
         } else {
             crate::wire::decode_discard_payload(bytes)
-                .map_err(|e| Error::new(-e.to_errno(), format!("discard command: {e}")))?
+                .map_err(|e| Error::new(e.errno(), format!("discard command: {e}")))?
         };
         let name = std::str::from_utf8(discard.name())
             .map_err(|_| Error::invalid("discard command: block name is not UTF-8"))?;
@@ -440,7 +349,7 @@ impl Incoming {
             return Err(Error::invalid(format!("enable_notify in state {state:?}")));
         }
         self.set_mlock(false)?;
-        let caps = uffd::probe().map_err(|m| Error::new(libc::ENOSYS, m))?;
+        let caps = uffd::probe()?;
         let needed = features_needed(&table);
         if needed & !caps.features != 0 {
             return Err(Error::new(
@@ -451,10 +360,7 @@ impl Incoming {
                 ),
             ));
         }
-        let uffd = Arc::new(
-            Uffd::open(needed | (caps.features & feature::THREAD_ID))
-                .map_err(|m| Error::new(libc::ENOSYS, m))?,
-        );
+        let uffd = Arc::new(Uffd::open(needed | (caps.features & feature::THREAD_ID))?);
         let zero_page = AnonMapping::new(table.largest_page() as usize)
             .map_err(|e| Error::os(&e, "mapping the zero page"))?;
         let mut registered: Vec<&BlockEntry> = Vec::new();
@@ -559,249 +465,10 @@ impl Incoming {
         Ok(())
     }
 
-    fn active(&self, what: &str) -> Result<Arc<Active>> {
+    pub(super) fn active(&self, what: &str) -> Result<Arc<Active>> {
         self.active.read().clone().ok_or_else(|| {
             Error::invalid(format!("{what} before enable_notify (or after cleanup)"))
         })
-    }
-
-    /// Checks a placement of `len` bytes at `host` against the blocks: inside one block,
-    /// aligned to its page size, a non-zero multiple of it; and exactly one page when
-    /// `single` is set.
-    fn check_place<'a>(
-        table: &'a BlockTable,
-        what: &str,
-        host: usize,
-        len: u64,
-        single: bool,
-    ) -> Result<&'a BlockEntry> {
-        let entry = table.find(host).ok_or_else(|| {
-            Error::invalid(format!(
-                "{what}: host address {host:#x} is outside every RAM block"
-            ))
-        })?;
-        let b = &entry.block;
-        // Page sizes are powers of two (BlockTable::new): masks, not divisions.
-        let mask = b.page_size - 1;
-        if host as u64 & mask != 0 {
-            return Err(Error::invalid(format!(
-                "{what}: host address {host:#x} is not aligned to block {}'s page size {:#x}",
-                b.name, b.page_size
-            )));
-        }
-        if (single && len != b.page_size) || len == 0 || len & mask != 0 {
-            return Err(Error::invalid(format!(
-                "{what}: size {len:#x} does not match block {}'s page size {:#x}",
-                b.name, b.page_size
-            )));
-        }
-        if host + len as usize > entry.end() {
-            return Err(Error::invalid(format!(
-                "{what}: {len:#x} bytes at {host:#x} run past block {}",
-                b.name
-            )));
-        }
-        Ok(entry)
-    }
-
-    fn mark_received(&self, entry: &BlockEntry, host: usize, len: usize) {
-        let first = ((host - entry.block.host) as u64) >> entry.page_shift;
-        for page in first..first + (len as u64 >> entry.page_shift) {
-            entry.received.test_and_set(page);
-            entry.requested.clear(page);
-        }
-    }
-
-    /// Places the whole pages of `[host, host+len)` in `entry` with `fill(offset, bytes)`,
-    /// which places `bytes` from `offset` into the run on and returns how many bytes it
-    /// placed (the whole rest, or one page). A page found present (EEXIST) is counted,
-    /// skipped, and the fill resumes after it; every waiter in the run has been woken.
-    /// An OS error stops the run and is returned (the pages placed before it stay placed,
-    /// marked and counted).
-    fn place_run(
-        &self,
-        what: &str,
-        entry: &BlockEntry,
-        host: usize,
-        len: usize,
-        zero: bool,
-        mut fill: impl FnMut(usize, usize) -> std::result::Result<usize, PlaceError>,
-    ) -> Result<RunPlacement> {
-        let page = entry.block.page_size as usize;
-        let mut run = RunPlacement::default();
-        let mut off = 0;
-        let mut failure = None;
-        while off < len {
-            let (placed, present) = match fill(off, len - off) {
-                Ok(n) => (n, false),
-                Err(PlaceError::AlreadyPresent { placed }) => (placed - placed % page, true),
-                Err(PlaceError::Os(errno)) => {
-                    failure = Some(errno);
-                    break;
-                }
-            };
-            self.mark_received(entry, host + off, placed);
-            run.placed += (placed / page) as u64;
-            off += placed;
-            if present {
-                log::debug!(
-                    "{what}: page at {:#x} in {} was already present",
-                    host + off,
-                    entry.block.name
-                );
-                self.mark_received(entry, host + off, page);
-                run.already_present += 1;
-                off += page;
-            }
-        }
-        let counter = if zero {
-            &self.counters.zero_pages_placed
-        } else {
-            &self.counters.pages_placed
-        };
-        counter.fetch_add(run.placed, Ordering::Relaxed);
-        if run.already_present != 0 {
-            self.counters
-                .already_present
-                .fetch_add(run.already_present, Ordering::Relaxed);
-        }
-        match failure {
-            None => Ok(run),
-            Some(errno) => Err(Error::new(
-                errno,
-                format!(
-                    "{what}: {} bytes at {:#x} in {}: {}",
-                    len - off,
-                    host + off,
-                    entry.block.name,
-                    std::io::Error::from_raw_os_error(errno)
-                ),
-            )),
-        }
-    }
-
-    /// Zero-fills with UFFDIO_ZEROPAGE where the block's registration offered it (the whole
-    /// rest of the run in one call), else by copying the zero page (one page a call:
-    /// hugetlbfs has no UFFDIO_ZEROPAGE).
-    fn zero_fill(
-        active: &Active,
-        entry: &BlockEntry,
-        dst: usize,
-        len: usize,
-    ) -> std::result::Result<usize, PlaceError> {
-        if entry.zeropage_ok.load(Ordering::Acquire) {
-            return active.uffd.zeropage(dst, len).map(|()| len);
-        }
-        let page = entry.block.page_size as usize;
-        // SAFETY: the zero page mapping is at least the largest block page size long and
-        // stays mapped while `active` is alive.
-        unsafe {
-            active
-                .uffd
-                .copy(dst, active.zero_page.as_ptr() as usize, page)
-        }
-        .map(|()| page)
-    }
-
-    fn single(run: RunPlacement) -> Placement {
-        if run.placed == 1 {
-            Placement::Placed
-        } else {
-            Placement::AlreadyPresent
-        }
-    }
-
-    /// Atomically places one host page at `host` from `from` (`pagesize` bytes, the block's
-    /// page size), waking the threads that faulted on it.
-    ///
-    /// # Safety
-    /// `from` must point to `pagesize` readable bytes.
-    pub unsafe fn place_page(
-        &self,
-        host: usize,
-        from: *const u8,
-        pagesize: u64,
-    ) -> Result<Placement> {
-        let active = self.active("place_page")?;
-        let entry = Self::check_place(&active.table, "place_page", host, pagesize, true)?;
-        if from.is_null() {
-            return Err(Error::invalid("place_page: source pointer is NULL"));
-        }
-        let run = self.place_run(
-            "place_page",
-            entry,
-            host,
-            pagesize as usize,
-            false,
-            |off, len| {
-                // SAFETY: the caller guarantees `from` readable for `pagesize` bytes; the
-                // destination was checked to be one page inside a registered block.
-                unsafe { active.uffd.copy(host + off, from as usize + off, len) }.map(|()| len)
-            },
-        )?;
-        Ok(Self::single(run))
-    }
-
-    /// Atomically places a zero page at `host`: UFFDIO_ZEROPAGE where the block's
-    /// registration offered it, otherwise a copy of a zero page (hugetlbfs).
-    pub fn place_page_zero(&self, host: usize, pagesize: u64) -> Result<Placement> {
-        let active = self.active("place_page_zero")?;
-        let entry = Self::check_place(&active.table, "place_page_zero", host, pagesize, true)?;
-        let run = self.place_run(
-            "place_page_zero",
-            entry,
-            host,
-            pagesize as usize,
-            true,
-            |off, len| Self::zero_fill(&active, entry, host + off, len),
-        )?;
-        Ok(Self::single(run))
-    }
-
-    /// Places a run of whole pages (`len` bytes, one block) from `from`, in one UFFDIO_COPY
-    /// when none is present. Pages already present are skipped and counted; every waiter
-    /// in the run is woken.
-    ///
-    /// # Safety
-    /// `from` must point to `len` readable bytes.
-    pub unsafe fn place_pages(
-        &self,
-        host: usize,
-        from: *const u8,
-        len: u64,
-    ) -> Result<RunPlacement> {
-        let active = self.active("place_pages")?;
-        let entry = Self::check_place(&active.table, "place_pages", host, len, false)?;
-        if from.is_null() {
-            return Err(Error::invalid("place_pages: source pointer is NULL"));
-        }
-        self.place_run(
-            "place_pages",
-            entry,
-            host,
-            len as usize,
-            false,
-            |off, rest| {
-                // SAFETY: `off..off+rest` lies inside the checked run and inside the caller's
-                // readable source of `len` bytes.
-                unsafe { active.uffd.copy(host + off, from as usize + off, rest) }.map(|()| rest)
-            },
-        )
-    }
-
-    /// Places a run of zero pages (`len` bytes, one block), one UFFDIO_ZEROPAGE where
-    /// offered; pages already present are skipped as in [`Incoming::place_pages`].
-    pub fn place_pages_zero(&self, host: usize, len: u64) -> Result<RunPlacement> {
-        let active = self.active("place_pages_zero")?;
-        let entry = Self::check_place(&active.table, "place_pages_zero", host, len, false)?;
-        self.place_run(
-            "place_pages_zero",
-            entry,
-            host,
-            len as usize,
-            true,
-            |off, rest| Self::zero_fill(&active, entry, host + off, rest),
-        )
     }
 
     /// A scratch page as large as the largest block page, for assembling a host page before

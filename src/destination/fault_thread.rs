@@ -12,10 +12,10 @@ use std::sync::Arc;
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
-use crate::block::BlockTable;
-use crate::incoming::IncomingHooks;
+use crate::destination::block::BlockTable;
+use crate::destination::incoming::IncomingHooks;
 use crate::stats::Counters;
-use crate::uffd::{Uffd, UffdMsg, EVENT_PAGEFAULT};
+use crate::sys::uffd::{Uffd, UffdMsg, EVENT_PAGEFAULT};
 
 /// How many messages one read takes at most.
 const BATCH: usize = 64;
@@ -60,7 +60,7 @@ impl FaultThread {
                 if let Err(payload) = catch_unwind(AssertUnwindSafe(|| run(&thread_shared))) {
                     log::error!(
                         "postcopy fault thread: internal panic, faults are no longer served: {}",
-                        crate::ffi::panic_text(&payload)
+                        crate::panic::panic_text(payload.as_ref())
                     );
                 }
             })?;
@@ -261,7 +261,7 @@ fn handle_message(shared: &FaultShared, msg: &UffdMsg, last_block: &mut usize) {
             c.last_request_errno.store(libc::EFAULT, Ordering::Relaxed);
             log::error!(
                 "postcopy fault thread: page-request callback panicked: {}",
-                crate::ffi::panic_text(&payload)
+                crate::panic::panic_text(payload.as_ref())
             );
         }
     }

@@ -2,7 +2,7 @@
 
 use std::io;
 
-use crate::block::{Backing, RamBlock};
+use crate::destination::block::{Backing, RamBlock};
 use crate::error::{Error, Result};
 
 /// Drops `[start, start+length)` (bytes into `block`) the way its backing requires:

@@ -33,9 +33,9 @@ pub enum DiscardWalkError {
 }
 
 impl DiscardWalkError {
-    /// The negative errno for this error (always `-EINVAL`).
-    pub fn to_errno(&self) -> i32 {
-        -libc::EINVAL
+    /// The positive errno for this error (always `EINVAL`).
+    pub fn errno(&self) -> i32 {
+        libc::EINVAL
     }
 }
 

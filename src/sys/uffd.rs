@@ -173,6 +173,56 @@ impl std::fmt::Display for OpenError {
     }
 }
 
+/// Why a userfaultfd could not be opened or probed, keeping the kernel's errno.
+#[derive(Debug)]
+pub enum UffdError {
+    /// Neither `/dev/userfaultfd` nor the syscall gave a descriptor.
+    Unavailable(OpenError),
+    /// The UFFDIO_API handshake requesting `features` failed.
+    Handshake {
+        /// The features requested.
+        features: u64,
+        /// The ioctl's error.
+        error: io::Error,
+    },
+    /// The handshake did not offer UFFDIO_REGISTER/UNREGISTER (the missing ioctl bits).
+    MissingIoctls(u64),
+}
+
+impl UffdError {
+    /// The positive errno of the failure (ENOTSUP for missing ioctls).
+    pub fn errno(&self) -> i32 {
+        match self {
+            UffdError::Unavailable(e) => e.errno(),
+            UffdError::Handshake { error, .. } => error.raw_os_error().unwrap_or(libc::EIO),
+            UffdError::MissingIoctls(_) => libc::ENOTSUP,
+        }
+    }
+}
+
+impl std::fmt::Display for UffdError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            UffdError::Unavailable(e) => e.fmt(f),
+            UffdError::Handshake { features: 0, error } => {
+                write!(f, "UFFDIO_API handshake failed: {error}")
+            }
+            UffdError::Handshake { features, error } => {
+                write!(
+                    f,
+                    "UFFDIO_API handshake (features {features:#x}) failed: {error}"
+                )
+            }
+            UffdError::MissingIoctls(bits) => write!(
+                f,
+                "userfaultfd lacks UFFDIO_REGISTER/UNREGISTER (missing ioctl bits {bits:#x})"
+            ),
+        }
+    }
+}
+
+impl std::error::Error for UffdError {}
+
 /// Outcome of a placement ioctl that did not simply succeed.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum PlaceError {
@@ -255,9 +305,9 @@ pub struct Capabilities {
 
 /// Probes the kernel's userfaultfd features on a descriptor opened for that purpose only
 /// (the kernel accepts one UFFDIO_API per descriptor).
-pub fn probe() -> Result<Capabilities, String> {
-    let fd = open_raw().map_err(|e| e.to_string())?;
-    let api = api_handshake(&fd, 0).map_err(|e| format!("UFFDIO_API handshake failed: {e}"))?;
+pub fn probe() -> Result<Capabilities, UffdError> {
+    let fd = open_raw().map_err(UffdError::Unavailable)?;
+    let api = api_handshake(&fd, 0).map_err(|error| UffdError::Handshake { features: 0, error })?;
     Ok(Capabilities {
         features: api.features,
         ioctls: api.ioctls,
@@ -266,16 +316,13 @@ pub fn probe() -> Result<Capabilities, String> {
 
 impl Uffd {
     /// Opens a userfaultfd and performs the API handshake requesting `features`.
-    pub fn open(features: u64) -> Result<Uffd, String> {
-        let fd = open_raw().map_err(|e| e.to_string())?;
+    pub fn open(features: u64) -> Result<Uffd, UffdError> {
+        let fd = open_raw().map_err(UffdError::Unavailable)?;
         let api = api_handshake(&fd, features)
-            .map_err(|e| format!("UFFDIO_API handshake (features {features:#x}) failed: {e}"))?;
+            .map_err(|error| UffdError::Handshake { features, error })?;
         let needed = ioctl_bit::REGISTER | ioctl_bit::UNREGISTER;
         if api.ioctls & needed != needed {
-            return Err(format!(
-                "userfaultfd lacks UFFDIO_REGISTER/UNREGISTER (missing ioctl bits {:#x})",
-                needed & !api.ioctls
-            ));
+            return Err(UffdError::MissingIoctls(needed & !api.ioctls));
         }
         Ok(Uffd {
             fd,

@@ -1,0 +1,10 @@
+//! The destination side: the incoming migration, its RAM blocks, page placement, the
+//! fault thread, discards, and the default return-path sender.
+
+pub mod block;
+pub mod discard;
+pub mod fault_thread;
+pub mod host_support;
+pub mod incoming;
+pub mod placement;
+pub mod return_path_sender;

@@ -1,0 +1,269 @@
+//! Placing pages: UFFDIO_COPY / UFFDIO_ZEROPAGE into registered blocks, with the
+//! arithmetic that checks a placement against its block and the bookkeeping of received
+//! pages and counters.
+
+use std::sync::atomic::Ordering;
+
+use super::block::{BlockEntry, BlockTable};
+use super::incoming::{Active, Incoming};
+use crate::error::{Error, Result};
+use crate::sys::uffd::PlaceError;
+
+/// What a successful placement did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Placement {
+    /// The page was placed and its waiters woken.
+    Placed,
+    /// The page was already present (another placer won the race); its waiters were woken.
+    AlreadyPresent,
+}
+
+/// Result of placing a run of pages.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct RunPlacement {
+    /// Pages this call placed.
+    pub placed: u64,
+    /// Pages that were already present.
+    pub already_present: u64,
+}
+
+impl Incoming {
+    /// Checks a placement of `len` bytes at `host` against the blocks: inside one block,
+    /// aligned to its page size, a non-zero multiple of it; and exactly one page when
+    /// `single` is set.
+    fn check_place<'a>(
+        table: &'a BlockTable,
+        what: &str,
+        host: usize,
+        len: u64,
+        single: bool,
+    ) -> Result<&'a BlockEntry> {
+        let entry = table.find(host).ok_or_else(|| {
+            Error::invalid(format!(
+                "{what}: host address {host:#x} is outside every RAM block"
+            ))
+        })?;
+        let b = &entry.block;
+        // Page sizes are powers of two (BlockTable::new): masks, not divisions.
+        let mask = b.page_size - 1;
+        if host as u64 & mask != 0 {
+            return Err(Error::invalid(format!(
+                "{what}: host address {host:#x} is not aligned to block {}'s page size {:#x}",
+                b.name, b.page_size
+            )));
+        }
+        if (single && len != b.page_size) || len == 0 || len & mask != 0 {
+            return Err(Error::invalid(format!(
+                "{what}: size {len:#x} does not match block {}'s page size {:#x}",
+                b.name, b.page_size
+            )));
+        }
+        if host + len as usize > entry.end() {
+            return Err(Error::invalid(format!(
+                "{what}: {len:#x} bytes at {host:#x} run past block {}",
+                b.name
+            )));
+        }
+        Ok(entry)
+    }
+
+    fn mark_received(&self, entry: &BlockEntry, host: usize, len: usize) {
+        let first = ((host - entry.block.host) as u64) >> entry.page_shift;
+        for page in first..first + (len as u64 >> entry.page_shift) {
+            entry.received.test_and_set(page);
+            entry.requested.clear(page);
+        }
+    }
+
+    /// Places the whole pages of `[host, host+len)` in `entry` with `fill(offset, bytes)`,
+    /// which places `bytes` from `offset` into the run on and returns how many bytes it
+    /// placed (the whole rest, or one page). A page found present (EEXIST) is counted,
+    /// skipped, and the fill resumes after it; every waiter in the run has been woken.
+    /// An OS error stops the run and is returned (the pages placed before it stay placed,
+    /// marked and counted).
+    fn place_run(
+        &self,
+        what: &str,
+        entry: &BlockEntry,
+        host: usize,
+        len: usize,
+        zero: bool,
+        mut fill: impl FnMut(usize, usize) -> std::result::Result<usize, PlaceError>,
+    ) -> Result<RunPlacement> {
+        let page = entry.block.page_size as usize;
+        let mut run = RunPlacement::default();
+        let mut off = 0;
+        let mut failure = None;
+        while off < len {
+            let (placed, present) = match fill(off, len - off) {
+                Ok(n) => (n, false),
+                Err(PlaceError::AlreadyPresent { placed }) => (placed - placed % page, true),
+                Err(PlaceError::Os(errno)) => {
+                    failure = Some(errno);
+                    break;
+                }
+            };
+            self.mark_received(entry, host + off, placed);
+            run.placed += (placed / page) as u64;
+            off += placed;
+            if present {
+                log::debug!(
+                    "{what}: page at {:#x} in {} was already present",
+                    host + off,
+                    entry.block.name
+                );
+                self.mark_received(entry, host + off, page);
+                run.already_present += 1;
+                off += page;
+            }
+        }
+        let counter = if zero {
+            &self.counters.zero_pages_placed
+        } else {
+            &self.counters.pages_placed
+        };
+        counter.fetch_add(run.placed, Ordering::Relaxed);
+        if run.already_present != 0 {
+            self.counters
+                .already_present
+                .fetch_add(run.already_present, Ordering::Relaxed);
+        }
+        match failure {
+            None => Ok(run),
+            Some(errno) => Err(Error::new(
+                errno,
+                format!(
+                    "{what}: {} bytes at {:#x} in {}: {}",
+                    len - off,
+                    host + off,
+                    entry.block.name,
+                    std::io::Error::from_raw_os_error(errno)
+                ),
+            )),
+        }
+    }
+
+    /// Zero-fills with UFFDIO_ZEROPAGE where the block's registration offered it (the whole
+    /// rest of the run in one call), else by copying the zero page (one page a call:
+    /// hugetlbfs has no UFFDIO_ZEROPAGE).
+    fn zero_fill(
+        active: &Active,
+        entry: &BlockEntry,
+        dst: usize,
+        len: usize,
+    ) -> std::result::Result<usize, PlaceError> {
+        if entry.zeropage_ok.load(Ordering::Acquire) {
+            return active.uffd.zeropage(dst, len).map(|()| len);
+        }
+        let page = entry.block.page_size as usize;
+        // SAFETY: the zero page mapping is at least the largest block page size long and
+        // stays mapped while `active` is alive.
+        unsafe {
+            active
+                .uffd
+                .copy(dst, active.zero_page.as_ptr() as usize, page)
+        }
+        .map(|()| page)
+    }
+
+    fn single(run: RunPlacement) -> Placement {
+        if run.placed == 1 {
+            Placement::Placed
+        } else {
+            Placement::AlreadyPresent
+        }
+    }
+
+    /// Atomically places one host page at `host` from `from` (`pagesize` bytes, the block's
+    /// page size), waking the threads that faulted on it.
+    ///
+    /// # Safety
+    /// `from` must point to `pagesize` readable bytes.
+    pub unsafe fn place_page(
+        &self,
+        host: usize,
+        from: *const u8,
+        pagesize: u64,
+    ) -> Result<Placement> {
+        let active = self.active("place_page")?;
+        let entry = Self::check_place(&active.table, "place_page", host, pagesize, true)?;
+        if from.is_null() {
+            return Err(Error::invalid("place_page: source pointer is NULL"));
+        }
+        let run = self.place_run(
+            "place_page",
+            entry,
+            host,
+            pagesize as usize,
+            false,
+            |off, len| {
+                // SAFETY: the caller guarantees `from` readable for `pagesize` bytes; the
+                // destination was checked to be one page inside a registered block.
+                unsafe { active.uffd.copy(host + off, from as usize + off, len) }.map(|()| len)
+            },
+        )?;
+        Ok(Self::single(run))
+    }
+
+    /// Atomically places a zero page at `host`: UFFDIO_ZEROPAGE where the block's
+    /// registration offered it, otherwise a copy of a zero page (hugetlbfs).
+    pub fn place_page_zero(&self, host: usize, pagesize: u64) -> Result<Placement> {
+        let active = self.active("place_page_zero")?;
+        let entry = Self::check_place(&active.table, "place_page_zero", host, pagesize, true)?;
+        let run = self.place_run(
+            "place_page_zero",
+            entry,
+            host,
+            pagesize as usize,
+            true,
+            |off, len| Self::zero_fill(&active, entry, host + off, len),
+        )?;
+        Ok(Self::single(run))
+    }
+
+    /// Places a run of whole pages (`len` bytes, one block) from `from`, in one UFFDIO_COPY
+    /// when none is present. Pages already present are skipped and counted; every waiter
+    /// in the run is woken.
+    ///
+    /// # Safety
+    /// `from` must point to `len` readable bytes.
+    pub unsafe fn place_pages(
+        &self,
+        host: usize,
+        from: *const u8,
+        len: u64,
+    ) -> Result<RunPlacement> {
+        let active = self.active("place_pages")?;
+        let entry = Self::check_place(&active.table, "place_pages", host, len, false)?;
+        if from.is_null() {
+            return Err(Error::invalid("place_pages: source pointer is NULL"));
+        }
+        self.place_run(
+            "place_pages",
+            entry,
+            host,
+            len as usize,
+            false,
+            |off, rest| {
+                // SAFETY: `off..off+rest` lies inside the checked run and inside the caller's
+                // readable source of `len` bytes.
+                unsafe { active.uffd.copy(host + off, from as usize + off, rest) }.map(|()| rest)
+            },
+        )
+    }
+
+    /// Places a run of zero pages (`len` bytes, one block), one UFFDIO_ZEROPAGE where
+    /// offered; pages already present are skipped as in [`Incoming::place_pages`].
+    pub fn place_pages_zero(&self, host: usize, len: u64) -> Result<RunPlacement> {
+        let active = self.active("place_pages_zero")?;
+        let entry = Self::check_place(&active.table, "place_pages_zero", host, len, false)?;
+        self.place_run(
+            "place_pages_zero",
+            entry,
+            host,
+            len as usize,
+            true,
+            |off, rest| Self::zero_fill(&active, entry, host + off, rest),
+        )
+    }
+}

@@ -1,0 +1,288 @@
+//! The one place where a Rust result becomes a C return value.
+//!
+//! Every export runs its body through [`call`] (by way of the `ffi_call!` macro, which
+//! supplies the export's own name): the body returns `Result<T, Error>`; a panic is caught
+//! and becomes an EFAULT error; an error is logged once as "{function}: {error}" and turned
+//! into the C error value of the export's return type: `-errno` for `int` and `ssize_t`,
+//! `false`, NULL, or 0 for the unsigned counters. Model: libpathrs' `IntoCReturn`.
+
+use std::ffi::c_int;
+use std::panic::{catch_unwind, AssertUnwindSafe};
+
+use crate::error::Error;
+
+/// The name of the function this macro is expanded in (its last path segment).
+macro_rules! fn_name {
+    () => {{
+        fn here() {}
+        let full = ::std::any::type_name_of_val(&here);
+        let full = full.strip_suffix("::here").unwrap_or(full);
+        full.rsplit("::").next().unwrap_or(full)
+    }};
+}
+pub(crate) use fn_name;
+
+/// Runs the body of an export (a closure returning `Result<T, Error>`) under the panic
+/// guard and converts its result to the export's C return value, naming the export in the
+/// log line of a failure.
+macro_rules! ffi_call {
+    ($body:expr) => {
+        $crate::ffi::ret::call($crate::ffi::ret::fn_name!(), $body)
+    };
+}
+pub(crate) use ffi_call;
+
+/// The C value reporting a failure with (positive) `errno`.
+pub(crate) trait CError {
+    /// The error value.
+    fn from_errno(errno: i32) -> Self;
+}
+
+impl CError for c_int {
+    fn from_errno(errno: i32) -> Self {
+        -errno
+    }
+}
+
+impl CError for isize {
+    fn from_errno(errno: i32) -> Self {
+        -(errno as isize)
+    }
+}
+
+impl CError for bool {
+    fn from_errno(_: i32) -> Self {
+        false
+    }
+}
+
+impl CError for () {
+    fn from_errno(_: i32) -> Self {}
+}
+
+/// Counters and states: 0 (no count, PCR_STATE_NONE).
+impl CError for u32 {
+    fn from_errno(_: i32) -> Self {
+        0
+    }
+}
+
+impl CError for u64 {
+    fn from_errno(_: i32) -> Self {
+        0
+    }
+}
+
+impl<T> CError for *mut T {
+    fn from_errno(_: i32) -> Self {
+        std::ptr::null_mut()
+    }
+}
+
+impl<T> CError for *const T {
+    fn from_errno(_: i32) -> Self {
+        std::ptr::null()
+    }
+}
+
+/// A success value as the C return type `C`.
+pub(crate) trait IntoC<C> {
+    /// The C value.
+    fn into_c(self) -> C;
+}
+
+/// `int` functions returning 0 on success.
+impl IntoC<c_int> for () {
+    fn into_c(self) -> c_int {
+        0
+    }
+}
+
+impl IntoC<c_int> for c_int {
+    fn into_c(self) -> c_int {
+        self
+    }
+}
+
+/// A count returned as `int` (saturating; counts of a discard command are small).
+impl IntoC<c_int> for usize {
+    fn into_c(self) -> c_int {
+        c_int::try_from(self).unwrap_or(c_int::MAX)
+    }
+}
+
+/// A byte or page count returned as `ssize_t`. Lengths come from slices and page counts
+/// from them, which never exceed isize::MAX.
+impl IntoC<isize> for usize {
+    fn into_c(self) -> isize {
+        isize::try_from(self).unwrap_or(isize::MAX)
+    }
+}
+
+impl IntoC<isize> for u64 {
+    fn into_c(self) -> isize {
+        isize::try_from(self).unwrap_or(isize::MAX)
+    }
+}
+
+/// `bool` functions: true on success.
+impl IntoC<bool> for () {
+    fn into_c(self) -> bool {
+        true
+    }
+}
+
+impl IntoC<()> for () {
+    fn into_c(self) {}
+}
+
+impl IntoC<u32> for u32 {
+    fn into_c(self) -> u32 {
+        self
+    }
+}
+
+impl IntoC<u64> for u64 {
+    fn into_c(self) -> u64 {
+        self
+    }
+}
+
+impl<T> IntoC<*mut T> for *mut T {
+    fn into_c(self) -> *mut T {
+        self
+    }
+}
+
+impl<T> IntoC<*const T> for *const T {
+    fn into_c(self) -> *const T {
+        self
+    }
+}
+
+/// An error whose C value is not the type's error value: `pcr_state_set` reports a refused
+/// step by returning the current state.
+#[derive(Debug)]
+pub(crate) struct ErrorWith<C> {
+    /// What went wrong (logged).
+    pub error: Error,
+    /// What the export returns.
+    pub value: C,
+}
+
+/// A body's result, convertible to the export's C return type `C`.
+pub(crate) trait IntoCReturn<C> {
+    /// The C value; an error is logged as "{name}: {error}".
+    fn into_c_return(self, name: &str) -> C;
+    /// The result of a body that failed with `error` (a caught panic).
+    fn from_error(error: Error) -> Self;
+}
+
+impl<T: IntoC<C>, C: CError> IntoCReturn<C> for Result<T, Error> {
+    fn into_c_return(self, name: &str) -> C {
+        match self {
+            Ok(value) => value.into_c(),
+            Err(error) => {
+                log::error!("{name}: {error}");
+                C::from_errno(error.errno())
+            }
+        }
+    }
+
+    fn from_error(error: Error) -> Self {
+        Err(error)
+    }
+}
+
+impl<T: IntoC<C>, C: CError> IntoCReturn<C> for Result<T, ErrorWith<C>> {
+    fn into_c_return(self, name: &str) -> C {
+        match self {
+            Ok(value) => value.into_c(),
+            Err(ErrorWith { error, value }) => {
+                log::error!("{name}: {error}");
+                value
+            }
+        }
+    }
+
+    fn from_error(error: Error) -> Self {
+        let value = C::from_errno(error.errno());
+        Err(ErrorWith { error, value })
+    }
+}
+
+/// Runs `body` for the export `name`: panics are caught (a bug in this library; unwinding
+/// into C would be undefined behaviour) and reported as EFAULT, and the result converted.
+pub(crate) fn call<C, R: IntoCReturn<C>>(name: &str, body: impl FnOnce() -> R) -> C {
+    crate::logging::ensure_installed();
+    let result = catch_unwind(AssertUnwindSafe(body)).unwrap_or_else(|payload| {
+        R::from_error(Error::new(
+            libc::EFAULT,
+            format!(
+                "internal panic caught at the C boundary: {}",
+                crate::panic::panic_text(payload.as_ref())
+            ),
+        ))
+    });
+    result.into_c_return(name)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn failing() -> c_int {
+        ffi_call!(|| -> Result<(), Error> { Err(Error::new(libc::ENOENT, "gone")) })
+    }
+
+    fn panicking() -> *mut u8 {
+        ffi_call!(|| -> Result<*mut u8, Error> { panic!("boom") })
+    }
+
+    #[test]
+    fn the_name_is_the_enclosing_function() {
+        fn some_export() -> &'static str {
+            fn_name!()
+        }
+        assert_eq!(some_export(), "some_export");
+    }
+
+    #[test]
+    fn errors_become_the_c_error_value() {
+        assert_eq!(failing(), -libc::ENOENT);
+        assert!(panicking().is_null());
+        let r: Result<usize, Error> = Err(Error::new(libc::ENOSPC, "full"));
+        assert_eq!(
+            IntoCReturn::<isize>::into_c_return(r, "f"),
+            -(libc::ENOSPC as isize)
+        );
+        let r: Result<(), Error> = Err(Error::invalid("no"));
+        assert!(!IntoCReturn::<bool>::into_c_return(r, "f"));
+        let r: Result<u32, ErrorWith<u32>> = Err(ErrorWith {
+            error: Error::invalid("refused"),
+            value: 3,
+        });
+        assert_eq!(r.into_c_return("f"), 3);
+    }
+
+    #[test]
+    fn successes_keep_their_value() {
+        assert_eq!(
+            IntoCReturn::<c_int>::into_c_return(Ok::<(), Error>(()), "f"),
+            0
+        );
+        assert_eq!(
+            IntoCReturn::<c_int>::into_c_return(Ok::<usize, Error>(7), "f"),
+            7
+        );
+        assert_eq!(
+            IntoCReturn::<c_int>::into_c_return(Ok::<usize, Error>(usize::MAX), "f"),
+            c_int::MAX
+        );
+        assert_eq!(
+            IntoCReturn::<isize>::into_c_return(Ok::<u64, Error>(9), "f"),
+            9
+        );
+        assert!(IntoCReturn::<bool>::into_c_return(Ok::<(), Error>(()), "f"));
+    }
+}
