@@ -13,10 +13,14 @@ cargo test --workspace --all-targets 2>&1 | tee -a "$log"
 echo "== C tests (CMake + ctest: seed prototypes, real userfaultfd, dlopen, static, packaging, valgrind/ASan, KVM migration)"
 bash scripts/c-tests.sh 2>&1 | tee -a "$log"
 
+echo "== Fuzz smoke run (cargo-fuzz/libFuzzer, every target, 60 s in all)"
+bash scripts/fuzz.sh 2>&1 | tee -a "$log"
+
 echo "== The main command: a real postcopy migration (256 MiB, 4 faulting threads)"
 cargo migrate --quiet
 
 # One closing line over both runners, counted from their own summaries above.
 awk '/^test result:/ { p += $4; f += $6 }
+     /^fuzz: [0-9]+ passed, [0-9]+ failed$/ { p += $2; f += $4 }
      /tests passed, [0-9]+ tests failed out of/ { p += $NF - $(NF-5); f += $(NF-5) }
      END { printf "all tests: %d passed, %d failed\n", p, f; exit (f > 0) }' "$log"
