@@ -2,7 +2,7 @@
 //!
 //! A Rust host installs whatever logger it likes and this module stays out of the way.
 //! Through the C ABI the library installs its own dispatcher on first use: it forwards each
-//! record to the callback a C host registered with `postcopy_set_log_callback`, or, without
+//! record to the callback a C host registered with `pcr_set_log_callback`, or, without
 //! one, to `env_logger` configured by the `POSTCOPY_LOG` environment variable
 //! (`POSTCOPY_LOG=debug`, `POSTCOPY_LOG=postcopy_ram=trace`, ...; default `warn`).
 
@@ -25,10 +25,11 @@ struct CSink {
     opaque: *mut c_void,
 }
 
-// SAFETY: the C host promises (header documentation) that its callback and opaque pointer may
-// be used from any thread; the library only passes the pointer back to that callback.
+// SAFETY: the library never dereferences `opaque`: it only hands it back to `callback`, and
+// pcr_set_log_callback's contract (the header) requires the callback to accept calls from
+// any thread with that pointer. The fn pointer itself is plain data.
 unsafe impl Send for CSink {}
-// SAFETY: as above; the sink is only read and passed back to C.
+// SAFETY: as above; shared access only copies the two pointers out.
 unsafe impl Sync for CSink {}
 
 static C_SINK: RwLock<Option<CSink>> = RwLock::new(None);
@@ -56,8 +57,9 @@ impl log::Log for Dispatcher {
                 }
                 let text = format!("{}", record.args());
                 let line = CString::new(text.replace('\0', "\\0")).unwrap_or_default();
-                // SAFETY: the callback was registered by the C host for exactly this use; the
-                // message pointer stays valid for the duration of the call.
+                // SAFETY: `callback` is a function of the PcrLogCallback signature registered
+                // together with `opaque` (see the Send impl); `line` is a NUL-terminated string
+                // that lives until the call returns, which is all the callback may rely on.
                 unsafe { (sink.callback)(sink.opaque, record.level() as i32, line.as_ptr()) };
             }
             None => self.fallback.log(record),

@@ -5,7 +5,7 @@
 //! search in the immutable sorted table, per-page "requested"/"received" bits updated with
 //! atomics so that a page that many threads fault on is requested once.
 
-use std::os::fd::{AsFd, AsRawFd, OwnedFd};
+use std::os::fd::{AsFd, AsRawFd, FromRawFd, OwnedFd};
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
@@ -14,6 +14,7 @@ use std::time::{Duration, Instant};
 
 use crate::destination::block::BlockTable;
 use crate::destination::incoming::IncomingHooks;
+use crate::error::{Error, Result};
 use crate::stats::Counters;
 use crate::sys::uffd::{Uffd, UffdMsg, EVENT_PAGEFAULT};
 
@@ -52,7 +53,34 @@ pub(crate) struct FaultThread {
 }
 
 impl FaultThread {
-    pub(crate) fn spawn(shared: Arc<FaultShared>) -> std::io::Result<FaultThread> {
+    /// Starts the fault thread ("postcopy/fault") serving the faults of `uffd` on the
+    /// blocks of `table`, with the eventfd that wakes it to quit.
+    pub(crate) fn spawn(
+        uffd: Arc<Uffd>,
+        table: Arc<BlockTable>,
+        hooks: Arc<dyn IncomingHooks>,
+        counters: Arc<Counters>,
+        wait: WaitStrategy,
+    ) -> Result<FaultThread> {
+        // SAFETY: eventfd takes no pointers; the result is checked before it is owned.
+        let wake = unsafe { libc::eventfd(0, libc::EFD_CLOEXEC | libc::EFD_NONBLOCK) };
+        if wake < 0 {
+            let err = std::io::Error::last_os_error();
+            return Err(Error::os(&err, "eventfd for the fault thread"));
+        }
+        // SAFETY: eventfd just returned this descriptor, so it is open and nothing else
+        // owns it.
+        let wake = unsafe { OwnedFd::from_raw_fd(wake) };
+        let shared = Arc::new(FaultShared {
+            uffd,
+            table,
+            hooks,
+            counters,
+            name_next_request: AtomicBool::new(false),
+            quit: AtomicBool::new(false),
+            wake,
+            wait,
+        });
         let thread_shared = shared.clone();
         let handle = std::thread::Builder::new()
             .name("postcopy/fault".into())
@@ -63,7 +91,8 @@ impl FaultThread {
                         crate::panic::panic_text(payload.as_ref())
                     );
                 }
-            })?;
+            })
+            .map_err(|e| Error::os(&e, "starting the fault thread"))?;
         Ok(FaultThread {
             shared,
             handle: Some(handle),

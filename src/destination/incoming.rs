@@ -7,15 +7,15 @@
 //! from any thread (placement.rs), while the fault thread requests missing pages ->
 //! [`Incoming::cleanup`].
 
-use std::os::fd::{FromRawFd, OwnedFd};
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
 use parking_lot::{Mutex, RwLock};
 
-use crate::destination::block::{host_page_size, BlockEntry, BlockName, BlockTable, RamBlock};
+use crate::destination::block::{host_page_size, BlockName, BlockTable, RamBlock};
 use crate::destination::discard;
-use crate::destination::fault_thread::{FaultShared, FaultThread, WaitStrategy};
+use crate::destination::fault_thread::{FaultThread, WaitStrategy};
+use crate::destination::registration::Registration;
 use crate::error::{Error, Result};
 use crate::state::State;
 use crate::stats::{Counters, Stats};
@@ -25,7 +25,7 @@ pub use super::host_support::check_host_support;
 use super::host_support::{feature_names, features_needed, mlockall_checked, munlockall_checked};
 
 pub use super::placement::{Placement, RunPlacement};
-use crate::sys::uffd::{self, feature, ioctl_bit, Uffd};
+use crate::sys::uffd::{self, feature, Uffd};
 
 /// What the library needs from the hypervisor on the destination. Every method but
 /// [`IncomingHooks::ram_blocks`] and [`IncomingHooks::request_page`] has a default.
@@ -238,7 +238,9 @@ impl Incoming {
         }
         for entry in table.entries() {
             if entry.block.page_size == host_page_size() {
-                // SAFETY: only changes the THP advice of the hypervisor's own guest RAM.
+                // SAFETY: MADV_NOHUGEPAGE only changes how the kernel backs the range (the
+                // block's guest RAM, described by the hypervisor); contents and mappings
+                // stay, so no reference into the range is invalidated.
                 let rc = unsafe {
                     libc::madvise(
                         entry.block.host as *mut libc::c_void,
@@ -363,67 +365,15 @@ impl Incoming {
         let uffd = Arc::new(Uffd::open(needed | (caps.features & feature::THREAD_ID))?);
         let zero_page = AnonMapping::new(table.largest_page() as usize)
             .map_err(|e| Error::os(&e, "mapping the zero page"))?;
-        let mut registered: Vec<&BlockEntry> = Vec::new();
-        let unregister_all = |registered: &[&BlockEntry]| {
-            for e in registered {
-                let _ = uffd.unregister(e.block.host, e.block.length as usize);
-            }
-        };
-        for entry in table.entries() {
-            let b = &entry.block;
-            let ioctls = match uffd.register_missing(b.host, b.length as usize) {
-                Ok(ioctls) => ioctls,
-                Err(e) => {
-                    unregister_all(&registered);
-                    return Err(Error::os(
-                        &e,
-                        format_args!("UFFDIO_REGISTER of RAM block {}", b.name),
-                    ));
-                }
-            };
-            registered.push(entry);
-            if ioctls & ioctl_bit::COPY == 0 {
-                unregister_all(&registered);
-                return Err(Error::new(
-                    libc::ENOTSUP,
-                    format!(
-                        "RAM block {}: userfaultfd offers no UFFDIO_COPY there",
-                        b.name
-                    ),
-                ));
-            }
-            entry
-                .zeropage_ok
-                .store(ioctls & ioctl_bit::ZEROPAGE != 0, Ordering::Release);
-            entry.received.clear_all();
-            entry.requested.clear_all();
-        }
-        // SAFETY: eventfd takes no pointers; the result is checked before it is owned.
-        let wake = unsafe { libc::eventfd(0, libc::EFD_CLOEXEC | libc::EFD_NONBLOCK) };
-        if wake < 0 {
-            let err = std::io::Error::last_os_error();
-            unregister_all(&registered);
-            return Err(Error::os(&err, "eventfd for the fault thread"));
-        }
-        // SAFETY: eventfd just returned this descriptor; nothing else owns it.
-        let wake = unsafe { OwnedFd::from_raw_fd(wake) };
-        let shared = Arc::new(FaultShared {
-            uffd: uffd.clone(),
-            table: table.clone(),
-            hooks: self.hooks.clone(),
-            counters: self.counters.clone(),
-            name_next_request: AtomicBool::new(false),
-            quit: AtomicBool::new(false),
-            wake,
-            wait: self.config.wait,
-        });
-        let thread = match FaultThread::spawn(shared) {
-            Ok(thread) => thread,
-            Err(e) => {
-                unregister_all(&registered);
-                return Err(Error::os(&e, "starting the fault thread"));
-            }
-        };
+        let registration = Registration::register(&uffd, &table)?;
+        let thread = FaultThread::spawn(
+            uffd.clone(),
+            table.clone(),
+            self.hooks.clone(),
+            self.counters.clone(),
+            self.config.wait,
+        )?;
+        registration.keep();
         *self.active.write() = Some(Arc::new(Active {
             uffd,
             table,

@@ -7,4 +7,5 @@ pub mod fault_thread;
 pub mod host_support;
 pub mod incoming;
 pub mod placement;
+mod registration;
 pub mod return_path_sender;

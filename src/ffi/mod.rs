@@ -25,14 +25,3 @@ pub mod wire_types;
 /// cbindgen:ignore
 #[cfg(feature = "seed-abi")]
 pub mod seed;
-
-use crate::destination::placement::Placement;
-
-/// `Placement::AlreadyPresent` is -EEXIST for C, without a log line: a racing placer won,
-/// which is benign.
-pub(crate) fn placement_rc(placement: Placement) -> std::ffi::c_int {
-    match placement {
-        Placement::Placed => 0,
-        Placement::AlreadyPresent => -libc::EEXIST,
-    }
-}

@@ -3,8 +3,8 @@
 use std::ffi::{c_int, c_void};
 
 use super::incoming::{incoming, PcrIncoming};
-use super::placement_rc;
 use super::ret::ffi_call;
+use crate::destination::placement::Placement;
 use crate::error::Result;
 
 /// Atomically places the host page at `host` (inside a block, aligned to its page size)
@@ -20,12 +20,11 @@ pub extern "C" fn pcr_place_page(
     from: *const c_void,
     pagesize: usize,
 ) -> c_int {
-    ffi_call!(|| -> Result<c_int> {
+    ffi_call!(|| -> Result<Placement> {
         // SAFETY: `mis` is NULL or a live handle (the header's contract).
         let incoming = unsafe { incoming(mis) }?;
         // SAFETY: the header requires `from` to hold `pagesize` readable bytes.
-        let placed = unsafe { incoming.place_page(host as usize, from.cast(), pagesize as u64) }?;
-        Ok(placement_rc(placed))
+        unsafe { incoming.place_page(host as usize, from.cast(), pagesize as u64) }
     })
 }
 
@@ -37,12 +36,10 @@ pub extern "C" fn pcr_place_page_zero(
     host: *mut c_void,
     pagesize: usize,
 ) -> c_int {
-    ffi_call!(|| -> Result<c_int> {
+    ffi_call!(|| -> Result<Placement> {
         // SAFETY: `mis` is NULL or a live handle (the header's contract).
         let incoming = unsafe { incoming(mis) }?;
-        Ok(placement_rc(
-            incoming.place_page_zero(host as usize, pagesize as u64)?,
-        ))
+        incoming.place_page_zero(host as usize, pagesize as u64)
     })
 }
 

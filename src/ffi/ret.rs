@@ -9,6 +9,7 @@
 use std::ffi::c_int;
 use std::panic::{catch_unwind, AssertUnwindSafe};
 
+use crate::destination::placement::Placement;
 use crate::error::Error;
 
 /// The name of the function this macro is expanded in (its last path segment).
@@ -122,6 +123,17 @@ impl IntoC<isize> for usize {
 impl IntoC<isize> for u64 {
     fn into_c(self) -> isize {
         isize::try_from(self).unwrap_or(isize::MAX)
+    }
+}
+
+/// A placement: 0, or -EEXIST when the page was already present (a racing placer won,
+/// which is benign: no log line).
+impl IntoC<c_int> for Placement {
+    fn into_c(self) -> c_int {
+        match self {
+            Placement::Placed => 0,
+            Placement::AlreadyPresent => -libc::EEXIST,
+        }
     }
 }
 

@@ -13,13 +13,13 @@ use parking_lot::Mutex;
 
 use super::args::{try_handle, try_handle_mut, try_str, try_take};
 use super::incoming::{incoming, PcrIncoming};
-use super::placement_rc;
 use super::ret::{ffi_call, ErrorWith};
 use super::source::{PcrDiscardState, PcrSource};
 use super::state::set_state;
 use super::types::PcrState;
 use crate::destination::host_support::check_host_support;
 use crate::destination::incoming::Incoming;
+use crate::destination::placement::Placement;
 use crate::error::{Error, Result};
 use crate::state::State;
 
@@ -96,12 +96,11 @@ pub extern "C" fn postcopy_place_page(
     from: *mut c_void,
     pagesize: usize,
 ) -> c_int {
-    ffi_call!(|| -> Result<c_int> {
+    ffi_call!(|| -> Result<Placement> {
         // SAFETY: `mis` is NULL or a live handle (the header's contract).
         let incoming = unsafe { incoming(mis) }?;
         // SAFETY: the header requires `from` to hold `pagesize` readable bytes.
-        let placed = unsafe { incoming.place_page(host as usize, from.cast(), pagesize as u64) }?;
-        Ok(placement_rc(placed))
+        unsafe { incoming.place_page(host as usize, from.cast(), pagesize as u64) }
     })
 }
 
@@ -112,12 +111,10 @@ pub extern "C" fn postcopy_place_page_zero(
     host: *mut c_void,
     pagesize: usize,
 ) -> c_int {
-    ffi_call!(|| -> Result<c_int> {
+    ffi_call!(|| -> Result<Placement> {
         // SAFETY: `mis` is NULL or a live handle (the header's contract).
         let incoming = unsafe { incoming(mis) }?;
-        Ok(placement_rc(
-            incoming.place_page_zero(host as usize, pagesize as u64)?,
-        ))
+        incoming.place_page_zero(host as usize, pagesize as u64)
     })
 }
 
