@@ -208,7 +208,13 @@ fn run(shared: &FaultShared) {
             last_block = usize::MAX;
         }
         for msg in &msgs[..n] {
-            handle_message(shared, msg, &mut last_block);
+            handle_message(
+                &shared.table,
+                &*shared.hooks,
+                &shared.counters,
+                msg,
+                &mut last_block,
+            );
         }
         // A short batch means the queue was drained: sleep in poll now rather than spend a
         // read(2) that would only answer EAGAIN (one syscall less per fault round trip).
@@ -219,9 +225,18 @@ fn run(shared: &FaultShared) {
     log::debug!("postcopy fault thread: exiting");
 }
 
+/// The bookkeeping of one userfaultfd message: count it, and request its page unless it
+/// is outside every block, already received, or already requested. `last_block` is the
+/// index of the block the previous successful request named (`usize::MAX`: none), so that
+/// a request names its block only when it changes.
 #[inline]
-fn handle_message(shared: &FaultShared, msg: &UffdMsg, last_block: &mut usize) {
-    let c = &shared.counters;
+fn handle_message(
+    table: &BlockTable,
+    hooks: &dyn IncomingHooks,
+    c: &Counters,
+    msg: &UffdMsg,
+    last_block: &mut usize,
+) {
     if msg.event != EVENT_PAGEFAULT {
         c.unexpected_events.fetch_add(1, Ordering::Relaxed);
         log::warn!(
@@ -232,14 +247,14 @@ fn handle_message(shared: &FaultShared, msg: &UffdMsg, last_block: &mut usize) {
     }
     c.faults.fetch_add(1, Ordering::Relaxed);
     let addr = msg.address as usize;
-    let Some(index) = shared.table.index_of(addr) else {
+    let Some(index) = table.index_of(addr) else {
         c.faults_outside.fetch_add(1, Ordering::Relaxed);
         log::error!(
             "postcopy fault thread: fault at {addr:#x} outside every RAM block; still serving"
         );
         return;
     };
-    let entry = &shared.table.entries()[index];
+    let entry = &table.entries()[index];
     let page = ((addr - entry.block.host) as u64) >> entry.page_shift;
     if entry.received.test(page) {
         c.late_faults.fetch_add(1, Ordering::Relaxed);
@@ -263,9 +278,7 @@ fn handle_message(shared: &FaultShared, msg: &UffdMsg, last_block: &mut usize) {
     };
     let offset = page << entry.page_shift;
     let len = entry.block.page_size;
-    let result = catch_unwind(AssertUnwindSafe(|| {
-        shared.hooks.request_page(name, offset, len)
-    }));
+    let result = catch_unwind(AssertUnwindSafe(|| hooks.request_page(name, offset, len)));
     match result {
         Ok(Ok(())) => {
             *last_block = index;
@@ -301,5 +314,179 @@ impl Drop for FaultThread {
         if self.handle.is_some() {
             self.signal_quit();
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::destination::block::{Backing, BlockName, RamBlock};
+    use crate::sys::uffd::PAGEFAULT_FLAG_WRITE;
+    use parking_lot::Mutex;
+    use std::sync::atomic::Ordering::Relaxed;
+
+    /// Records requests; fails them with `fail` (an errno) or panics when `panic` is set.
+    #[derive(Default)]
+    struct Recorder {
+        requests: Mutex<Vec<(Option<String>, u64, u64)>>,
+        fail: Mutex<Option<i32>>,
+        panic: AtomicBool,
+    }
+
+    impl IncomingHooks for Recorder {
+        fn ram_blocks(&self) -> crate::Result<Vec<RamBlock>> {
+            Ok(Vec::new())
+        }
+
+        fn request_page(
+            &self,
+            block: Option<&BlockName>,
+            offset: u64,
+            length: u64,
+        ) -> std::result::Result<(), i32> {
+            if self.panic.load(Relaxed) {
+                panic!("request hook panics");
+            }
+            self.requests
+                .lock()
+                .push((block.map(|b| b.as_str().to_owned()), offset, length));
+            self.fail.lock().map_or(Ok(()), Err)
+        }
+    }
+
+    /// The host page size (the blocks' page size).
+    fn page() -> usize {
+        crate::destination::block::host_page_size() as usize
+    }
+
+    const A: usize = 0x10_0000_0000;
+    const B: usize = 0x20_0000_0000;
+
+    fn table() -> BlockTable {
+        let block = |name: &str, host| RamBlock {
+            name: name.into(),
+            host,
+            offset: 0,
+            length: 8 * page() as u64,
+            page_size: page() as u64,
+            backing: Backing::Anonymous { shared: false },
+        };
+        BlockTable::new(vec![block("a", A), block("b", B)]).unwrap()
+    }
+
+    fn fault(addr: usize) -> UffdMsg {
+        UffdMsg::for_test(EVENT_PAGEFAULT, PAGEFAULT_FLAG_WRITE, addr as u64)
+    }
+
+    struct Rig {
+        table: BlockTable,
+        hooks: Recorder,
+        counters: Counters,
+        last: usize,
+    }
+
+    impl Rig {
+        fn new() -> Rig {
+            Rig {
+                table: table(),
+                hooks: Recorder::default(),
+                counters: Counters::default(),
+                last: usize::MAX,
+            }
+        }
+
+        fn deliver(&mut self, msg: UffdMsg) {
+            handle_message(
+                &self.table,
+                &self.hooks,
+                &self.counters,
+                &msg,
+                &mut self.last,
+            );
+        }
+
+        fn requests(&self) -> Vec<(Option<String>, u64, u64)> {
+            std::mem::take(&mut *self.hooks.requests.lock())
+        }
+    }
+
+    #[test]
+    fn a_request_names_its_block_only_when_the_block_changes() {
+        let mut r = Rig::new();
+        r.deliver(fault(A + 2 * page() + 123));
+        r.deliver(fault(A + 5 * page()));
+        r.deliver(fault(B));
+        r.deliver(fault(A + page()));
+        assert_eq!(
+            r.requests(),
+            vec![
+                (Some("a".into()), 2 * page() as u64, page() as u64),
+                (None, 5 * page() as u64, page() as u64),
+                (Some("b".into()), 0, page() as u64),
+                (Some("a".into()), page() as u64, page() as u64),
+            ]
+        );
+        let s = r.counters.snapshot();
+        assert_eq!((s.faults, s.requests), (4, 4));
+    }
+
+    #[test]
+    fn duplicate_late_outside_and_foreign_messages_send_no_request() {
+        let mut r = Rig::new();
+        r.deliver(fault(A));
+        r.deliver(fault(A + 8)); // same page, still requested
+        let entry = &r.table.entries()[0];
+        assert!(!entry.received.test_and_set(3));
+        r.deliver(fault(A + 3 * page())); // already placed
+        r.deliver(fault(A + 8 * page())); // just past block a
+        r.deliver(UffdMsg::for_test(0x15, 0, 0)); // UFFD_EVENT_REMOVE
+        assert_eq!(r.requests().len(), 1);
+        let s = r.counters.snapshot();
+        assert_eq!(s.faults, 4);
+        assert_eq!(s.requests, 1);
+        assert_eq!(s.duplicate_faults, 1);
+        assert_eq!(s.late_faults, 1);
+        assert_eq!(s.faults_outside, 1);
+        assert_eq!(s.unexpected_events, 1);
+        // The invariant the C tests check after every run.
+        assert_eq!(
+            s.faults,
+            s.requests + s.request_errors + s.duplicate_faults + s.late_faults + s.faults_outside
+        );
+    }
+
+    #[test]
+    fn a_failed_request_is_counted_and_asked_again_with_its_block_named() {
+        let mut r = Rig::new();
+        r.deliver(fault(A));
+        *r.hooks.fail.lock() = Some(libc::EPIPE);
+        r.deliver(fault(A + page()));
+        *r.hooks.fail.lock() = None;
+        r.deliver(fault(A + page()));
+        let reqs = r.requests();
+        assert_eq!(reqs.len(), 3);
+        assert_eq!(reqs[1], (None, page() as u64, page() as u64));
+        // After a failure the peer may have missed the name: the retry names the block.
+        assert_eq!(reqs[2], (Some("a".into()), page() as u64, page() as u64));
+        let s = r.counters.snapshot();
+        assert_eq!((s.requests, s.request_errors), (2, 1));
+        assert_eq!(s.last_request_errno, libc::EPIPE);
+        assert_eq!(s.duplicate_faults, 0);
+    }
+
+    #[test]
+    fn a_panicking_request_hook_is_a_failed_request() {
+        let mut r = Rig::new();
+        r.hooks.panic.store(true, Relaxed);
+        r.deliver(fault(B + page()));
+        r.hooks.panic.store(false, Relaxed);
+        r.deliver(fault(B + page()));
+        let s = r.counters.snapshot();
+        assert_eq!((s.requests, s.request_errors), (1, 1));
+        assert_eq!(s.last_request_errno, libc::EFAULT);
+        assert_eq!(
+            r.requests(),
+            vec![(Some("b".into()), page() as u64, page() as u64)]
+        );
     }
 }

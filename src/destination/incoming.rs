@@ -492,3 +492,40 @@ impl Drop for Incoming {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    struct NoHooks;
+
+    impl IncomingHooks for NoHooks {
+        fn ram_blocks(&self) -> Result<Vec<RamBlock>> {
+            Ok(Vec::new())
+        }
+
+        fn request_page(
+            &self,
+            _: Option<&BlockName>,
+            _: u64,
+            _: u64,
+        ) -> std::result::Result<(), i32> {
+            Ok(())
+        }
+    }
+
+    #[test]
+    fn the_config_is_checked_when_the_destination_is_made() {
+        for bad in [0, 3, 4097] {
+            let config = IncomingConfig {
+                target_page_size: bad,
+                ..IncomingConfig::default()
+            };
+            let err = Incoming::new(Arc::new(NoHooks), config).err().unwrap();
+            assert_eq!(err.errno(), libc::EINVAL);
+            assert!(err.to_string().contains("power of two"), "{err}");
+        }
+        let ok = Incoming::new(Arc::new(NoHooks), IncomingConfig::default()).unwrap();
+        assert_eq!(ok.state(), State::None);
+    }
+}

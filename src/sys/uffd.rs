@@ -107,6 +107,20 @@ pub struct UffdMsg {
     pad: u32,
 }
 
+impl UffdMsg {
+    /// A message of `event` at `address` with `flags`, as the kernel would send it (for
+    /// tests of the code that reads messages).
+    #[cfg(test)]
+    pub(crate) fn for_test(event: u8, flags: u64, address: u64) -> UffdMsg {
+        UffdMsg {
+            event,
+            flags,
+            address,
+            ..UffdMsg::default()
+        }
+    }
+}
+
 const _: () = assert!(size_of::<UffdioApi>() == 24);
 const _: () = assert!(size_of::<UffdioRange>() == 16);
 const _: () = assert!(size_of::<UffdioRegister>() == 32);

@@ -510,3 +510,52 @@ pub fn decode_command(buf: &[u8]) -> Result<(CommandMsg<'_>, usize), WireError> 
         })?;
     Ok((decode_command_payload(header.cmd, payload)?, total))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_discard_command_is_byte_exact() {
+        let mut buf = [0u8; 64];
+        let n = encode_discard_pairs(&mut buf, b"ram", &[0x1000], &[0x2000]).unwrap();
+        let want: &[u8] = &[
+            0x08, 0x00, 0x06, 0x00, 0x16, // envelope: POSTCOPY_RAM_DISCARD, 22 bytes
+            0x00, 0x03, b'r', b'a', b'm', 0x00, // version 0, name length, name, terminator
+            0, 0, 0, 0, 0, 0, 0x10, 0, // start
+            0, 0, 0, 0, 0, 0, 0x20, 0, // length
+        ];
+        assert_eq!(&buf[..n], want);
+        let (msg, used) = decode_command(want).unwrap();
+        assert_eq!(used, want.len());
+        let CommandMsg::PostcopyRamDiscard(d) = msg else {
+            panic!("{msg:?}")
+        };
+        assert_eq!(d.name(), b"ram");
+        assert_eq!(
+            d.ranges().collect::<Vec<_>>(),
+            vec![DiscardRange {
+                start: 0x1000,
+                length: 0x2000
+            }]
+        );
+    }
+
+    #[test]
+    fn the_header_alone_tells_the_message_length() {
+        let mut buf = [0u8; 16];
+        let n = encode_command(&mut buf, &CommandMsg::Ping(7)).unwrap();
+        assert_eq!(&buf[..n], &[0x08, 0, 2, 0, 4, 0, 0, 0, 7]);
+        let h = decode_command_header(&buf[..COMMAND_HEADER_LEN]).unwrap();
+        assert_eq!((h.cmd, h.payload_len, h.total_len()), (Command::Ping, 4, n));
+        // A PING of 3 bytes cannot exist: refused from the header.
+        assert!(matches!(
+            decode_command_header(&[0x08, 0, 2, 0, 3]),
+            Err(WireError::LengthMismatch { .. })
+        ));
+        assert_eq!(
+            decode_command_header(&[0x07, 0, 2, 0, 4]),
+            Err(WireError::BadCommandMarker(7))
+        );
+    }
+}

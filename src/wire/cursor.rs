@@ -133,3 +133,59 @@ impl<'a> Writer<'a> {
 pub(crate) fn len16(what: &'static str, len: usize) -> Result<u16, WireError> {
     u16::try_from(len).map_err(|_| WireError::PayloadTooLong { what, len })
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn reads_are_big_endian_and_never_past_the_input() {
+        let bytes = [1, 0, 2, 0, 0, 0, 3, 9];
+        let mut r = Reader::new(&bytes);
+        assert_eq!(r.u8(), Ok(1));
+        assert_eq!(r.be16(), Ok(2));
+        assert_eq!(r.be32(), Ok(3));
+        assert_eq!(r.remaining(), 1);
+        assert_eq!(
+            r.be16(),
+            Err(WireError::Truncated {
+                needed: 9,
+                available: 8
+            })
+        );
+        // A failed read consumes nothing.
+        assert_eq!(r.rest(), &[9]);
+        let mut r = Reader::new(&bytes);
+        assert!(matches!(
+            r.take(usize::MAX),
+            Err(WireError::Truncated { .. })
+        ));
+    }
+
+    #[test]
+    fn writes_stop_at_the_buffer_end() {
+        let mut buf = [0u8; 7];
+        assert_eq!(
+            Writer::new(&mut buf, 8).err(),
+            Some(WireError::BufferTooSmall {
+                needed: 8,
+                available: 7
+            })
+        );
+        let mut w = Writer::new(&mut buf, 7).unwrap();
+        w.u8(0xaa).unwrap();
+        w.be16(0x0102).unwrap();
+        w.be32(0x0304_0506).unwrap();
+        assert_eq!(
+            w.u8(0),
+            Err(WireError::BufferTooSmall {
+                needed: 8,
+                available: 7
+            })
+        );
+        assert_eq!(w.done(), 7);
+        assert_eq!(buf, [0xaa, 1, 2, 3, 4, 5, 6]);
+        assert_eq!(len16("payload", 65535), Ok(65535));
+        assert!(len16("payload", 65536).is_err());
+    }
+}

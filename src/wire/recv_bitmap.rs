@@ -143,3 +143,35 @@ pub fn decode_recv_bitmap(buf: &[u8]) -> Result<(RecvBitmap<'_>, usize), WireErr
     }
     Ok((RecvBitmap { bytes }, r.pos))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_block_is_size_bitmap_end_mark_and_round_trips() {
+        assert_eq!(recv_bitmap_block_len(0), Some(16));
+        assert_eq!(recv_bitmap_block_len(65), Some(32));
+        let bitmap = [u64::MAX, 0b101];
+        let mut buf = [0u8; 32];
+        let n = encode_recv_bitmap(&mut buf, &bitmap, 66).unwrap();
+        assert_eq!(n, 32);
+        assert_eq!(&buf[..8], &16u64.to_be_bytes());
+        assert_eq!(&buf[8..16], &u64::MAX.to_le_bytes());
+        // Bits past nbits (66) are sent as 0: 0b101 becomes 0b01.
+        assert_eq!(&buf[16..24], &1u64.to_le_bytes());
+        assert_eq!(&buf[24..], &RECV_BITMAP_END_MARK.to_be_bytes());
+        let (bm, used) = decode_recv_bitmap(&buf).unwrap();
+        assert_eq!(used, 32);
+        let mut out = [0u64; 2];
+        bm.copy_to_words(&mut out, 66).unwrap();
+        assert_eq!(out, [u64::MAX, 1]);
+        // The size must be the one of the block the caller expects.
+        assert!(bm.copy_to_words(&mut [0u64; 3], 130).is_err());
+        buf[31] ^= 1;
+        assert_eq!(
+            decode_recv_bitmap(&buf).unwrap_err(),
+            WireError::BadEndMarker(RECV_BITMAP_END_MARK ^ 1)
+        );
+    }
+}

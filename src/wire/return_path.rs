@@ -265,3 +265,39 @@ pub fn decode_return_path(buf: &[u8]) -> Result<(ReturnPathMsg<'_>, usize), Wire
         })?;
     Ok((decode_return_path_payload(header.rp_type, payload)?, total))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn page_requests_are_byte_exact_and_round_trip() {
+        let mut buf = [0u8; 32];
+        let msg = ReturnPathMsg::ReqPagesId {
+            start: 0x2000,
+            len: 0x1000,
+            id: b"pc",
+        };
+        let n = encode_return_path(&mut buf, &msg).unwrap();
+        assert_eq!(
+            &buf[..n],
+            &[0, 3, 0, 15, 0, 0, 0, 0, 0, 0, 0x20, 0, 0, 0, 0x10, 0, 2, b'p', b'c']
+        );
+        assert_eq!(decode_return_path(&buf[..n]), Ok((msg, n)));
+        let h = decode_return_path_header(&buf[..RETURN_PATH_HEADER_LEN]).unwrap();
+        assert_eq!((h.rp_type, h.total_len()), (ReturnPathType::ReqPagesId, n));
+    }
+
+    #[test]
+    fn a_request_of_zero_bytes_is_refused_both_ways() {
+        let mut buf = [0u8; 32];
+        let zero = ReturnPathMsg::ReqPages { start: 0, len: 0 };
+        let err = encode_return_path(&mut buf, &zero).unwrap_err();
+        assert_eq!(err.errno(), libc::EINVAL);
+        let bytes = [0, 4, 0, 12, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0];
+        assert_eq!(
+            decode_return_path(&bytes).unwrap_err().errno(),
+            libc::EINVAL
+        );
+    }
+}
