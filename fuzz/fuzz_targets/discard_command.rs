@@ -120,7 +120,7 @@ fuzz_target!(|data: &[u8]| {
     };
     let g = guest();
     let hooks = Arc::new(Hooks::default());
-    let inc = Incoming::new(hooks.clone(), IncomingConfig::default());
+    let inc = Incoming::new(hooks.clone(), IncomingConfig::default()).expect("a valid config");
     inc.init(0).expect("incoming_init");
     if flags & 1 == 1 {
         inc.prepare_discard().expect("prepare_discard");

@@ -61,7 +61,7 @@ fuzz_target!(|data: &[u8]| {
         Err(e) => {
             assert_eq!(fast, words, "a refused walk changed the bitmap");
             assert!(fast_runs.is_empty());
-            assert_eq!(e.to_errno(), -libc::EINVAL);
+            assert_eq!(e.errno(), libc::EINVAL);
             match e {
                 DiscardWalkError::BadHostRatio(r) => assert!(!r.is_power_of_two()),
                 DiscardWalkError::BitmapTooShort { .. } => {
