@@ -2,24 +2,31 @@
 //!
 //! Two directions, two framings (all integers big-endian unless said otherwise):
 //!
-//! * **Commands**, source -> destination: `u8 0x08` ([`QEMU_VM_COMMAND`]), `be16 cmd`,
-//!   `be16 len`, then `len` payload bytes. See [`Command`] and [`CommandMsg`].
+//! * **Commands**, source -> destination: `u8 0x08`
+//!   ([`QEMU_VM_COMMAND`](crate::wire::QEMU_VM_COMMAND)), `be16 cmd`, `be16 len`, then
+//!   `len` payload bytes. See [`Command`](crate::wire::Command) and
+//!   [`CommandMsg`](crate::wire::CommandMsg) (`commands.rs`).
 //! * **Return-path messages**, destination -> source: `be16 type`, `be16 len`, then `len`
-//!   bytes. See [`ReturnPathType`] and [`ReturnPathMsg`].
+//!   bytes. See [`ReturnPathType`](crate::wire::ReturnPathType) and
+//!   [`ReturnPathMsg`](crate::wire::ReturnPathMsg) (`return_path.rs`).
 //!
 //! plus the **received-bitmap block** the destination writes after a return-path
 //! `RECV_BITMAP` message: `be64 size`, `size` bytes of a little-endian bitmap, and the
-//! `be64` end marker [`RECV_BITMAP_END_MARK`] (see [`encode_recv_bitmap`]).
+//! `be64` end marker [`RECV_BITMAP_END_MARK`](crate::wire::RECV_BITMAP_END_MARK) (see
+//! [`encode_recv_bitmap`](crate::wire::encode_recv_bitmap), `recv_bitmap.rs`).
 //!
 //! Encoders write into a caller buffer and return the number of bytes written; a buffer
-//! that is too small is [`WireError::BufferTooSmall`] (`-ENOSPC`) and nothing useful is
-//! written. Decoders borrow from their input where they return names or ranges. No decoder
-//! panics or reads past its input, whatever bytes it is given.
+//! that is too small is [`WireError::BufferTooSmall`](crate::wire::WireError::BufferTooSmall)
+//! (errno `ENOSPC`) and nothing useful is written. Decoders borrow from their input where
+//! they return names or ranges. No decoder panics or reads past its input, whatever bytes
+//! it is given (`cursor.rs` checks every read and write).
 //!
-//! For a reader on a stream, [`decode_command_header`] and [`decode_return_path_header`]
-//! need only the fixed-size header ([`COMMAND_HEADER_LEN`], [`RETURN_PATH_HEADER_LEN`]
-//! bytes) and tell how many bytes the whole message has; the header check already rejects
-//! unknown kinds and lengths that no valid message of that kind can have.
+//! For a reader on a stream, [`decode_command_header`](crate::wire::decode_command_header)
+//! and [`decode_return_path_header`](crate::wire::decode_return_path_header) need only the
+//! fixed-size header ([`COMMAND_HEADER_LEN`](crate::wire::COMMAND_HEADER_LEN),
+//! [`RETURN_PATH_HEADER_LEN`](crate::wire::RETURN_PATH_HEADER_LEN) bytes) and tell how many
+//! bytes the whole message has; the header check already rejects unknown kinds and lengths
+//! that no valid message of that kind can have.
 
 mod commands;
 mod cursor;
