@@ -10,7 +10,9 @@
  * misaligned, empty, overlapping, duplicate or bad names, an iterator error) with the
  * memory left untouched; source-side misuse.
  */
-#include "test_util.h"
+#include "harness/fake_vmm.h"
+#include "harness/pcr_log.h"
+#include "harness/pcr_touch.h"
 
 static int noop_foreach(void *opaque, PcrRamBlockVisitor visit, void *ctx)
 {

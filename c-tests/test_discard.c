@@ -13,7 +13,9 @@
  *   pages and the pages never written since init, each once; the others keep their
  *   precopy content; served pages hold the served content.
  */
-#include "test_util.h"
+#include "harness/fake_vmm.h"
+#include "harness/pcr_log.h"
+#include "harness/pcr_touch.h"
 
 #define PC_PAGES 32
 #define VGA_PAGES 16

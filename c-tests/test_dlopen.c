@@ -6,10 +6,13 @@
  * pcr_exports.h) and the harness's typed table, then runs one fault/place cycle through
  * those pointers: a thread faults on a page of a private anonymous block, the request
  * callback places it from the fault thread, the thread reads the placed bytes. Then
- * cleanup, free, dlclose; no descriptor leaked.
+ * cleanup, free, dlclose; no descriptor leaked. It links the harness built with
+ * PCR_TEST_NO_DIRECT_LINK (pcr_harness_dlopen), whose helpers call the library through
+ * the table API (harness/pcr_lib.h).
  */
-#define PCR_TEST_NO_DIRECT_LINK 1
-#include "test_util.h"
+#include "harness/fake_vmm.h"
+#include "harness/pcr_log.h"
+#include "harness/pcr_touch.h"
 
 #include <dlfcn.h>
 

@@ -14,7 +14,9 @@
  * Built twice: against the shared library (test_fault) and the static one
  * (test_fault_static).
  */
-#include "test_util.h"
+#include "harness/fake_vmm.h"
+#include "harness/pcr_log.h"
+#include "harness/pcr_touch.h"
 #ifdef PCR_TEST_SEED_ABI
 #include "postcopy_ram_seed.h"
 #endif

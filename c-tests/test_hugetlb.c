@@ -11,7 +11,9 @@
  * hugetlbfs: the library copies a zero page) read zero; -EEXIST; a 4 KiB pagesize or a
  * 4 KiB-aligned address inside a huge block is refused; stats; no descriptor leaked.
  */
-#include "test_util.h"
+#include "harness/fake_vmm.h"
+#include "harness/pcr_log.h"
+#include "harness/pcr_touch.h"
 
 #define HUGE_PAGES_PER_BLOCK 2
 

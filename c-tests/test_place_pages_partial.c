@@ -7,7 +7,7 @@
  * count, then -EEXIST at the present page; the library must resume after that page, not
  * re-place the run page by page (which once counted its own fresh pages as present).
  */
-#include "test_util.h"
+#include "harness/fake_vmm.h"
 
 int main(void)
 {

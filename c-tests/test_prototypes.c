@@ -9,7 +9,7 @@
  * once with NULL handles: the documented error value (-EINVAL / false / NULL), no crash,
  * and one log line each.
  */
-#include "test_util.h"
+#include "harness/pcr_log.h"
 #include "postcopy_ram_seed.h"
 
 /* ---- the seed's exported functions, verbatim ---- */

@@ -9,7 +9,9 @@
  * itself, and the seed's handle-less getter is not needed.
  */
 #include "qemu72/postcopy-ram.h"
-#include "test_util.h"
+#include "harness/fake_vmm.h"
+#include "harness/pcr_log.h"
+#include "harness/pcr_touch.h"
 
 /* QEMU's opaque types, as the shim sees them. */
 struct MigrationIncomingState {

@@ -8,7 +8,7 @@
  * pcr_source_discard_errors, logged), and the write_command path, whose bytes
  * must be a QEMU POSTCOPY_RAM_DISCARD command exactly.
  */
-#include "test_util.h"
+#include "harness/pcr_log.h"
 
 typedef struct command {
     char name[256];

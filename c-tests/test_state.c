@@ -8,7 +8,8 @@
  * leaves the state unchanged, returns the current state and logs one line. The library's
  * own steps (init, prepare_discard, enable_notify, cleanup) are reported to state_changed.
  */
-#include "test_util.h"
+#include "harness/fake_vmm.h"
+#include "harness/pcr_log.h"
 #ifdef PCR_TEST_SEED_ABI
 #include "postcopy_ram_seed.h"
 #endif
