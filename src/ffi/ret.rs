@@ -12,16 +12,22 @@ use std::panic::{catch_unwind, AssertUnwindSafe};
 use crate::destination::placement::Placement;
 use crate::error::Error;
 
-/// The name of the function this macro is expanded in (its last path segment).
+/// The path of a function defined inside the function this macro is expanded in, e.g.
+/// "postcopy_ram::ffi::placement::pcr_place_page::here": a constant, costing nothing per
+/// call. [`export_name`] turns it into the export's name, when a failure is logged.
 macro_rules! fn_name {
     () => {{
         fn here() {}
-        let full = ::std::any::type_name_of_val(&here);
-        let full = full.strip_suffix("::here").unwrap_or(full);
-        full.rsplit("::").next().unwrap_or(full)
+        ::std::any::type_name_of_val(&here)
     }};
 }
 pub(crate) use fn_name;
+
+/// The enclosing function's name from a `fn_name!()` path: its second-to-last segment.
+pub(crate) fn export_name(path: &str) -> &str {
+    let path = path.strip_suffix("::here").unwrap_or(path);
+    path.rsplit("::").next().unwrap_or(path)
+}
 
 /// Runs the body of an export (a closure returning `Result<T, Error>`) under the panic
 /// guard and converts its result to the export's C return value, naming the export in the
@@ -184,7 +190,8 @@ pub(crate) struct ErrorWith<C> {
 
 /// A body's result, convertible to the export's C return type `C`.
 pub(crate) trait IntoCReturn<C> {
-    /// The C value; an error is logged as "{name}: {error}".
+    /// The C value; an error is logged as "{function}: {error}", the function's name taken
+    /// from `name`, a `fn_name!()` path.
     fn into_c_return(self, name: &str) -> C;
     /// The result of a body that failed with `error` (a caught panic).
     fn from_error(error: Error) -> Self;
@@ -195,7 +202,7 @@ impl<T: IntoC<C>, C: CError> IntoCReturn<C> for Result<T, Error> {
         match self {
             Ok(value) => value.into_c(),
             Err(error) => {
-                log::error!("{name}: {error}");
+                log::error!("{}: {error}", export_name(name));
                 C::from_errno(error.errno())
             }
         }
@@ -211,7 +218,7 @@ impl<T: IntoC<C>, C: CError> IntoCReturn<C> for Result<T, ErrorWith<C>> {
         match self {
             Ok(value) => value.into_c(),
             Err(ErrorWith { error, value }) => {
-                log::error!("{name}: {error}");
+                log::error!("{}: {error}", export_name(name));
                 value
             }
         }
@@ -223,7 +230,7 @@ impl<T: IntoC<C>, C: CError> IntoCReturn<C> for Result<T, ErrorWith<C>> {
     }
 }
 
-/// Runs `body` for the export `name`: panics are caught (a bug in this library; unwinding
+/// Runs `body` for the export whose `fn_name!()` path is `name`: panics are caught (a bug in this library; unwinding
 /// into C would be undefined behaviour) and reported as EFAULT, and the result converted.
 pub(crate) fn call<C, R: IntoCReturn<C>>(name: &str, body: impl FnOnce() -> R) -> C {
     crate::logging::ensure_installed();
@@ -256,7 +263,8 @@ mod tests {
         fn some_export() -> &'static str {
             fn_name!()
         }
-        assert_eq!(some_export(), "some_export");
+        assert_eq!(export_name(some_export()), "some_export");
+        assert_eq!(export_name("pcr_version"), "pcr_version");
     }
 
     #[test]
