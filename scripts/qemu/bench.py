@@ -1,0 +1,85 @@
+#!/usr/bin/env python3
+"""Side by side: the same postcopy migration into the stock QEMU 7.2 destination and into
+the patched one (libpostcopy_ram), from the stock source, alternating, ROUNDS times each.
+
+  python3 scripts/qemu/bench.py --stock BIN --patched BIN [--rounds 5] [--mem 128]
+
+Per destination, medians over the rounds of: total time and downtime (source's
+query-migrate), postcopy blocktime (destination's query-migrate, postcopy-blocktime on),
+and, from separate traced runs, the fault latency (first request of a page to its
+placement, from QEMU's trace events). Prints a Markdown table with the ratio
+patched/stock (at most 1.0 means the patched destination is no slower).
+"""
+
+import argparse
+import json
+import os
+import statistics
+import subprocess
+import sys
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+
+
+def one(src, dst, logdir, mem, trace):
+    cmd = [sys.executable, os.path.join(HERE, "qmp_migrate.py"), "bench", "--src", src,
+           "--dst", dst, "--logdir", logdir, "--mem", str(mem)] + (["--trace"] if trace else [])
+    r = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
+    if r.returncode:
+        raise RuntimeError("%s failed:\n%s%s" % (" ".join(cmd), r.stdout, r.stderr))
+    return json.loads(r.stdout.strip().splitlines()[-1])
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--stock", required=True)
+    ap.add_argument("--patched", required=True)
+    ap.add_argument("--rounds", type=int, default=5)
+    ap.add_argument("--mem", type=int, default=128)
+    ap.add_argument("--logdir", default="target/qemu/logs/bench")
+    args = ap.parse_args()
+    res = {"stock": [], "patched": []}
+    lat = {"stock": [], "patched": []}
+    for r in range(args.rounds):
+        for side in ("stock", "patched"):
+            d = os.path.join(args.logdir, side)
+            os.makedirs(d, exist_ok=True)
+            dst = getattr(args, side)
+            m = one(args.stock, dst, d, args.mem, False)
+            res[side].append(m)
+            t = one(args.stock, dst, d, args.mem, True)
+            if t.get("fault_latency"):
+                lat[side].append(t["fault_latency"])
+            print("round %d %-7s %s | traced: %s" % (r + 1, side, json.dumps(m),
+                                                     json.dumps(t.get("fault_latency"))),
+                  file=sys.stderr, flush=True)
+
+    def med(side, key):
+        vals = [m[key] for m in res[side] if m.get(key) is not None]
+        return statistics.median(vals) if vals else None
+
+    def lmed(side, key):
+        vals = [x[key] for x in lat[side]]
+        return statistics.median(vals) if vals else None
+
+    rows = [("total time (ms)", med("stock", "total_ms"), med("patched", "total_ms")),
+            ("downtime (ms)", med("stock", "downtime_ms"), med("patched", "downtime_ms")),
+            ("postcopy blocktime (ms)", med("stock", "blocktime_ms"),
+             med("patched", "blocktime_ms")),
+            ("page requests (source)", med("stock", "postcopy_requests"),
+             med("patched", "postcopy_requests")),
+            ("fault latency p50 (us)", lmed("stock", "p50_us"), lmed("patched", "p50_us")),
+            ("fault latency p99 (us)", lmed("stock", "p99_us"), lmed("patched", "p99_us")),
+            ("fault latency mean (us)", lmed("stock", "mean_us"), lmed("patched", "mean_us"))]
+    print("| %d rounds, guest %d MiB, medians | stock 7.2 | patched | patched/stock |" % (
+        args.rounds, args.mem))
+    print("|---|---:|---:|---:|")
+    for name, a, b in rows:
+        ratio = "%.2f" % (b / a) if a and b is not None else "n/a"
+        fa = "%.0f" % a if a is not None else "n/a"
+        fb = "%.0f" % b if b is not None else "n/a"
+        print("| %s | %s | %s | %s |" % (name, fa, fb, ratio))
+
+
+if __name__ == "__main__":
+    main()

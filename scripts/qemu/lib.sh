@@ -1,0 +1,167 @@
+# Functions for scripts/qemu-check.sh and scripts/qemu/bench.sh (sourced; needs ROOT, CACHE,
+# JOBS, OUT set).
+
+QEMU_DEB_PKGS="ninja-build meson pkg-config libglib2.0-dev libpixman-1-dev libfdt-dev flex bison
+  zlib1g-dev libslirp-dev libgnutls28-dev gnutls-bin seabios ipxe-qemu dpkg-dev python3 gcc make
+  cmake"
+# Debian's own QEMU 7.2 (bookworm), the other side of the interop test, at the 7.2 version
+# (not a backport); apt brings its qemu-system-common and qemu-system-data to match.
+QEMU_DEB_BINARY_PKGS="qemu-system-x86"
+
+# Installs what is missing; Debian's qemu-system-x86 at bookworm's 7.2 version.
+qemu_install_deps() {
+  export DEBIAN_FRONTEND=noninteractive
+  local missing=() p
+  for p in $QEMU_DEB_PKGS; do
+    dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q 'install ok installed' || missing+=("$p")
+  done
+  local want
+  want=$(qemu_debian_72_version)
+  if [ -z "$want" ]; then
+    apt-get update -qq
+    want=$(qemu_debian_72_version)
+  fi
+  [ -n "$want" ] || { echo "no qemu-system-x86 7.2 in apt's lists" >&2; return 1; }
+  for p in $QEMU_DEB_BINARY_PKGS; do
+    [ "$(dpkg-query -W -f='${Version}' "$p" 2>/dev/null)" = "$want" ] || missing+=("$p=$want")
+  done
+  if [ ${#missing[@]} -gt 0 ]; then
+    echo "installing: ${missing[*]}"
+    if ! apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null; then
+      apt-get update -qq
+      apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+    fi
+  fi
+  /usr/bin/qemu-system-x86_64 --version | head -1
+}
+
+# The newest 7.2 version of qemu-system-x86 that apt knows (bookworm or its security suite).
+qemu_debian_72_version() {
+  apt-cache madison qemu-system-x86 2>/dev/null | awk -F'|' '{gsub(/ /,"",$2); print $2}' |
+    grep -E '^1:7\.2\+' | sort -V | tail -1
+}
+
+# Debian bookworm's qemu source package, unpacked under $CACHE/src. deb-src is enabled for
+# this command only, through private sources/lists/cache directories derived from the
+# machine's own deb sources; /etc/apt is not modified. Prints the source directory.
+qemu_fetch_source() {
+  local dir=$CACHE/src
+  local found
+  found=$(ls -d "$dir"/qemu-7.2* 2>/dev/null | head -1 || true)
+  if [ -n "$found" ] && [ -f "$found/.pcr-unpacked" ]; then
+    echo "$found"
+    return 0
+  fi
+  local apt=$CACHE/apt
+  rm -rf "$apt" "$dir"
+  mkdir -p "$apt/sources.list.d" "$apt/lists/partial" "$apt/cache/archives/partial" "$dir"
+  # The machine's deb sources, as deb-src (deb822 and one-line formats).
+  local f
+  for f in /etc/apt/sources.list.d/*.sources; do
+    [ -f "$f" ] || continue
+    sed -E 's/^Types:.*/Types: deb-src/' "$f" >"$apt/sources.list.d/$(basename "$f")"
+  done
+  : >"$apt/sources.list"
+  for f in /etc/apt/sources.list /etc/apt/sources.list.d/*.list; do
+    [ -f "$f" ] || continue
+    sed -nE 's/^deb (.*)$/deb-src \1/p' "$f" >>"$apt/sources.list"
+  done
+  local opts=(-o "Dir::Etc::SourceList=$apt/sources.list" -o "Dir::Etc::SourceParts=$apt/sources.list.d"
+    -o "Dir::State::Lists=$apt/lists" -o "Dir::Cache=$apt/cache" -o "APT::Get::List-Cleanup=0")
+  apt-get "${opts[@]}" update -qq >&2
+  (cd "$dir" && apt-get "${opts[@]}" source -qq 'qemu/bookworm' >&2 2>&1 ||
+    apt-get "${opts[@]}" source -qq qemu >&2)
+  found=$(ls -d "$dir"/qemu-7.2* | head -1)
+  [ -f "$found/meson.build" ] || { echo "apt-get source qemu gave no 7.2 tree" >&2; return 1; }
+  touch "$found/.pcr-unpacked"
+  echo "$found"
+}
+
+# A private copy of the source for one side ("stock" or "patched"), configured and built
+# under $CACHE/<side>/build. A second call rebuilds only what changed (nothing, normally).
+qemu_build() {
+  local side=$1 src=$2
+  local tree=$CACHE/$side/src bld=$CACHE/$side/build
+  if [ ! -f "$tree/.pcr-copied" ]; then
+    rm -rf "$CACHE/$side"
+    mkdir -p "$CACHE/$side"
+    cp -a "$src" "$tree"
+    # The dfsg tarball has no firmware blobs: do not unpack edk2.
+    sed -i -E 's/^(\s*unpack_edk2_blobs = )bzip2\.found\(\)/\1false/' "$tree/meson.build"
+    ! grep -q 'unpack_edk2_blobs = bzip2' "$tree/meson.build" ||
+      { echo "meson.build: no unpack_edk2_blobs line to patch" >&2; return 1; }
+    touch "$tree/.pcr-copied"
+  fi
+  local pkgpath=""
+  if [ "$side" = patched ]; then
+    # The shim replaces migration/postcopy-ram.c in place; copied only when it changed, so
+    # ninja sees an unchanged file as unchanged.
+    cmp -s "$ROOT/integrations/qemu-7.2/postcopy-ram.c" "$tree/migration/postcopy-ram.c" ||
+      cp "$ROOT/integrations/qemu-7.2/postcopy-ram.c" "$tree/migration/postcopy-ram.c"
+    if [ ! -f "$tree/.pcr-meson-patched" ]; then
+      patch -d "$tree" -p1 <"$ROOT/integrations/qemu-7.2/meson.patch"
+      touch "$tree/.pcr-meson-patched"
+    fi
+    pkgpath=$CACHE/pcr-prefix/lib/pkgconfig
+  fi
+  if [ ! -f "$bld/build.ninja" ]; then
+    rm -rf "$bld"
+    mkdir -p "$bld"
+    (cd "$bld" && PKG_CONFIG_PATH=$pkgpath "$tree/configure" \
+      --target-list=x86_64-softmmu --disable-tcg --enable-kvm --disable-docs --disable-werror \
+      --disable-tools --disable-install-blobs --meson=meson --disable-gtk --disable-sdl \
+      --disable-vnc --disable-spice --disable-opengl --disable-virglrenderer --disable-curses \
+      --disable-libusb --disable-usb-redir --disable-smartcard --disable-xen --disable-brlapi \
+      --disable-guest-agent --disable-capstone --disable-vte --disable-cocoa --disable-pa \
+      --disable-alsa --disable-jack --disable-oss --disable-libssh --disable-rbd \
+      --disable-glusterfs --disable-libiscsi --disable-libnfs --disable-seccomp \
+      --disable-linux-io-uring --disable-xkbcommon --disable-gio --enable-gnutls \
+      >"$CACHE/$side/configure.log" 2>&1) || { tail -30 "$CACHE/$side/configure.log" >&2; return 1; }
+  fi
+  local t0=$SECONDS
+  (cd "$bld" && PKG_CONFIG_PATH=$pkgpath ninja -j"$JOBS" qemu-system-x86_64 tests/qtest/migration-test \
+    >"$CACHE/$side/ninja.log" 2>&1) || { tail -40 "$CACHE/$side/ninja.log" >&2; return 1; }
+  echo "$side build: $((SECONDS - t0))s ($(grep -c '^\[' "$CACHE/$side/ninja.log" || true) ninja steps)"
+  qemu_link_firmware "$bld"
+}
+
+# Firmware from Debian's seabios and ipxe-qemu (and qemu-system-data's option ROMs) where
+# the build looks for it.
+qemu_link_firmware() {
+  local d=$1/qemu-bundle/usr/local/share/qemu f
+  mkdir -p "$d"
+  for f in /usr/share/seabios/*.bin /usr/lib/ipxe/qemu/*.rom /usr/share/qemu/*.bin /usr/share/qemu/*.rom; do
+    [ -e "$f" ] || continue
+    [ -e "$d/$(basename "$f")" ] || ln -sf "$f" "$d/$(basename "$f")"
+  done
+}
+
+# libpostcopy_ram built by CMake (cargo underneath, its own target dir in the cache) and
+# installed into $CACHE/pcr-prefix, seed names left out.
+pcr_install_library() {
+  local b=$CACHE/pcr-build
+  CARGO_TARGET_DIR=$CACHE/pcr-target cmake -S "$ROOT" -B "$b" -DCMAKE_BUILD_TYPE=Release \
+    -DPOSTCOPY_RAM_SEED_ABI=OFF -DPOSTCOPY_RAM_CARGO_TARGET_DIR="$CACHE/pcr-target" >"$CACHE/pcr-cmake.log" 2>&1 ||
+    { tail -20 "$CACHE/pcr-cmake.log" >&2; return 1; }
+  cmake --build "$b" >>"$CACHE/pcr-cmake.log" 2>&1 || { tail -30 "$CACHE/pcr-cmake.log" >&2; return 1; }
+  cmake --install "$b" --prefix "$CACHE/pcr-prefix" >>"$CACHE/pcr-cmake.log" 2>&1 ||
+    { tail -20 "$CACHE/pcr-cmake.log" >&2; return 1; }
+  echo "library: $(PKG_CONFIG_PATH=$CACHE/pcr-prefix/lib/pkgconfig pkg-config --modversion postcopy-ram)"
+}
+
+qemu_binary() {
+  case $1 in
+    debian) echo /usr/bin/qemu-system-x86_64 ;;
+    stock) echo "$OUT/qemu-system-x86_64.stock" ;;
+    patched) echo "$OUT/qemu-system-x86_64" ;;
+  esac
+}
+
+# One migration-test case against the build of one side (run from its build directory, so
+# the firmware in qemu-bundle is found).
+qemu_run_qtest() {
+  local side=$1 t=$2
+  local bld=$CACHE/$side/build
+  (cd "$bld" && QTEST_QEMU_BINARY=./qemu-system-x86_64 timeout 300 \
+    ./tests/qtest/migration-test -p "/x86_64/migration/$t" --tap -k)
+}
