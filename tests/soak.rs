@@ -238,14 +238,13 @@ fn place_one(
     };
 }
 
-/// Places `n` host pages from `off` with one batched call (data, zero pages copied as data).
+/// Places `n` host pages from `off` of block `bi` with one batched call (data, zero pages
+/// copied as data).
 fn place_run(
     inc: &Incoming,
     src: &Source,
     pat: Pattern,
-    bi: usize,
-    off: u64,
-    n: u64,
+    (bi, off, n): (usize, u64, u64),
     buf: &mut [u8],
     t: &Tally,
 ) {
@@ -430,7 +429,7 @@ fn round(
                     1
                 };
                 if n > 1 {
-                    place_run(&inc, &src, pat, bi, off, n, &mut buf, &tally);
+                    place_run(&inc, &src, pat, (bi, off, n), &mut buf, &tally);
                 } else {
                     place_one(&inc, &src, pat, bi, off, &mut buf, &tally);
                 }
