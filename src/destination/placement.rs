@@ -58,7 +58,11 @@ impl Incoming {
                 b.name, b.page_size
             )));
         }
-        if host + len as usize > entry.end() {
+        // Checked: `len` comes from the caller and may be close to 2^64.
+        let fits = (host as u64)
+            .checked_add(len)
+            .is_some_and(|end| end <= entry.end() as u64);
+        if !fits {
             return Err(Error::invalid(format!(
                 "{what}: {len:#x} bytes at {host:#x} run past block {}",
                 b.name
