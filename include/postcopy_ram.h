@@ -359,6 +359,11 @@ typedef struct PcrStats {
    * errno (positive) of the last failed page request, 0 if none.
    */
   int32_t last_request_errno;
+  /**
+   * Empty discard ranges (length 0) accepted and skipped: QEMU 2.6-2.9 sources send
+   * `(block_length, 0)` after a block whose last page is clean.
+   */
+  uint64_t discard_ranges_empty;
 } PcrStats;
 
 /**

@@ -16,6 +16,7 @@ pub(crate) struct Counters {
     pub zero_pages_placed: AtomicU64,
     pub already_present: AtomicU64,
     pub unexpected_events: AtomicU64,
+    pub discard_ranges_empty: AtomicU64,
 }
 
 /// A snapshot of the counters of a destination (`pcr_incoming_get_stats` in C, where it is
@@ -48,6 +49,9 @@ pub struct Stats {
     pub unexpected_events: u64,
     /// errno (positive) of the last failed page request, 0 if none.
     pub last_request_errno: i32,
+    /// Empty discard ranges (length 0) accepted and skipped: QEMU 2.6-2.9 sources send
+    /// `(block_length, 0)` after a block whose last page is clean.
+    pub discard_ranges_empty: u64,
 }
 
 impl Counters {
@@ -64,6 +68,7 @@ impl Counters {
             zero_pages_placed: self.zero_pages_placed.load(Relaxed),
             already_present: self.already_present.load(Relaxed),
             unexpected_events: self.unexpected_events.load(Relaxed),
+            discard_ranges_empty: self.discard_ranges_empty.load(Relaxed),
         }
     }
 }

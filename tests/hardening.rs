@@ -116,3 +116,56 @@ fn file_offset_overflow_is_refused() {
     };
     assert!(BlockTable::new(vec![block]).is_err(), "past off_t");
 }
+
+/// A whole `POSTCOPY_RAM_DISCARD` command for `name` with `ranges` (bytes), built by hand
+/// (the library's encoder refuses empty ranges, as a source should).
+fn discard_command(name: &str, ranges: &[(u64, u64)]) -> Vec<u8> {
+    let mut payload = vec![0u8, name.len() as u8];
+    payload.extend_from_slice(name.as_bytes());
+    payload.push(0);
+    for (start, length) in ranges {
+        payload.extend_from_slice(&start.to_be_bytes());
+        payload.extend_from_slice(&length.to_be_bytes());
+    }
+    let mut cmd = vec![0x08u8, 0, 6];
+    cmd.extend_from_slice(&(payload.len() as u16).to_be_bytes());
+    cmd.extend_from_slice(&payload);
+    cmd
+}
+
+/// Item 1: QEMU 2.6-2.9 sources end a block's discards with `(block_length, 0)` when its
+/// last page is clean. The destination accepts empty ranges, skips and counts them.
+#[test]
+fn empty_discard_ranges_from_old_sources_are_skipped_and_counted() {
+    require_uffd!();
+    let mem = GuestMem::anon(16 * 4096);
+    let server = Server::new(vec![mem.block("ram")], false);
+    let incoming = server.incoming(IncomingConfig::default());
+    incoming.init(0).unwrap();
+    // SAFETY: inside the mapping, not registered.
+    unsafe { std::ptr::write_bytes(mem.addr as *mut u8, 0xCD, mem.len) };
+    let cmd = discard_command("ram", &[(2 * 4096, 4096), (16 * 4096, 0)]);
+    assert_eq!(incoming.handle_discard_command(&cmd).unwrap(), 1);
+    assert_eq!(mem.read_u64(2 * 4096), 0, "the real range was dropped");
+    assert_eq!(mem.read_u64(3 * 4096), 0xCDCD_CDCD_CDCD_CDCD);
+    // The payload form and the single-range call accept them too.
+    assert_eq!(incoming.handle_discard_command(&cmd[5..]).unwrap(), 1);
+    incoming.discard_range("ram", 16 * 4096, 0).unwrap();
+    incoming.discard_range("ram", 0, 0).unwrap();
+    // An empty range must still be page-aligned and inside (or at the end of) the block.
+    for (start, what) in [(17 * 4096, "past the end"), (100, "misaligned")] {
+        let bad = discard_command("ram", &[(2 * 4096, 4096), (start, 0)]);
+        assert_eq!(
+            incoming.handle_discard_command(&bad).unwrap_err().errno(),
+            libc::EINVAL,
+            "{what}"
+        );
+        assert_eq!(
+            incoming.discard_range("ram", start, 0).unwrap_err().errno(),
+            libc::EINVAL,
+            "{what}"
+        );
+    }
+    assert_eq!(incoming.stats().discard_ranges_empty, 4);
+    incoming.cleanup().unwrap();
+}

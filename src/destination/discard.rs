@@ -60,13 +60,15 @@ pub fn drop_range(block: &RamBlock, start: u64, length: u64) -> Result<()> {
     }
 }
 
-/// Checks that `[start, start+length)` is non-empty, aligned to the block's page size at
-/// both ends and inside the block.
+/// Checks that `[start, start+length)` is aligned to the block's page size at both ends
+/// and inside the block (checked arithmetic: `start + length` may not wrap). An empty range
+/// passes when its start is aligned and at most the block length (QEMU 2.6-2.9 sources
+/// send `(block_length, 0)`); callers skip it.
 pub fn check_range(block: &RamBlock, start: u64, length: u64) -> Result<()> {
     let end = start.checked_add(length);
-    if length == 0 || start % block.page_size != 0 || length % block.page_size != 0 {
+    if start % block.page_size != 0 || length % block.page_size != 0 {
         return Err(Error::invalid(format!(
-            "discard {} [{start:#x}, +{length:#x}): empty or not aligned to the block page size {:#x}",
+            "discard {} [{start:#x}, +{length:#x}): not aligned to the block page size {:#x}",
             block.name, block.page_size
         )));
     }

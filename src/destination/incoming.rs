@@ -262,7 +262,9 @@ impl Incoming {
     }
 
     /// Drops `[start, start+length)` (bytes) of block `name`: allowed in ADVISE and DISCARD;
-    /// the range must be non-empty, aligned to the block's page size and inside it.
+    /// the range must be aligned to the block's page size and inside it. An empty range
+    /// (aligned start at most the block length) is skipped and counted
+    /// ([`Stats::discard_ranges_empty`]).
     pub fn discard_range(&self, name: &str, start: u64, length: u64) -> Result<()> {
         let table = self.require_table("discard_range")?;
         let state = self.state();
@@ -273,15 +275,26 @@ impl Incoming {
             .by_name(name)
             .ok_or_else(|| Error::invalid(format!("discard_range: no RAM block named {name:?}")))?;
         discard::check_range(&entry.block, start, length)?;
+        if length == 0 {
+            self.count_empty_discard();
+            return Ok(());
+        }
         self.discard_with_hook(&entry.block, start, length)
+    }
+
+    fn count_empty_discard(&self) {
+        self.counters
+            .discard_ranges_empty
+            .fetch_add(1, Ordering::Relaxed);
     }
 
     /// Applies one QEMU `POSTCOPY_RAM_DISCARD` command (`bytes`: the whole command with its
     /// `0x08` envelope, or just its payload): decodes it, checks the state (the first
     /// discard in ADVISE calls [`Incoming::prepare_discard`]), the block name and every
     /// range (aligned to the block's page size, inside the block), then drops the ranges.
-    /// A bad command is rejected whole, before any page is touched. Returns the number of
-    /// ranges dropped.
+    /// A bad command is rejected whole, before any page is touched. Empty ranges (QEMU
+    /// 2.6-2.9 sources send a trailing `(block_length, 0)`) are skipped and counted
+    /// ([`Stats::discard_ranges_empty`]). Returns the number of non-empty ranges dropped.
     pub fn handle_discard_command(&self, bytes: &[u8]) -> Result<usize> {
         let discard = if bytes.first() == Some(&crate::wire::QEMU_VM_COMMAND) {
             match crate::wire::decode_command(bytes) {
@@ -322,10 +335,16 @@ impl Incoming {
                 )))
             }
         }
+        let mut dropped = 0;
         for range in discard.ranges() {
+            if range.length == 0 {
+                self.count_empty_discard();
+                continue;
+            }
             self.discard_with_hook(&entry.block, range.start, range.length)?;
+            dropped += 1;
         }
-        Ok(discard.range_count())
+        Ok(dropped)
     }
 
     fn set_mlock(&self, lock: bool) -> Result<()> {

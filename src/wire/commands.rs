@@ -466,7 +466,10 @@ pub(super) fn decode_counted_name<'a>(
 /// Decodes a `POSTCOPY_RAM_DISCARD` payload (without the command header).
 ///
 /// Checks, in order: version 0, a name of 1..=255 bytes without NUL, the 0 terminator, a
-/// whole number (at least one) of 16-byte ranges, and that no range is empty or overflows.
+/// whole number (at least one) of 16-byte ranges, and that no range overflows. Empty
+/// ranges are accepted: QEMU 2.6-2.9 sources end a block whose last page is clean with
+/// `(block_length, 0)`, which QEMU's destination takes (a 0-byte madvise). The encoders
+/// never write one.
 pub fn decode_discard_payload(payload: &[u8]) -> Result<Discard<'_>, WireError> {
     let mut r = Reader::new(payload);
     let version = r.u8()?;
@@ -492,7 +495,10 @@ pub fn decode_discard_payload(payload: &[u8]) -> Result<Discard<'_>, WireError> 
     }
     let discard = Discard { name, ranges };
     for (index, range) in discard.ranges().enumerate() {
-        check_discard_range(index, range)?;
+        match check_discard_range(index, range) {
+            Ok(()) | Err(WireError::ZeroLengthRange { .. }) => {}
+            Err(e) => return Err(e),
+        }
     }
     Ok(discard)
 }
