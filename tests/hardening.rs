@@ -169,3 +169,97 @@ fn empty_discard_ranges_from_old_sources_are_skipped_and_counted() {
     assert_eq!(incoming.stats().discard_ranges_empty, 4);
     incoming.cleanup().unwrap();
 }
+
+/// Puts a sysctl back on drop.
+struct Sysctl {
+    path: &'static str,
+    old: String,
+}
+
+impl Sysctl {
+    fn set(path: &'static str, value: &str) -> Option<Sysctl> {
+        let old = std::fs::read_to_string(path).ok()?.trim().to_string();
+        std::fs::write(path, value).ok()?;
+        Some(Sysctl { path, old })
+    }
+}
+
+impl Drop for Sysctl {
+    fn drop(&mut self) {
+        let _ = std::fs::write(self.path, &self.old);
+    }
+}
+
+const PROBE_CHILD_ENV: &str = "PCR_TEST_UFFD_PROBE_CHILD";
+
+/// Not a test on its own: the body of the unprivileged child process that
+/// `userfaultfd_eperm_keeps_its_errno_and_names_the_sysctl` runs (as user nobody, so that
+/// /dev/userfaultfd, mode 0600 root, is unusable). Prints the probe's outcome.
+#[test]
+fn helper_uffd_probe_as_child() {
+    if std::env::var_os(PROBE_CHILD_ENV).is_none() {
+        return;
+    }
+    match postcopy_ram::check_host_support(Vec::new(), 4096) {
+        Ok(()) => println!("PROBE-RESULT ok"),
+        Err(e) => println!("PROBE-RESULT errno={} message={}", e.errno(), e.message()),
+    }
+}
+
+/// Runs `helper_uffd_probe_as_child` as uid/gid 65534 and returns its PROBE-RESULT line.
+fn probe_as_nobody() -> String {
+    use std::os::unix::process::CommandExt;
+    let mut cmd = std::process::Command::new(std::env::current_exe().unwrap());
+    cmd.args([
+        "--exact",
+        "helper_uffd_probe_as_child",
+        "--nocapture",
+        "--test-threads=1",
+    ])
+    .env(PROBE_CHILD_ENV, "1");
+    // SAFETY: only async-signal-safe syscalls between fork and exec.
+    unsafe {
+        cmd.pre_exec(|| {
+            if libc::setgroups(0, std::ptr::null()) != 0
+                || libc::setgid(65534) != 0
+                || libc::setuid(65534) != 0
+            {
+                return Err(std::io::Error::last_os_error());
+            }
+            Ok(())
+        });
+    }
+    let out = cmd.output().expect("running the probe child");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    stdout
+        .lines()
+        .find_map(|l| l.find("PROBE-RESULT").map(|at| l[at..].to_string()))
+        .unwrap_or_else(|| panic!("no PROBE-RESULT from the child: {stdout}"))
+}
+
+/// Item 14: a userfaultfd that cannot be opened keeps its real errno (it was -ENOSYS for
+/// everything), and EPERM from vm.unprivileged_userfaultfd=0 says so, naming the sysctl.
+/// Run as an unprivileged user (uid 65534, no access to /dev/userfaultfd), once with the
+/// sysctl at 0 (EPERM) and once at 1 (works: the failure was the sysctl's).
+#[test]
+fn userfaultfd_eperm_keeps_its_errno_and_names_the_sysctl() {
+    require_uffd!();
+    // SAFETY: getuid has no preconditions.
+    if unsafe { libc::getuid() } != 0 {
+        eprintln!("SKIP: needs root to change vm.unprivileged_userfaultfd and drop to nobody");
+        return;
+    }
+    const SYSCTL: &str = "/proc/sys/vm/unprivileged_userfaultfd";
+    let Some(_restore) = Sysctl::set(SYSCTL, "0") else {
+        eprintln!("SKIP: cannot write {SYSCTL}");
+        return;
+    };
+    let denied = probe_as_nobody();
+    assert!(
+        denied.contains(&format!("errno={} ", libc::EPERM)),
+        "{denied}"
+    );
+    assert!(denied.contains("vm.unprivileged_userfaultfd=0"), "{denied}");
+    std::fs::write(SYSCTL, "1").unwrap();
+    assert_eq!(probe_as_nobody(), "PROBE-RESULT ok");
+}
