@@ -263,3 +263,100 @@ fn userfaultfd_eperm_keeps_its_errno_and_names_the_sysctl() {
     std::fs::write(SYSCTL, "1").unwrap();
     assert_eq!(probe_as_nobody(), "PROBE-RESULT ok");
 }
+
+/// Hooks that record, at each discard the library asks for, whether transparent huge pages
+/// were already off (`nh` in VmFlags) for the range being dropped; the library then drops it.
+struct ThpWitness {
+    server: std::sync::Arc<Server>,
+    thp_off_at_discard: parking_lot::Mutex<Vec<bool>>,
+}
+
+impl postcopy_ram::IncomingHooks for ThpWitness {
+    fn ram_blocks(&self) -> postcopy_ram::Result<Vec<RamBlock>> {
+        self.server.ram_blocks()
+    }
+
+    fn request_page(
+        &self,
+        block: Option<&postcopy_ram::BlockName>,
+        offset: u64,
+        length: u64,
+    ) -> std::result::Result<(), i32> {
+        self.server.request_page(block, offset, length)
+    }
+
+    fn discard_range(
+        &self,
+        block: &RamBlock,
+        start: u64,
+        _length: u64,
+    ) -> Option<postcopy_ram::Result<()>> {
+        let flags = vm_flags(block.host + start as usize).unwrap_or_default();
+        self.thp_off_at_discard
+            .lock()
+            .push(flags.iter().any(|f| f == "nh"));
+        None
+    }
+}
+
+fn thp_witness(mem: &GuestMem) -> (std::sync::Arc<ThpWitness>, postcopy_ram::Incoming) {
+    let witness = std::sync::Arc::new(ThpWitness {
+        server: Server::new(vec![mem.block("ram")], false),
+        thp_off_at_discard: parking_lot::Mutex::new(Vec::new()),
+    });
+    let incoming = postcopy_ram::Incoming::new(witness.clone(), IncomingConfig::default()).unwrap();
+    (witness, incoming)
+}
+
+/// Item 10: a discard in ADVISE (before prepare_discard) ran with transparent huge pages
+/// still on, so khugepaged could collapse over the hole before registration (a present
+/// zero page that never faults). Every post-init discard now finds THP off for its block.
+#[test]
+fn no_discard_runs_before_thp_is_off() {
+    require_uffd!();
+    let mem = GuestMem::anon(64 * 4096);
+    let (witness, incoming) = thp_witness(&mem);
+    incoming.init(0).unwrap();
+    witness.thp_off_at_discard.lock().clear(); // init's whole-RAM discard, see README
+    assert_eq!(incoming.state(), postcopy_ram::State::Advise);
+    incoming.discard_range("ram", 4096, 4096).unwrap();
+    let cmd = discard_command("ram", &[(8 * 4096, 4096)]);
+    incoming.handle_discard_command(&cmd).unwrap();
+    assert_eq!(*witness.thp_off_at_discard.lock(), vec![true, true]);
+    assert_eq!(incoming.state(), postcopy_ram::State::Discard);
+    incoming.cleanup().unwrap();
+}
+
+/// Item 3: prepare_discard turns THP off (MADV_NOHUGEPAGE); cleanup turns it back on
+/// (MADV_HUGEPAGE, as QEMU's cleanup does) on the blocks it turned off, so the guest does
+/// not lose THP for the rest of its life.
+#[test]
+fn cleanup_restores_transparent_huge_pages() {
+    require_uffd!();
+    let has = |mem: &GuestMem, flag: &str| {
+        vm_flags(mem.addr)
+            .expect("mapping in smaps")
+            .iter()
+            .any(|f| f == flag)
+    };
+    for enable in [true, false] {
+        let mem = GuestMem::anon(64 * 4096);
+        let server = Server::new(vec![mem.block("ram")], false);
+        let incoming = server.incoming(IncomingConfig::default());
+        incoming.init(0).unwrap();
+        incoming.prepare_discard().unwrap();
+        assert!(has(&mem, "nh"), "THP off while postcopy runs");
+        if enable {
+            incoming.enable_notify().unwrap();
+        }
+        incoming.cleanup().unwrap();
+        assert!(
+            !has(&mem, "nh"),
+            "THP still off after cleanup (enabled: {enable})"
+        );
+        assert!(
+            has(&mem, "hg"),
+            "MADV_HUGEPAGE after cleanup (enabled: {enable})"
+        );
+    }
+}

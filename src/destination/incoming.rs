@@ -12,7 +12,7 @@ use std::sync::Arc;
 
 use parking_lot::{Mutex, RwLock};
 
-use crate::destination::block::{host_page_size, BlockName, BlockTable, RamBlock};
+use crate::destination::block::{BlockName, BlockTable, RamBlock};
 use crate::destination::discard;
 use crate::destination::fault_thread::{FaultThread, WaitStrategy};
 use crate::destination::registration::Registration;
@@ -111,6 +111,8 @@ pub struct Incoming {
     active: RwLock<Option<Arc<Active>>>,
     tmp_page: Mutex<Option<AnonMapping>>,
     pub(super) counters: Arc<Counters>,
+    /// Blocks whose transparent huge pages prepare_discard turned off (back on at cleanup).
+    thp: super::thp::ThpOff,
 }
 
 impl Incoming {
@@ -131,6 +133,7 @@ impl Incoming {
             table: RwLock::new(None),
             active: RwLock::new(None),
             tmp_page: Mutex::new(None),
+            thp: Default::default(),
             counters: Default::default(),
         })
     }
@@ -225,8 +228,9 @@ impl Incoming {
         })
     }
 
-    /// Turns transparent huge pages off on the blocks so that discards really drop pages;
-    /// state -> DISCARD.
+    /// Turns transparent huge pages off (MADV_NOHUGEPAGE) on the host-page blocks so that
+    /// discards really drop pages and no THP collapse fills a hole; state -> DISCARD.
+    /// [`Incoming::cleanup`] turns them back on (MADV_HUGEPAGE).
     pub fn prepare_discard(&self) -> Result<()> {
         let _control = self.control.lock();
         let table = self.require_table("prepare_discard")?;
@@ -236,33 +240,15 @@ impl Incoming {
                 "prepare_discard in state {state:?}"
             )));
         }
-        for entry in table.entries() {
-            if entry.block.page_size == host_page_size() {
-                // SAFETY: MADV_NOHUGEPAGE only changes how the kernel backs the range (the
-                // block's guest RAM, described by the hypervisor); contents and mappings
-                // stay, so no reference into the range is invalidated.
-                let rc = unsafe {
-                    libc::madvise(
-                        entry.block.host as *mut libc::c_void,
-                        entry.block.length as usize,
-                        libc::MADV_NOHUGEPAGE,
-                    )
-                };
-                if rc != 0 {
-                    log::debug!(
-                        "prepare_discard: MADV_NOHUGEPAGE on {}: {}",
-                        entry.block.name,
-                        std::io::Error::last_os_error()
-                    );
-                }
-            }
-        }
+        self.thp.turn_off(&table);
         self.set_state(State::Discard)?;
         Ok(())
     }
 
     /// Drops `[start, start+length)` (bytes) of block `name`: allowed in ADVISE and DISCARD;
-    /// the range must be aligned to the block's page size and inside it. An empty range
+    /// the first one in ADVISE calls [`Incoming::prepare_discard`] (THP off, state
+    /// DISCARD) before dropping anything, as the first discard command does. The range must
+    /// be aligned to the block's page size and inside it. An empty range
     /// (aligned start at most the block length) is skipped and counted
     /// ([`Stats::discard_ranges_empty`]).
     pub fn discard_range(&self, name: &str, start: u64, length: u64) -> Result<()> {
@@ -278,6 +264,11 @@ impl Incoming {
         if length == 0 {
             self.count_empty_discard();
             return Ok(());
+        }
+        if state == State::Advise {
+            // No discard before THP is off for its block: khugepaged could collapse over
+            // the hole before registration, leaving a present zero page that never faults.
+            self.prepare_discard()?;
         }
         self.discard_with_hook(&entry.block, start, length)
     }
@@ -458,7 +449,8 @@ impl Incoming {
 
     /// Ends postcopy: stops and joins the fault thread, then unregisters every block (waking
     /// any thread still blocked on a missing page), closes the userfaultfd, re-allows
-    /// ballooning, re-locks memory per the mlock policy, frees the temporary pages; state ->
+    /// ballooning, re-locks memory per the mlock policy, turns transparent huge pages back
+    /// on (MADV_HUGEPAGE) where prepare_discard turned them off, frees the temporary pages; state ->
     /// END; calls [`IncomingHooks::shut`]. Needs [`Incoming::init`]; a second call fails.
     pub fn cleanup(&self) -> Result<()> {
         self.refuse_on_fault_thread("incoming_cleanup")?;
@@ -493,6 +485,7 @@ impl Incoming {
             }
         }
         drop(active);
+        self.thp.restore();
         let _ = self.set_state(State::End);
         let failed = failure.is_some() || self.counters.request_errors.load(Ordering::Relaxed) != 0;
         self.hooks.shut(failed);

@@ -9,3 +9,4 @@ pub mod incoming;
 pub mod placement;
 mod registration;
 pub mod return_path_sender;
+pub(crate) mod thp;

@@ -275,3 +275,28 @@ impl GuestMem {
         }
     }
 }
+
+/// The `VmFlags` of the mapping containing `addr`, from /proc/self/smaps (`nh`:
+/// MADV_NOHUGEPAGE, `hg`: MADV_HUGEPAGE, `lo`: mlocked...).
+pub fn vm_flags(addr: usize) -> Option<Vec<String>> {
+    let smaps = std::fs::read_to_string("/proc/self/smaps").ok()?;
+    let mut inside = false;
+    for line in smaps.lines() {
+        if let Some((range, _)) = line.split_once(' ') {
+            if let Some((lo, hi)) = range.split_once('-') {
+                if let (Ok(lo), Ok(hi)) =
+                    (usize::from_str_radix(lo, 16), usize::from_str_radix(hi, 16))
+                {
+                    inside = lo <= addr && addr < hi;
+                    continue;
+                }
+            }
+        }
+        if inside {
+            if let Some(flags) = line.strip_prefix("VmFlags:") {
+                return Some(flags.split_whitespace().map(String::from).collect());
+            }
+        }
+    }
+    None
+}
