@@ -206,35 +206,42 @@ fn helper_uffd_probe_as_child() {
     }
 }
 
-/// Runs `helper_uffd_probe_as_child` as uid/gid 65534 and returns its PROBE-RESULT line.
-fn probe_as_nobody() -> String {
+/// Runs the helper test `name` of this binary in a child process with `PROBE_CHILD_ENV`
+/// set (as uid/gid 65534 when `nobody`) and returns its PROBE-RESULT line.
+fn run_helper(name: &str, nobody: bool) -> String {
     use std::os::unix::process::CommandExt;
     let mut cmd = std::process::Command::new(std::env::current_exe().unwrap());
-    cmd.args([
-        "--exact",
-        "helper_uffd_probe_as_child",
-        "--nocapture",
-        "--test-threads=1",
-    ])
-    .env(PROBE_CHILD_ENV, "1");
-    // SAFETY: only async-signal-safe syscalls between fork and exec.
-    unsafe {
-        cmd.pre_exec(|| {
-            if libc::setgroups(0, std::ptr::null()) != 0
-                || libc::setgid(65534) != 0
-                || libc::setuid(65534) != 0
-            {
-                return Err(std::io::Error::last_os_error());
-            }
-            Ok(())
-        });
+    cmd.args(["--exact", name, "--nocapture", "--test-threads=1"])
+        .env(PROBE_CHILD_ENV, "1");
+    if nobody {
+        // SAFETY: only async-signal-safe syscalls between fork and exec.
+        unsafe {
+            cmd.pre_exec(|| {
+                if libc::setgroups(0, std::ptr::null()) != 0
+                    || libc::setgid(65534) != 0
+                    || libc::setuid(65534) != 0
+                {
+                    return Err(std::io::Error::last_os_error());
+                }
+                Ok(())
+            });
+        }
     }
-    let out = cmd.output().expect("running the probe child");
+    let out = cmd.output().expect("running the helper child");
     let stdout = String::from_utf8_lossy(&out.stdout);
     stdout
         .lines()
         .find_map(|l| l.find("PROBE-RESULT").map(|at| l[at..].to_string()))
-        .unwrap_or_else(|| panic!("no PROBE-RESULT from the child: {stdout}"))
+        .unwrap_or_else(|| {
+            panic!(
+                "no PROBE-RESULT from {name}: {stdout}{}",
+                String::from_utf8_lossy(&out.stderr)
+            )
+        })
+}
+
+fn probe_as_nobody() -> String {
+    run_helper("helper_uffd_probe_as_child", true)
 }
 
 /// Item 14: a userfaultfd that cannot be opened keeps its real errno (it was -ENOSYS for
@@ -359,4 +366,129 @@ fn cleanup_restores_transparent_huge_pages() {
             "MADV_HUGEPAGE after cleanup (enabled: {enable})"
         );
     }
+}
+
+/// Hooks whose mlock policy locks and unlocks the guest block only, recording the calls.
+struct BlockLock {
+    server: std::sync::Arc<Server>,
+    calls: parking_lot::Mutex<Vec<bool>>,
+}
+
+impl postcopy_ram::IncomingHooks for BlockLock {
+    fn ram_blocks(&self) -> postcopy_ram::Result<Vec<RamBlock>> {
+        self.server.ram_blocks()
+    }
+
+    fn request_page(
+        &self,
+        block: Option<&postcopy_ram::BlockName>,
+        offset: u64,
+        length: u64,
+    ) -> std::result::Result<(), i32> {
+        self.server.request_page(block, offset, length)
+    }
+
+    fn mlock(&self, lock: bool) -> Option<postcopy_ram::Result<()>> {
+        self.calls.lock().push(lock);
+        let b = &self.server.blocks[0];
+        let (addr, len) = (b.host as *const libc::c_void, b.length as usize);
+        // SAFETY: (un)locking the test's own mapping.
+        let rc = unsafe {
+            if lock {
+                libc::mlock(addr, len)
+            } else {
+                libc::munlock(addr, len)
+            }
+        };
+        Some(if rc == 0 {
+            Ok(())
+        } else {
+            Err(postcopy_ram::Error::new(libc::EIO, "mlock hook"))
+        })
+    }
+}
+
+fn is_locked(mem: &GuestMem) -> bool {
+    vm_flags(mem.addr)
+        .expect("mapping in smaps")
+        .iter()
+        .any(|f| f == "lo")
+}
+
+/// Item 4: with mlocked guest memory (QEMU's -overcommit mem-lock=on) MADV_DONTNEED is
+/// refused, so init's discard failed with -EINVAL: memory is now unlocked before the first
+/// discard (the mlock policy with `false`), and locked again at cleanup.
+#[test]
+fn mlocked_guest_memory_is_unlocked_before_the_first_discard() {
+    require_uffd!();
+    let mem = GuestMem::anon(16 * 4096);
+    // SAFETY: locking the test's own mapping.
+    if unsafe { libc::mlock(mem.addr as *const libc::c_void, mem.len) } != 0 {
+        eprintln!("SKIP: mlock: {}", std::io::Error::last_os_error());
+        return;
+    }
+    let hooks = std::sync::Arc::new(BlockLock {
+        server: Server::new(vec![mem.block("ram")], false),
+        calls: parking_lot::Mutex::new(Vec::new()),
+    });
+    let config = IncomingConfig {
+        enable_mlock: true,
+        ..Default::default()
+    };
+    let incoming = postcopy_ram::Incoming::new(hooks.clone(), config);
+    incoming.init(0).unwrap();
+    assert!(!is_locked(&mem));
+    incoming.discard_range("ram", 0, 4096).unwrap();
+    incoming.enable_notify().unwrap();
+    incoming.cleanup().unwrap();
+    assert!(is_locked(&mem), "locked again at cleanup");
+    assert_eq!(*hooks.calls.lock(), vec![false, true]);
+}
+
+/// Not a test on its own: the child of `default_mlock_policy_unlocks_before_discarding`,
+/// which locks all of its memory (mlockall) and so runs alone in its own process.
+#[test]
+fn helper_mlockall_migration_as_child() {
+    if std::env::var_os(PROBE_CHILD_ENV).is_none() {
+        return;
+    }
+    let mem = GuestMem::anon(16 * 4096);
+    // SAFETY: mlockall has no memory-safety preconditions.
+    if unsafe { libc::mlockall(libc::MCL_CURRENT | libc::MCL_FUTURE) } != 0 {
+        println!(
+            "PROBE-RESULT skip mlockall: {}",
+            std::io::Error::last_os_error()
+        );
+        return;
+    }
+    let locked_before = is_locked(&mem);
+    let server = Server::new(vec![mem.block("ram")], false);
+    let incoming = server.incoming(IncomingConfig {
+        enable_mlock: true,
+        ..Default::default()
+    });
+    let outcome = incoming
+        .init(0)
+        .and_then(|()| incoming.discard_range("ram", 0, 4096))
+        .and_then(|()| incoming.enable_notify())
+        .and_then(|()| incoming.cleanup());
+    println!(
+        "PROBE-RESULT {outcome:?} locked_before={locked_before} locked_after={}",
+        is_locked(&mem)
+    );
+}
+
+/// Item 4 with the library's own policy (munlockall / mlockall), in a child process.
+#[test]
+fn default_mlock_policy_unlocks_before_discarding() {
+    require_uffd!();
+    let result = run_helper("helper_mlockall_migration_as_child", false);
+    if result.contains("skip") {
+        eprintln!("SKIP: {result}");
+        return;
+    }
+    assert_eq!(
+        result,
+        "PROBE-RESULT Ok(()) locked_before=true locked_after=true"
+    );
 }

@@ -62,7 +62,8 @@ pub trait IncomingHooks: Send + Sync {
     /// a balloon would drop pages and cause false faults.
     fn balloon_inhibit(&self, _inhibit: bool) {}
 
-    /// Unlock (`false`, before registering) or re-lock (`true`, at cleanup) guest memory.
+    /// Unlock (`false`, in [`Incoming::init`] before the first discard: locked memory
+    /// refuses MADV_DONTNEED) or re-lock (`true`, at cleanup) guest memory.
     /// `None` (the default) lets the library do it: with
     /// [`IncomingConfig::enable_mlock`], `munlockall()` and `mlockall(MCL_CURRENT|MCL_FUTURE)`;
     /// without, nothing.
@@ -188,8 +189,10 @@ impl Incoming {
         }
     }
 
-    /// Reads the RAM blocks, validates them, and discards all of their memory so that every
-    /// page will fault later; state NONE -> ADVISE. `ram_pages` (the guest's RAM in target
+    /// Reads the RAM blocks, validates them, unlocks guest memory per the mlock policy
+    /// ([`IncomingHooks::mlock`] with `false`: locked memory refuses MADV_DONTNEED), and
+    /// discards all of their memory so that every page will fault later; state NONE ->
+    /// ADVISE. `ram_pages` (the guest's RAM in target
     /// pages, as QEMU passes it) is checked against the blocks when non-zero.
     pub fn init(&self, ram_pages: usize) -> Result<()> {
         let _control = self.control.lock();
@@ -211,8 +214,16 @@ impl Incoming {
                 total / self.config.target_page_size
             );
         }
+        // Locked memory refuses MADV_DONTNEED: unlock before the first discard (QEMU
+        // unlocks in its host check, before init); cleanup locks again.
+        self.set_mlock(false)?;
         for entry in table.entries() {
-            self.discard_with_hook(&entry.block, 0, entry.block.length)?;
+            if let Err(e) = self.discard_with_hook(&entry.block, 0, entry.block.length) {
+                if let Err(relock) = self.set_mlock(true) {
+                    log::error!("incoming_init: re-locking memory after a failure: {relock}");
+                }
+                return Err(e);
+            }
         }
         if state == State::End {
             self.set_state(State::None)?;
@@ -360,7 +371,6 @@ impl Incoming {
         if !matches!(state, State::Advise | State::Discard | State::Listening) {
             return Err(Error::invalid(format!("enable_notify in state {state:?}")));
         }
-        self.set_mlock(false)?;
         let caps = uffd::probe()?;
         let needed = features_needed(&table);
         if needed & !caps.features != 0 {
