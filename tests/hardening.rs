@@ -435,7 +435,7 @@ fn mlocked_guest_memory_is_unlocked_before_the_first_discard() {
         enable_mlock: true,
         ..Default::default()
     };
-    let incoming = postcopy_ram::Incoming::new(hooks.clone(), config);
+    let incoming = postcopy_ram::Incoming::new(hooks.clone(), config).unwrap();
     incoming.init(0).unwrap();
     assert!(!is_locked(&mem));
     incoming.discard_range("ram", 0, 4096).unwrap();
@@ -599,7 +599,11 @@ fn private_hugetlbfs_blocks_are_dropped_without_madv_dontneed() {
         // SAFETY: madvise on our own mapping (refused by the filter anyway).
         let rc = unsafe { libc::madvise(addr as *mut libc::c_void, HUGE, libc::MADV_DONTNEED) };
         assert_eq!(rc, -1);
-        Some(postcopy_ram::discard::drop_range(&block, 0, HUGE as u64))
+        Some(postcopy_ram::destination::discard::drop_range(
+            &block,
+            0,
+            HUGE as u64,
+        ))
     })
     .join()
     .unwrap();
@@ -611,4 +615,65 @@ fn private_hugetlbfs_blocks_are_dropped_without_madv_dontneed() {
     assert_eq!(mem.read_u64(0), 0, "the private huge page was dropped");
     assert_eq!(mem.read_u64(HUGE - 8), 0);
     drop(mem);
+}
+
+/// Item 12: the host check only registered an anonymous test page, so a block that cannot
+/// be registered (a regular-file mapping) passed it and failed at LISTEN, after the source
+/// had stopped the guest. Every block kind that will be registered is now checked.
+#[test]
+fn host_check_covers_every_block_kind() {
+    require_uffd!();
+    let path = std::path::Path::new(env!("CARGO_TARGET_TMPDIR")).join("regular-file-block");
+    let file = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .open(&path)
+        .unwrap();
+    file.set_len(16 * 4096).unwrap();
+    let raw = std::os::fd::AsRawFd::as_raw_fd(&file);
+    // SAFETY: a fresh shared mapping of our own file.
+    let addr = unsafe {
+        libc::mmap(
+            std::ptr::null_mut(),
+            16 * 4096,
+            libc::PROT_READ | libc::PROT_WRITE,
+            libc::MAP_SHARED,
+            raw,
+            0,
+        )
+    };
+    assert_ne!(addr, libc::MAP_FAILED);
+    let mapped = GuestMem {
+        addr: addr as usize,
+        len: 16 * 4096,
+    };
+    let regular = RamBlock {
+        backing: Backing::File {
+            fd: raw,
+            offset: 0,
+            shared: true,
+        },
+        ..mapped.block("ext4-file")
+    };
+    let anon = GuestMem::anon(16 * 4096);
+    // Anonymous memory alone passes.
+    postcopy_ram::check_host_support(vec![anon.block("ram")], 4096).unwrap();
+    let err = postcopy_ram::check_host_support(vec![anon.block("ram"), regular.clone()], 4096)
+        .expect_err("a regular-file block cannot be registered for missing faults");
+    assert!(err.message().contains("ext4-file"), "{err}");
+    // What it protects against: the same blocks fail at enable_notify (LISTEN).
+    let server = Server::new(vec![anon.block("ram"), regular], false);
+    let incoming = server.incoming(IncomingConfig::default());
+    assert_eq!(
+        incoming.supported_by_host().unwrap_err().errno(),
+        err.errno()
+    );
+    incoming.init(0).unwrap();
+    assert_eq!(incoming.enable_notify().unwrap_err().errno(), err.errno());
+    incoming.cleanup().unwrap();
+    drop(mapped);
+    drop(file);
+    let _ = std::fs::remove_file(path);
 }

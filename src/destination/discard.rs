@@ -59,7 +59,7 @@ pub fn drop_range(block: &RamBlock, start: u64, length: u64) -> Result<()> {
             }
             // Punching a hugetlbfs hole unmaps the huge pages from every mapping of the
             // file, private copies included; MADV_DONTNEED on hugetlb needs Linux 5.18.
-            let huge = block.page_size != crate::block::host_page_size();
+            let huge = block.page_size != super::block::host_page_size();
             if shared || huge {
                 Ok(())
             } else {

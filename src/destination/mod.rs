@@ -2,6 +2,7 @@
 //! fault thread, discards, and the default return-path sender.
 
 pub mod block;
+mod block_probe;
 pub mod discard;
 pub mod fault_thread;
 pub mod host_support;
