@@ -28,8 +28,9 @@ pub(crate) struct Counters {
 pub struct Stats {
     /// Page-fault messages read from the userfaultfd.
     pub faults: u64,
-    /// Page requests passed to the request callback (failed ones included, see
-    /// `request_errors`).
+    /// Page requests the request callback accepted (returned success). A failed request
+    /// is counted in `request_errors` only, so after cleanup `faults == requests +
+    /// request_errors + duplicate_faults + late_faults + faults_outside`.
     pub requests: u64,
     /// Faults on a page already requested and not yet placed (no new request).
     pub duplicate_faults: u64,

@@ -677,3 +677,71 @@ fn host_check_covers_every_block_kind() {
     drop(file);
     let _ = std::fs::remove_file(path);
 }
+
+/// Item 16: `ram_pages` was documented as cross-checked, but a mismatch only warned.
+/// Decided: it is checked. Every block must end (its RAM offset plus length) within
+/// `ram_pages` target pages (QEMU passes `last_ram_offset() >> TARGET_PAGE_BITS`, which
+/// may be larger: gaps between blocks, resizable blocks); otherwise -EINVAL. 0 skips it.
+#[test]
+fn ram_pages_is_checked_against_the_blocks() {
+    require_uffd!();
+    let a = GuestMem::anon(16 * 4096);
+    let b = GuestMem::anon(8 * 4096);
+    let mut block_b = b.block("b");
+    block_b.offset = 32 * 4096; // a gap after block a, as QEMU's ram_addr space has
+    let server = Server::new(vec![a.block("a"), block_b], false);
+    let incoming = server.incoming(IncomingConfig::default());
+    for too_small in [1, 24, 39] {
+        let err = incoming.init(too_small).unwrap_err();
+        assert_eq!(err.errno(), libc::EINVAL, "{too_small}: {err}");
+        assert_eq!(incoming.state(), postcopy_ram::State::None);
+    }
+    incoming.init(40).unwrap();
+    incoming.cleanup().unwrap();
+    incoming.init(1 << 20).unwrap();
+    incoming.cleanup().unwrap();
+    incoming.init(0).unwrap();
+    incoming.cleanup().unwrap();
+}
+
+/// Item 16: `requests` counts the requests the callback accepted; a failed request is
+/// counted in `request_errors` only (the docs said `requests` included failed ones).
+#[test]
+fn failed_requests_are_counted_apart_from_requests() {
+    require_uffd!();
+    let mem = GuestMem::anon(4 * 4096);
+    let server = Server::new(vec![mem.block("ram")], true);
+    server
+        .fail_requests
+        .store(1, std::sync::atomic::Ordering::Relaxed);
+    let incoming = server.incoming(IncomingConfig::default());
+    incoming.init(0).unwrap();
+    incoming.enable_notify().unwrap();
+    let addr = mem.addr;
+    let toucher = std::thread::spawn(move || {
+        // SAFETY: inside the mapping; blocks until placed.
+        unsafe { std::ptr::read_volatile((addr + 4096) as *const u64) }
+    });
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    while incoming.stats().request_errors == 0 {
+        assert!(std::time::Instant::now() < deadline, "no failed request");
+        std::thread::sleep(std::time::Duration::from_millis(1));
+    }
+    // A request that succeeds, on another page.
+    // SAFETY: inside the mapping; served by the page server.
+    let _served = unsafe { std::ptr::read_volatile((mem.addr + 2 * 4096) as *const u64) };
+    incoming.cleanup().unwrap();
+    toucher.join().unwrap();
+    let s = incoming.stats();
+    assert_eq!(s.request_errors, 1, "{s:?}");
+    assert_eq!(
+        s.requests,
+        server.requests.lock().len() as u64,
+        "requests counts accepted ones only: {s:?}"
+    );
+    assert_eq!(
+        s.faults,
+        s.requests + s.request_errors + s.duplicate_faults + s.late_faults + s.faults_outside,
+        "{s:?}"
+    );
+}

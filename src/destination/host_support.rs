@@ -22,6 +22,31 @@ pub(super) fn mlockall_checked() -> Result<()> {
     Ok(())
 }
 
+/// Refuses `ram_pages` (non-zero) smaller than the end of some block in the guest's RAM
+/// address space (`offset + length`, in target pages rounded up). Checked arithmetic: the
+/// offsets and `ram_pages` come from the caller.
+pub(super) fn check_ram_pages(
+    table: &BlockTable,
+    ram_pages: usize,
+    target_page_size: u64,
+) -> Result<()> {
+    if ram_pages == 0 {
+        return Ok(());
+    }
+    let limit = (ram_pages as u64).saturating_mul(target_page_size);
+    for e in table.entries() {
+        let b = &e.block;
+        let end = b.offset.checked_add(b.length);
+        if !end.is_some_and(|end| end <= limit) {
+            return Err(Error::invalid(format!(
+                "incoming_init: RAM block {} ends at RAM offset {:#x} + {:#x}, past ram_pages {ram_pages} ({:#x} bytes of target pages)",
+                b.name, b.offset, b.length, limit
+            )));
+        }
+    }
+    Ok(())
+}
+
 /// The userfaultfd features blocks of these kinds need.
 pub(super) fn features_needed(table: &BlockTable) -> u64 {
     let host = host_page_size();

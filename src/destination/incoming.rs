@@ -22,7 +22,9 @@ use crate::stats::{Counters, Stats};
 use crate::sys::mapping::AnonMapping;
 
 pub use super::host_support::check_host_support;
-use super::host_support::{feature_names, features_needed, mlockall_checked, munlockall_checked};
+use super::host_support::{
+    check_ram_pages, feature_names, features_needed, mlockall_checked, munlockall_checked,
+};
 
 pub use super::placement::{Placement, RunPlacement};
 use crate::sys::uffd::{self, feature, Uffd};
@@ -192,8 +194,10 @@ impl Incoming {
     /// Reads the RAM blocks, validates them, unlocks guest memory per the mlock policy
     /// ([`IncomingHooks::mlock`] with `false`: locked memory refuses MADV_DONTNEED), and
     /// discards all of their memory so that every page will fault later; state NONE ->
-    /// ADVISE. `ram_pages` (the guest's RAM in target
-    /// pages, as QEMU passes it) is checked against the blocks when non-zero.
+    /// ADVISE. `ram_pages` (the size of the guest's RAM address space in target pages; QEMU
+    /// passes `last_ram_offset() >> TARGET_PAGE_BITS`) is checked when non-zero: a block
+    /// ending (RAM offset + length) past it is refused with EINVAL. A larger value (gaps,
+    /// resizable blocks) is fine.
     pub fn init(&self, ram_pages: usize) -> Result<()> {
         let _control = self.control.lock();
         if self.table.read().is_some() {
@@ -207,13 +211,7 @@ impl Incoming {
             return Err(Error::invalid(format!("incoming_init in state {state:?}")));
         }
         let table = BlockTable::new(self.hooks.ram_blocks()?)?;
-        let total: u64 = table.entries().iter().map(|e| e.block.length).sum();
-        if ram_pages != 0 && ram_pages as u64 != total / self.config.target_page_size {
-            log::warn!(
-                "incoming_init: ram_pages {ram_pages} differs from the blocks' {} target pages",
-                total / self.config.target_page_size
-            );
-        }
+        check_ram_pages(&table, ram_pages, self.config.target_page_size)?;
         // Locked memory refuses MADV_DONTNEED: unlock before the first discard (QEMU
         // unlocks in its host check, before init); cleanup locks again.
         self.set_mlock(false)?;
