@@ -319,8 +319,9 @@ typedef struct PcrStats {
    */
   uint64_t faults;
   /**
-   * Page requests passed to the request callback (failed ones included, see
-   * `request_errors`).
+   * Page requests the request callback accepted (returned success). A failed request
+   * is counted in `request_errors` only, so after cleanup `faults == requests +
+   * request_errors + duplicate_faults + late_faults + faults_outside`.
    */
   uint64_t requests;
   /**
@@ -529,7 +530,9 @@ struct PcrIncoming *pcr_incoming_new(const struct PcrIncomingOps *ops, void *opa
 /**
  * Frees a destination. If postcopy was initialised and not cleaned up, cleans up first
  * (stops the fault thread, unregisters memory, closes descriptors). NULL is a no-op.
- * Must not be called from a callback.
+ * Must not be called from a callback. With the seed ABI, a handle-less seed call
+ * (postcopy_state_get/set, postcopy_ram_supported_by_host) acting on this destination on
+ * another thread is waited for: once this returns, no callback of `mis` runs.
  */
 void pcr_incoming_free(struct PcrIncoming *mis);
 

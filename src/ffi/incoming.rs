@@ -71,7 +71,9 @@ pub extern "C" fn pcr_incoming_new(
 
 /// Frees a destination. If postcopy was initialised and not cleaned up, cleans up first
 /// (stops the fault thread, unregisters memory, closes descriptors). NULL is a no-op.
-/// Must not be called from a callback.
+/// Must not be called from a callback. With the seed ABI, a handle-less seed call
+/// (postcopy_state_get/set, postcopy_ram_supported_by_host) acting on this destination on
+/// another thread is waited for: once this returns, no callback of `mis` runs.
 #[no_mangle]
 pub extern "C" fn pcr_incoming_free(mis: *mut PcrIncoming) {
     ffi_call!(|| -> Result<()> {
