@@ -724,7 +724,7 @@ PcrState pcr_state_set(struct PcrIncoming *mis, PcrState new_state);
 /**
  * Encodes the command `*msg` (any but POSTCOPY_RAM_DISCARD, see pcr_wire_encode_discard)
  * into `buf`, envelope included. Returns the bytes written, -ENOSPC when `buf_len` is too
- * small, -EINVAL for NULL pointers, an unknown command or a bad name.
+ * small, -EINVAL for NULL, misaligned or overlapping pointers, an unknown command or a bad name.
  */
 ptrdiff_t pcr_wire_encode_command(uint8_t *buf, size_t buf_len, const struct PcrWireCommand *msg);
 
@@ -733,7 +733,7 @@ ptrdiff_t pcr_wire_encode_command(uint8_t *buf, size_t buf_len, const struct Pcr
  * with `count` ranges `starts[i]`, `lengths[i]` (bytes within the block, lengths not 0)
  * into `buf`, envelope included. QEMU sends at most PCR_MAX_DISCARDS_PER_COMMAND (12)
  * ranges per command; more are accepted while the payload fits 65535 bytes. Returns the
- * bytes written, -ENOSPC when `buf_len` is too small, -EINVAL for NULL pointers, a bad
+ * bytes written, -ENOSPC when `buf_len` is too small, -EINVAL for NULL, misaligned or overlapping pointers, a bad
  * name, no range, an empty or overflowing range, or too many ranges.
  */
 ptrdiff_t pcr_wire_encode_discard(uint8_t *buf,
@@ -746,9 +746,11 @@ ptrdiff_t pcr_wire_encode_discard(uint8_t *buf,
 /**
  * Decodes a command header from the first 5 bytes of `buf` (`len` >= 5) into `*out`:
  * checks the 0x08 marker, the command number and that the payload length suits the
- * command. Returns 0, -EBADMSG for a bad header or `len` < 5, -EINVAL for NULL pointers.
+ * command. Returns 0, -EBADMSG for a bad header or `len` < 5, -EINVAL for NULL, misaligned or overlapping pointers.
  */
-int pcr_wire_decode_command_header(const uint8_t *buf, size_t len, struct PcrWireHeader *out);
+int pcr_wire_decode_command_header(const uint8_t *buf,
+                                   size_t len,
+                                   struct PcrWireHeader *out);
 
 /**
  * Decodes one whole command from the start of `buf` (`len` bytes; later bytes are ignored)
@@ -777,7 +779,7 @@ ptrdiff_t pcr_wire_decode_discard(const uint8_t *buf,
 
 /**
  * Encodes the return-path message `*msg` into `buf`, header included. Returns the bytes
- * written, -ENOSPC when `buf_len` is too small, -EINVAL for NULL pointers, an unknown
+ * written, -ENOSPC when `buf_len` is too small, -EINVAL for NULL, misaligned or overlapping pointers, an unknown
  * type, a bad name or a request of 0 bytes.
  */
 ptrdiff_t pcr_wire_encode_return_path(uint8_t *buf,
@@ -787,17 +789,19 @@ ptrdiff_t pcr_wire_encode_return_path(uint8_t *buf,
 /**
  * Decodes a return-path header from the first 4 bytes of `buf` (`len` >= 4) into `*out`:
  * checks the type and that the payload length suits it. Returns 0, -EBADMSG for a bad
- * header or `len` < 4, -EINVAL for NULL pointers.
+ * header or `len` < 4, -EINVAL for NULL, misaligned or overlapping pointers.
  */
 int pcr_wire_decode_return_path_header(const uint8_t *buf, size_t len, struct PcrWireHeader *out);
 
 /**
  * Decodes one whole return-path message from the start of `buf` (`len` bytes; later bytes
  * are ignored) into `*out`; `out->name` points into `buf`. Returns the message's length in
- * bytes, -EBADMSG for malformed or truncated bytes, -EINVAL for NULL pointers or
+ * bytes, -EBADMSG for malformed or truncated bytes, -EINVAL for NULL, misaligned or overlapping pointers or
  * unacceptable values (empty name, request of 0 bytes...).
  */
-ptrdiff_t pcr_wire_decode_return_path(const uint8_t *buf, size_t len, struct PcrWireRpMessage *out);
+ptrdiff_t pcr_wire_decode_return_path(const uint8_t *buf,
+                                      size_t len,
+                                      struct PcrWireRpMessage *out);
 
 /**
  * Bytes of the received-bitmap block for a block of `nbits` target pages: 8 (size) +
@@ -809,7 +813,7 @@ ptrdiff_t pcr_wire_recv_bitmap_len(size_t nbits);
  * Encodes the received-bitmap block (be64 size, little-endian bitmap, be64 end marker) for
  * `nbits` pages of `bitmap` (bit i of word w = page 64 * w + i, set = received; bits past
  * `nbits` are sent as 0) into `buf`. Returns the bytes written (pcr_wire_recv_bitmap_len),
- * -ENOSPC when `buf_len` is too small, -EINVAL for NULL pointers.
+ * -ENOSPC when `buf_len` is too small, -EINVAL for NULL, misaligned or overlapping pointers.
  */
 ptrdiff_t pcr_wire_encode_recv_bitmap(uint8_t *buf,
                                       size_t buf_len,
@@ -821,7 +825,7 @@ ptrdiff_t pcr_wire_encode_recv_bitmap(uint8_t *buf,
  * `nbits` pages into `bitmap` (nbits.div_ceil(64) words; bits past `nbits` in the last
  * word are cleared). The size field must be exactly the one for `nbits`. Returns the
  * block's length in bytes, -EBADMSG for malformed or truncated bytes or a bad end marker,
- * -EINVAL for NULL pointers or a size that does not match `nbits`.
+ * -EINVAL for NULL, misaligned or overlapping pointers or a size that does not match `nbits`.
  */
 ptrdiff_t pcr_wire_decode_recv_bitmap(const uint8_t *buf,
                                       size_t len,
@@ -835,8 +839,11 @@ ptrdiff_t pcr_wire_decode_recv_bitmap(const uint8_t *buf,
  * every host page with any page set is first made wholly set in `bitmap` (so the source
  * re-sends it); then `callback(opaque, start, npages)` is called for every run of set
  * pages, in ascending order, each starting and ending on a host-page boundary (the last may
- * end at `nbits`). Returns 0; the callback's value if it returned nonzero (the walk stops
- * there); -EINVAL for NULL pointers or a `host_ratio` that is not a power of two.
+ * end at `nbits`). The bitmap is canonicalised 64 Ki pages (or one host page, if larger)
+ * at a time, ahead of the callbacks for those pages; the library holds no reference into
+ * `bitmap` while `callback` runs, so the callback may read it (it must not change it).
+ * Returns 0; the callback's value if it returned nonzero (the walk stops there); -EINVAL
+ * for NULL or misaligned pointers or a `host_ratio` that is not a power of two.
  */
 int pcr_discard_walk(uint64_t *bitmap,
                      size_t nbits,
