@@ -6,7 +6,8 @@
  * PcrStats.discard_ranges_empty; an empty range must still be aligned and inside (or at the
  * end of) the block. The library's own encoder never writes one.
  */
-#include "test_util.h"
+#include "harness/fake_vmm.h"
+#include "harness/pcr_log.h"
 
 /* A POSTCOPY_RAM_DISCARD for `name` with `n` ranges, built by hand. */
 static size_t discard_cmd(uint8_t *out, const char *name, const uint64_t (*ranges)[2], int n)

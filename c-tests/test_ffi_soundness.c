@@ -6,7 +6,8 @@
  * line, instead of being undefined behaviour. The discard walk's callback may read the
  * bitmap while the walk runs (the library holds no reference into it then).
  */
-#include "test_util.h"
+#include "harness/fake_vmm.h"
+#include "harness/pcr_log.h"
 
 /* POSTCOPY_RAM_DISCARD for "ram" with ranges (0x1000, +0x2000), (0x8000, +0x1000). */
 static size_t discard_bytes(uint8_t *buf, size_t cap)

@@ -6,7 +6,8 @@
  * (-EEXIST): memory corruption. Now -EINVAL and nothing placed. The same for the other
  * placement calls and for discard ranges near 2^64, on 4 KiB blocks.
  */
-#include "test_util.h"
+#include "harness/fake_vmm.h"
+#include "harness/pcr_log.h"
 
 int main(void)
 {

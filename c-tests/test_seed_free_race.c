@@ -10,7 +10,8 @@
  * the foreach_ram_block callback A runs holds on for a while. Then the same with
  * postcopy_state_set() whose state_changed callback holds on, on an initialised handle.
  */
-#include "test_util.h"
+#include "harness/fake_vmm.h"
+#include "harness/pcr_log.h"
 #ifdef PCR_TEST_SEED_ABI
 #include "postcopy_ram_seed.h"
 
