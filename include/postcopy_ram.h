@@ -108,6 +108,11 @@ enum PcrWireCmd
    */
   PCR_WIRE_CMD_PACKAGED = 7,
   /**
+   * ENABLE_COLO: no payload (COLO, not postcopy; known so that a reader can step over
+   * it).
+   */
+  PCR_WIRE_CMD_ENABLE_COLO = 8,
+  /**
    * POSTCOPY_RESUME: no payload.
    */
   PCR_WIRE_CMD_POSTCOPY_RESUME = 9,
@@ -115,6 +120,10 @@ enum PcrWireCmd
    * RECV_BITMAP: block name.
    */
   PCR_WIRE_CMD_RECV_BITMAP = 10,
+  /**
+   * SWITCHOVER_START (QEMU 10.0): no payload.
+   */
+  PCR_WIRE_CMD_SWITCHOVER_START = 11,
 };
 #ifndef __cplusplus
 typedef uint16_t PcrWireCmd;
@@ -152,6 +161,10 @@ enum PcrWireRpType
    * RESUME_ACK: `value`.
    */
   PCR_WIRE_RP_RESUME_ACK = 6,
+  /**
+   * SWITCHOVER_ACK (QEMU 8.1): no payload.
+   */
+  PCR_WIRE_RP_SWITCHOVER_ACK = 7,
 };
 #ifndef __cplusplus
 typedef uint16_t PcrWireRpType;

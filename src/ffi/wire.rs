@@ -70,6 +70,8 @@ pub extern "C" fn pcr_wire_encode_command(
             Command::PostcopyRun => CommandMsg::PostcopyRun,
             Command::Packaged => CommandMsg::Packaged(m.value),
             Command::PostcopyResume => CommandMsg::PostcopyResume,
+            Command::EnableColo => CommandMsg::EnableColo,
+            Command::SwitchoverStart => CommandMsg::SwitchoverStart,
             Command::RecvBitmap | Command::PostcopyRamDiscard => CommandMsg::RecvBitmap {
                 // SAFETY: `m.name` holds `m.name_len` readable bytes (the header's contract).
                 name: unsafe { try_name(m.name, m.name_len) }?,
@@ -202,7 +204,9 @@ pub extern "C" fn pcr_wire_decode_command(
             | CommandMsg::PostcopyAdvise(None)
             | CommandMsg::PostcopyListen
             | CommandMsg::PostcopyRun
-            | CommandMsg::PostcopyResume => {}
+            | CommandMsg::EnableColo
+            | CommandMsg::PostcopyResume
+            | CommandMsg::SwitchoverStart => {}
         }
         // SAFETY: `out` is non-NULL and a writable PcrWireCommand (the header's contract).
         unsafe { out.write(c) };
@@ -311,6 +315,7 @@ pub extern "C" fn pcr_wire_encode_return_path(
                 // SAFETY: as above.
                 name: unsafe { try_name(m.name, m.name_len) }?,
             },
+            ReturnPathType::SwitchoverAck => ReturnPathMsg::SwitchoverAck,
         };
         try_disjoint(&[
             Span::output("buf", buf, buf_len),
@@ -385,6 +390,7 @@ pub extern "C" fn pcr_wire_decode_return_path(
                 m.name = name.as_ptr().cast();
                 m.name_len = name.len();
             }
+            ReturnPathMsg::SwitchoverAck => {}
         }
         // SAFETY: `out` is non-NULL and a writable PcrWireRpMessage (the header's contract).
         unsafe { out.write(m) };
