@@ -33,6 +33,19 @@
 #define PCR_MAX_DISCARDS_PER_COMMAND 12
 
 /**
+ * Largest message (header included) the library passes to `write_return_path`: a
+ * REQ_PAGES_ID naming a 255-byte block (4 + 8 + 4 + 1 + 255 bytes). A buffer of this size
+ * holds any message the library sends.
+ */
+#define PCR_RETURN_PATH_MAX_MESSAGE 272
+
+/**
+ * Largest return-path payload QEMU's source accepts (its receive buffer); every
+ * return-path message type's length rule stays within it.
+ */
+#define PCR_RETURN_PATH_MAX_PAYLOAD 512
+
+/**
  * The values of `PcrState` (QEMU's `PostcopyState` numbering).
  */
 enum PcrStateValue
@@ -270,7 +283,8 @@ typedef struct PcrIncomingOps {
    * Optional. Drops `[start, start + length)` (bytes) of `block`; returns 0 or a negative
    * errno. NULL: the library drops the pages itself (MADV_DONTNEED for private anonymous
    * memory, MADV_REMOVE for shared anonymous, fallocate(PUNCH_HOLE|KEEP_SIZE) on `fd`
-   * for fd-backed blocks, plus MADV_DONTNEED when mapped private).
+   * for fd-backed blocks, plus MADV_DONTNEED when a host-page block is mapped private;
+   * hugetlbfs files get the hole punch only). Never called for an empty range.
    */
   int (*discard_range)(void *opaque,
                        const struct PcrRamBlock *block,
@@ -291,14 +305,16 @@ typedef struct PcrIncomingOps {
    */
   void (*balloon_inhibit)(void *opaque, bool inhibit);
   /**
-   * Optional. `lock = false` before memory is registered, `true` at cleanup; returns 0 or
-   * a negative errno. NULL: with `enable_mlock` the library calls munlockall() and
+   * Optional. `lock = false` in `pcr_incoming_init` before the first discard (locked
+   * memory refuses MADV_DONTNEED: QEMU's `-overcommit mem-lock=on`), `true` at cleanup
+   * (and after an init that failed once unlocked); returns 0 or a negative errno. NULL:
+   * with `enable_mlock` the library calls munlockall() and
    * mlockall(MCL_CURRENT|MCL_FUTURE); without, nothing.
    */
   int (*mlock)(void *opaque, bool lock);
   /**
    * Optional. Writes `length` bytes (one whole QEMU return-path message) to the return
-   * path; returns 0 or a negative errno. When given and `request_page` is NULL, the
+   * path (at most PCR_RETURN_PATH_MAX_MESSAGE bytes); returns 0 or a negative errno. When given and `request_page` is NULL, the
    * library sends each page request itself as REQ_PAGES_ID (block named) or REQ_PAGES;
    * when given and `shut` is NULL, it sends SHUT at cleanup. Runs on the fault thread
    * (requests) and on the cleanup caller's thread (SHUT).
@@ -553,17 +569,24 @@ void pcr_incoming_free(struct PcrIncoming *mis);
  * Whether this host can do postcopy for the RAM blocks of `mis`: target page not larger
  * than the host page; userfaultfd available (through /dev/userfaultfd or the syscall) with
  * the features the blocks need (huge pages, shared memory); registration offering WAKE,
- * COPY and ZEROPAGE. Logs the exact missing piece. No side effects (unlike QEMU 2.9, it
+ * COPY and ZEROPAGE; and, for each block, a test page of its kind (same fd, offset,
+ * sharing and page size; never the guest's memory) registering with WAKE and COPY, so that
+ * a block the kernel cannot register (a regular-file mapping) fails here, not at LISTEN.
+ * Logs the exact missing piece, with the kernel's errno kept (EPERM under
+ * vm.unprivileged_userfaultfd=0 names the sysctl). No side effects (unlike QEMU 2.9, it
  * does not munlockall). False for NULL.
  */
 bool pcr_incoming_supported_by_host(const struct PcrIncoming *mis);
 
 /**
  * Reads the RAM blocks (through `foreach_ram_block`), validates them (page-aligned, length
- * a multiple of the page size, no overlap, unique names) and discards all their memory so
- * that every page faults later. State NONE (or END) -> ADVISE. `ram_pages`, the guest's
- * RAM in target pages, is cross-checked when non-zero. Returns 0 or a negative errno:
- * -EBUSY when already initialised, -EINVAL for bad blocks or state.
+ * a multiple of the page size, no overlap, unique names), unlocks memory per the mlock
+ * policy (`mlock(false)`: locked memory refuses the discards) and discards all their
+ * memory so that every page faults later. State NONE (or END) -> ADVISE. `ram_pages`, the
+ * size of the guest's RAM address space in target pages (QEMU: `last_ram_offset() >>
+ * TARGET_PAGE_BITS`), is checked when non-zero: a block whose RAM offset + length ends
+ * past it is refused (-EINVAL); a larger value is fine. Returns 0 or a negative errno:
+ * -EBUSY when already initialised, -EINVAL for bad blocks, `ram_pages` or state.
  */
 int pcr_incoming_init(struct PcrIncoming *mis, size_t ram_pages);
 
@@ -571,22 +594,29 @@ int pcr_incoming_init(struct PcrIncoming *mis, size_t ram_pages);
  * Ends postcopy: stops and joins the fault thread, then unregisters memory (threads still
  * blocked on missing pages are woken and find the page as the kernel leaves it: zero for
  * anonymous memory), closes the userfaultfd, ends ballooning inhibition, re-locks memory
- * per the mlock policy, frees the temporary pages, sets END and calls `shut`. Returns 0 or
+ * per the mlock policy, turns transparent huge pages back on (MADV_HUGEPAGE, as QEMU) on
+ * the blocks prepare_discard turned them off for, frees the temporary pages, sets END and
+ * calls `shut`. Returns 0 or
  * a negative errno; -EINVAL without a prior init or when called twice. Not from a callback.
  */
 int pcr_incoming_cleanup(struct PcrIncoming *mis);
 
 /**
- * Before the first discard: turns transparent huge pages off on host-page blocks so that
- * discards really drop pages. State ADVISE -> DISCARD. Returns 0 or a negative errno.
+ * Before the first discard: turns transparent huge pages off (MADV_NOHUGEPAGE) on
+ * host-page blocks so that discards really drop pages and no THP collapse refills a hole
+ * before registration; cleanup turns them back on. State ADVISE -> DISCARD. The first
+ * discard (range or command) in ADVISE calls it itself. Returns 0 or a negative errno.
  */
 int pcr_incoming_prepare_discard(struct PcrIncoming *mis);
 
 /**
  * Drops `[start, start + length)` (bytes) of block `block_name` (QEMU's
  * `ram_discard_range`), through the `discard_range` callback or the library default.
- * Allowed in ADVISE and DISCARD; the range must be non-empty, aligned to the block's page
- * size and inside the block. Returns 0 or a negative errno.
+ * Allowed in ADVISE and DISCARD; in ADVISE it first does `pcr_incoming_prepare_discard`
+ * (no discard runs while THP is on). The range must be aligned to the block's page size
+ * and inside the block (checked arithmetic: -EINVAL if `start + length` wraps). An empty
+ * range (aligned, at most the block length) is skipped and counted in
+ * `PcrStats.discard_ranges_empty`. Returns 0 or a negative errno.
  */
 int pcr_incoming_discard_range(struct PcrIncoming *mis,
                                const char *block_name,
@@ -598,7 +628,10 @@ int pcr_incoming_discard_range(struct PcrIncoming *mis,
  * 0x08 envelope) or just its payload, `length` bytes long. Checks the state (the first
  * discard in ADVISE does `pcr_incoming_prepare_discard`), the block name, and every range
  * (aligned to the block page size and inside the block) before dropping any page: a bad
- * command is rejected whole. Returns the number of ranges dropped, or a negative errno.
+ * command is rejected whole. Empty ranges (QEMU 2.6-2.9 sources end a block whose last
+ * page is clean with `(block_length, 0)`) are accepted, skipped and counted in
+ * `PcrStats.discard_ranges_empty`. Returns the number of (non-empty) ranges dropped, or a
+ * negative errno.
  */
 int pcr_incoming_handle_discard_command(struct PcrIncoming *mis,
                                         const uint8_t *bytes,
@@ -643,13 +676,16 @@ uint32_t pcr_version_number(void);
 
 /**
  * Atomically places the host page at `host` (inside a block, aligned to its page size)
- * from `pagesize` bytes at `from` (`pagesize` must be the block's page size), and wakes the
- * threads faulting on it. Callable from any thread, including `request_page`, after
+ * from `pagesize` bytes at `from` (`pagesize` must be the block's page size; `from` needs
+ * no particular alignment), and wakes the threads faulting on it. Callable from any thread, including `request_page`, after
  * `pcr_incoming_enable_notify`. Returns 0; -EEXIST when the page was already present (a
  * racing placer won; the waiters were woken: benign); or a negative errno (-EINVAL for a
  * bad address or size or a call before enable_notify).
  */
-int pcr_place_page(struct PcrIncoming *mis, void *host, const void *from, size_t pagesize);
+int pcr_place_page(struct PcrIncoming *mis,
+                   void *host,
+                   const void *from,
+                   size_t pagesize);
 
 /**
  * Atomically places a zero page at `host`, as `pcr_place_page`: with UFFDIO_ZEROPAGE
@@ -659,15 +695,19 @@ int pcr_place_page_zero(struct PcrIncoming *mis, void *host, size_t pagesize);
 
 /**
  * Places `length` bytes of whole pages (one block) from `from` with one UFFDIO_COPY: the
- * batched form of `pcr_place_page` for a contiguous run of the background stream. Pages
- * already present are skipped; every waiter is woken. Returns the number of pages placed
- * (>= 0), or a negative errno.
+ * batched form of `pcr_place_page` for a contiguous run of the background stream (`from`
+ * needs no particular alignment). Pages already present are skipped, not an error: they
+ * are counted in `PcrStats.already_present`, and every waiter is woken. Returns the number
+ * of pages this call placed (>= 0; 0 when every page was already present, where
+ * `pcr_place_page` returns -EEXIST), or a negative errno.
  */
 ptrdiff_t pcr_place_pages(struct PcrIncoming *mis, void *host, const void *from, size_t length);
 
 /**
  * Places `length` bytes of zero pages (one block) in one call: the batched form of
- * `pcr_place_page_zero`. Returns the number of pages placed (>= 0), or a negative errno.
+ * `pcr_place_page_zero`. Pages already present are skipped as in `pcr_place_pages`.
+ * Returns the number of pages this call placed (>= 0; 0 when every page was already
+ * present), or a negative errno.
  */
 ptrdiff_t pcr_place_pages_zero(struct PcrIncoming *mis, void *host, size_t length);
 
