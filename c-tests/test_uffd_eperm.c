@@ -70,6 +70,8 @@ int main(void)
     pcr_test_begin("test_uffd_eperm", 60);
     if (geteuid() != 0)
         pcr_skip("needs root to set %s and drop to nobody", SYSCTL);
+    if (pcr_under_valgrind())
+        pcr_skip("valgrind does not implement the userfaultfd syscall (ENOSYS), the path tested");
     sysctl_orig = pcr_read_long(SYSCTL);
     if (sysctl_orig < 0)
         pcr_skip("no %s on this kernel", SYSCTL);
