@@ -13,7 +13,8 @@
       pending at cleanup; then the cap is lifted and the migration completes with the
       memory checked.
   qmp_migrate.py bench    --src BIN --dst BIN --logdir DIR [--trace]
-      One interop run with postcopy-blocktime on; prints one JSON line of figures: total
+      One run with postcopy-blocktime on, switched to postcopy at once (the whole guest
+      RAM comes in postcopy); prints one JSON line of figures: total
       time and downtime (source), postcopy blocktime (destination), and with --trace the
       fault latency (first request of a page to its placement, from QEMU's trace events
       postcopy_ram_fault_thread_request and postcopy_place_page*).
@@ -364,7 +365,8 @@ def run_bench(args):
         os.unlink(trace)
     src, dst, uri, end = setup(args, d, args.mem, blocktime=True, trace=trace)
     try:
-        precopy_then_postcopy(src, uri)
+        # Straight to postcopy: every page comes in postcopy, on request or pushed.
+        precopy_then_postcopy(src, uri, precopy=False)
         src.qmp.wait_status(("completed",), 300)
         dst.qmp.wait_status(("completed",), 30)
         s = src.qmp.cmd("query-migrate")
