@@ -16,6 +16,12 @@ pub(crate) struct Counters {
     pub zero_pages_placed: AtomicU64,
     pub already_present: AtomicU64,
     pub unexpected_events: AtomicU64,
+    pub paused_faults: AtomicU64,
+    pub resent: AtomicU64,
+    pub placement_errors: AtomicU64,
+    pub last_placement_errno: AtomicI32,
+    pub remove_events: AtomicU64,
+    pub pages_lost: AtomicU64,
 }
 
 /// A snapshot of the counters of a destination (`pcr_incoming_get_stats` in C, where it is
@@ -44,10 +50,26 @@ pub struct Stats {
     pub zero_pages_placed: u64,
     /// Placements that found the page already present (-EEXIST; waiters woken).
     pub already_present: u64,
-    /// userfaultfd messages other than page faults.
+    /// userfaultfd messages other than page faults (and, with `track_remove`, REMOVE
+    /// events).
     pub unexpected_events: u64,
+    /// Host pages requested (or recorded while requests were paused) and not yet received:
+    /// the pending set, at the snapshot.
+    pub pending_pages: u64,
+    /// Faults on new pages read while requests were paused (recorded pending, not sent).
+    pub paused_faults: u64,
+    /// Requests re-sent by `resend_pending` (also counted in `requests`).
+    pub resent: u64,
+    /// Placements that failed with an error other than EEXIST (their pages stay pending).
+    pub placement_errors: u64,
+    /// UFFD_EVENT_REMOVE messages handled (only with `track_remove`).
+    pub remove_events: u64,
+    /// Host pages given up by an abort (poisoned, or zero-filled without UFFDIO_POISON).
+    pub pages_lost: u64,
     /// errno (positive) of the last failed page request, 0 if none.
     pub last_request_errno: i32,
+    /// errno (positive) of the last failed placement, 0 if none.
+    pub last_placement_errno: i32,
 }
 
 impl Counters {
@@ -64,6 +86,13 @@ impl Counters {
             zero_pages_placed: self.zero_pages_placed.load(Relaxed),
             already_present: self.already_present.load(Relaxed),
             unexpected_events: self.unexpected_events.load(Relaxed),
+            pending_pages: 0,
+            paused_faults: self.paused_faults.load(Relaxed),
+            resent: self.resent.load(Relaxed),
+            placement_errors: self.placement_errors.load(Relaxed),
+            remove_events: self.remove_events.load(Relaxed),
+            pages_lost: self.pages_lost.load(Relaxed),
+            last_placement_errno: self.last_placement_errno.load(Relaxed),
         }
     }
 }

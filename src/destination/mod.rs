@@ -2,10 +2,14 @@
 //! fault thread, discards, and the default return-path sender.
 
 pub mod block;
+pub mod blocktime;
 pub mod discard;
 pub mod fault_thread;
 pub mod host_support;
 pub mod incoming;
+mod pending;
 pub mod placement;
+pub mod received;
+pub mod recovery;
 mod registration;
 pub mod return_path_sender;

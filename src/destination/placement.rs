@@ -67,12 +67,17 @@ impl Incoming {
         Ok(entry)
     }
 
-    fn mark_received(&self, entry: &BlockEntry, host: usize, len: usize) {
+    fn mark_placed(&self, entry: &BlockEntry, host: usize, len: usize) {
+        if len == 0 {
+            return;
+        }
         let first = ((host - entry.block.host) as u64) >> entry.page_shift;
-        for page in first..first + (len as u64 >> entry.page_shift) {
-            entry.received.test_and_set(page);
+        let count = len as u64 >> entry.page_shift;
+        entry.received.set_host_pages(first, count);
+        for page in first..first + count {
             entry.requested.clear(page);
         }
+        self.blocktime.end(host, len);
     }
 
     /// Places the whole pages of `[host, host+len)` in `entry` with `fill(offset, bytes)`,
@@ -98,12 +103,17 @@ impl Incoming {
             let (placed, present) = match fill(off, len - off) {
                 Ok(n) => (n, false),
                 Err(PlaceError::AlreadyPresent { placed }) => (placed - placed % page, true),
-                Err(PlaceError::Os(errno)) => {
+                Err(PlaceError::Os { errno, placed }) => {
+                    // Keep what the calls before the error placed (and woke).
+                    let placed = placed - placed % page;
+                    self.mark_placed(entry, host + off, placed);
+                    run.placed += (placed / page) as u64;
+                    off += placed;
                     failure = Some(errno);
                     break;
                 }
             };
-            self.mark_received(entry, host + off, placed);
+            self.mark_placed(entry, host + off, placed);
             run.placed += (placed / page) as u64;
             off += placed;
             if present {
@@ -112,7 +122,7 @@ impl Incoming {
                     host + off,
                     entry.block.name
                 );
-                self.mark_received(entry, host + off, page);
+                self.mark_placed(entry, host + off, page);
                 run.already_present += 1;
                 off += page;
             }
@@ -130,23 +140,33 @@ impl Incoming {
         }
         match failure {
             None => Ok(run),
-            Some(errno) => Err(Error::new(
-                errno,
-                format!(
-                    "{what}: {} bytes at {:#x} in {}: {}",
-                    len - off,
-                    host + off,
-                    entry.block.name,
-                    std::io::Error::from_raw_os_error(errno)
-                ),
-            )),
+            Some(errno) => {
+                self.counters
+                    .placement_errors
+                    .fetch_add(1, Ordering::Relaxed);
+                self.counters
+                    .last_placement_errno
+                    .store(errno, Ordering::Relaxed);
+                let e = Error::new(
+                    errno,
+                    format!(
+                        "{what}: {} bytes at {:#x} in {}: {}",
+                        len - off,
+                        host + off,
+                        entry.block.name,
+                        std::io::Error::from_raw_os_error(errno)
+                    ),
+                );
+                log::error!("{e}; the page stays pending (resend_pending, abort or give up)");
+                Err(e)
+            }
         }
     }
 
     /// Zero-fills with UFFDIO_ZEROPAGE where the block's registration offered it (the whole
     /// rest of the run in one call), else by copying the zero page (one page a call:
     /// hugetlbfs has no UFFDIO_ZEROPAGE).
-    fn zero_fill(
+    pub(super) fn zero_fill(
         active: &Active,
         entry: &BlockEntry,
         dst: usize,
