@@ -52,6 +52,7 @@ impl GuestMem {
             length: self.len as u64,
             page_size: 4096,
             backing: Backing::Anonymous { shared: false },
+            opaque: 0,
         }
     }
 
