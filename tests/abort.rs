@@ -43,7 +43,7 @@ fn install_sigbus_handler() {
     // SAFETY: a zeroed sigaction with our SA_SIGINFO handler; the old action is not needed.
     unsafe {
         let mut sa: libc::sigaction = std::mem::zeroed();
-        sa.sa_sigaction = on_sigbus as usize;
+        sa.sa_sigaction = on_sigbus as *const () as usize;
         sa.sa_flags = libc::SA_SIGINFO;
         libc::sigemptyset(&mut sa.sa_mask);
         assert_eq!(libc::sigaction(libc::SIGBUS, &sa, std::ptr::null_mut()), 0);
