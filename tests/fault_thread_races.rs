@@ -35,7 +35,7 @@ impl Hooks {
             named: Mutex::new(Vec::new()),
             on_request,
         });
-        let incoming = Arc::new(Incoming::new(hooks.clone(), IncomingConfig::default()));
+        let incoming = Arc::new(Incoming::new(hooks.clone(), IncomingConfig::default()).unwrap());
         *hooks.incoming.lock() = Arc::downgrade(&incoming);
         (hooks, incoming)
     }

@@ -18,7 +18,7 @@ fn usable(test: &str) -> bool {
         eprintln!("SKIP: {test}: KVM unavailable: {e}");
         return false;
     }
-    if let Err(e) = postcopy_ram::uffd::probe() {
+    if let Err(e) = postcopy_ram::sys::uffd::probe() {
         eprintln!("SKIP: {test}: userfaultfd unavailable: {e}");
         return false;
     }
@@ -104,7 +104,8 @@ fn destination(
             tx: Mutex::new(tx),
         }),
         config,
-    ));
+    )
+    .unwrap());
     let inc = Arc::downgrade(&incoming);
     let base = ram.addr;
     let server = std::thread::spawn(move || {

@@ -655,17 +655,19 @@ mod tests {
         let s = r.counters.snapshot();
         assert_eq!((s.requests, s.request_errors, s.paused_faults), (1, 1, 1));
         assert_eq!((s.duplicate_faults, s.last_request_errno), (1, libc::EPIPE));
-        // The re-send asks for both pending pages, each naming its block.
-        assert_eq!(r.resend(), Ok(2));
+        // The re-send asks again for every pending page, the one whose request had gone out
+        // too (it may have been lost with the channel), the first naming its block.
+        assert_eq!(r.resend(), Ok(3));
         assert!(!r.state.control.paused.load(Relaxed));
         assert_eq!(
             r.requests(),
             vec![
-                (Some("a".into()), page() as u64, page() as u64),
+                (Some("a".into()), 0, page() as u64),
+                (None, page() as u64, page() as u64),
                 (Some("b".into()), 2 * page() as u64, page() as u64),
             ]
         );
-        assert_eq!(r.counters.snapshot().resent, 2);
+        assert_eq!(r.counters.snapshot().resent, 3);
     }
 
     #[test]

@@ -328,6 +328,7 @@ mod tests {
             length: 16 * page() as u64,
             page_size: page() as u64,
             backing: Backing::Anonymous { shared: false },
+            opaque: 0,
         }])
         .unwrap()
     }
@@ -398,6 +399,31 @@ mod tests {
     }
 
     #[test]
+    fn pages_placed_by_the_failing_call_itself_are_kept() {
+        // Issue 9 item 9: a partial UFFDIO_COPY, then EFAULT: the ioctl placed two pages.
+        let t = table();
+        let entry = &t.entries()[0];
+        entry.requested.test_and_set(1);
+        let inc = incoming();
+        let pg = page();
+        let err = inc
+            .place_run("place_pages", entry, HOST, 4 * pg, false, |_, _| {
+                Err(PlaceError::Os {
+                    errno: libc::EFAULT,
+                    placed: 2 * pg,
+                })
+            })
+            .unwrap_err();
+        assert_eq!(err.errno(), libc::EFAULT);
+        assert!(entry.is_received(0) && entry.is_received(pg as u64));
+        assert!(!entry.is_received(2 * pg as u64));
+        assert_eq!(entry.requested.word(0) & 2, 0, "page 1 no longer pending");
+        let s = inc.stats();
+        assert_eq!((s.pages_placed, s.placement_errors), (2, 1));
+        assert_eq!(s.last_placement_errno, libc::EFAULT);
+    }
+
+    #[test]
     fn an_os_error_stops_the_run_and_keeps_what_was_placed() {
         let t = table();
         let entry = &t.entries()[0];
@@ -409,7 +435,10 @@ mod tests {
                 if std::mem::take(&mut first) {
                     Ok(pg)
                 } else {
-                    Err(PlaceError::Os(libc::ENOMEM))
+                    Err(PlaceError::Os {
+                        errno: libc::ENOMEM,
+                        placed: 0,
+                    })
                 }
             })
             .unwrap_err();

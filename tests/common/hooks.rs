@@ -4,7 +4,7 @@
 use std::sync::{Arc, Weak};
 
 use parking_lot::Mutex;
-use postcopy_ram::block::BlockEntry;
+use postcopy_ram::destination::block::BlockEntry;
 use postcopy_ram::{BlockName, Incoming, IncomingConfig, IncomingHooks, RamBlock, Result};
 
 use super::page_pattern;
@@ -61,7 +61,7 @@ impl TestHooks {
     }
 
     pub fn incoming(self: &Arc<Self>, config: IncomingConfig) -> Arc<Incoming> {
-        let incoming = Arc::new(Incoming::new(self.clone(), config));
+        let incoming = Arc::new(Incoming::new(self.clone(), config).unwrap());
         *self.incoming.lock() = Arc::downgrade(&incoming);
         incoming
     }
