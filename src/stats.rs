@@ -18,6 +18,7 @@ pub(crate) struct Counters {
     pub unexpected_events: AtomicU64,
     pub paused_faults: AtomicU64,
     pub resent: AtomicU64,
+    pub resend_errors: AtomicU64,
     pub placement_errors: AtomicU64,
     pub last_placement_errno: AtomicI32,
     pub remove_events: AtomicU64,
@@ -33,8 +34,10 @@ pub(crate) struct Counters {
 pub struct Stats {
     /// Page-fault messages read from the userfaultfd.
     pub faults: u64,
-    /// Page requests passed to the request callback (failed ones included, see
-    /// `request_errors`).
+    /// Page requests for faults that the request callback accepted (`request_errors` counts
+    /// the ones it refused; re-sends are counted apart, in `resent`). Every fault is counted
+    /// once: faults = requests + request_errors + duplicate_faults + late_faults +
+    /// faults_outside + paused_faults.
     pub requests: u64,
     /// Faults on a page already requested and not yet placed (no new request).
     pub duplicate_faults: u64,
@@ -42,7 +45,8 @@ pub struct Stats {
     pub late_faults: u64,
     /// Faults outside every block (logged; the fault thread keeps serving).
     pub faults_outside: u64,
-    /// Requests whose callback returned an error.
+    /// Requests for faults whose callback returned an error (the page stays pending and
+    /// requests pause).
     pub request_errors: u64,
     /// Pages placed with data.
     pub pages_placed: u64,
@@ -58,8 +62,10 @@ pub struct Stats {
     pub pending_pages: u64,
     /// Faults on new pages read while requests were paused (recorded pending, not sent).
     pub paused_faults: u64,
-    /// Requests re-sent by `resend_pending` (also counted in `requests`).
+    /// Requests re-sent by `resend_pending` that the callback accepted.
     pub resent: u64,
+    /// Re-sends the callback refused (requests paused again).
+    pub resend_errors: u64,
     /// Placements that failed with an error other than EEXIST (their pages stay pending).
     pub placement_errors: u64,
     /// UFFD_EVENT_REMOVE messages handled (only with `track_remove`).
@@ -89,6 +95,7 @@ impl Counters {
             pending_pages: 0,
             paused_faults: self.paused_faults.load(Relaxed),
             resent: self.resent.load(Relaxed),
+            resend_errors: self.resend_errors.load(Relaxed),
             placement_errors: self.placement_errors.load(Relaxed),
             remove_events: self.remove_events.load(Relaxed),
             pages_lost: self.pages_lost.load(Relaxed),

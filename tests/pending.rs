@@ -71,7 +71,12 @@ fn failed_requests_stay_pending_until_resend() {
     incoming.cleanup().unwrap();
     let s = incoming.stats();
     assert_eq!(s.pending_pages, 0, "{s:?}");
-    assert_eq!(s.resent, 4, "{s:?}");
+    assert_eq!((s.resent, s.resend_errors), (4, 2), "{s:?}");
+    assert_eq!(
+        s.faults,
+        s.requests + s.request_errors + s.duplicate_faults + s.late_faults + s.paused_faults,
+        "every fault counted once: {s:?}"
+    );
     assert_eq!(s.pages_placed, 16, "{s:?}");
     assert_eq!(*hooks.shuts.lock(), vec![false], "a recovered migration did not fail");
 }
@@ -95,7 +100,7 @@ fn host_pause_records_faults_and_resume_sends_them() {
     for t in threads {
         assert!(join_within(t, 10, "a faulting thread"));
     }
-    wait_for(5, "three requests", || incoming.stats().requests == 3);
+    wait_for(5, "three re-sent requests", || incoming.stats().resent == 3);
     let reqs = hooks.requests();
     assert_eq!(reqs.len(), 3);
     assert_eq!(reqs[0].named.as_deref(), Some("ram"));

@@ -378,11 +378,13 @@ fn handle_fault(
         c.paused_faults.fetch_add(1, Ordering::Relaxed);
         return;
     }
-    let _ = send_request(table, hooks, c, st, index, page, last_block);
+    let _ = send_request(table, hooks, c, st, index, page, false, last_block);
 }
 
-/// Asks for host page `page` of block `index`. A failure keeps the page pending (its
+/// Asks for host page `page` of block `index` (`resend`: for `resend_pending`, counted
+/// apart, so that every fault is counted once). A failure keeps the page pending (its
 /// requested bit stays set) and pauses requests until the host re-sends them.
+#[allow(clippy::too_many_arguments)]
 fn send_request(
     table: &BlockTable,
     hooks: &dyn IncomingHooks,
@@ -390,6 +392,7 @@ fn send_request(
     st: &FaultState,
     index: usize,
     page: u64,
+    resend: bool,
     last_block: &mut usize,
 ) -> std::result::Result<(), i32> {
     // Read per request, not per batch: a reset made while a batch is being served (even
@@ -406,33 +409,38 @@ fn send_request(
     let result = catch_unwind(AssertUnwindSafe(|| {
         hooks.request_page_in(entry, named, offset, len)
     }));
-    let errno = match result {
+    let (errno, panic) = match result {
         Ok(Ok(())) => {
             *last_block = index;
-            c.requests.fetch_add(1, Ordering::Relaxed);
+            let counter = if resend { &c.resent } else { &c.requests };
+            counter.fetch_add(1, Ordering::Relaxed);
             return Ok(());
         }
-        Ok(Err(errno)) => {
-            log::error!(
-                "postcopy fault thread: page request {} +{offset:#x} ({len} bytes) failed: {}; the page stays pending and requests pause until resend_pending",
-                entry.name.as_str(),
-                std::io::Error::from_raw_os_error(errno)
-            );
-            errno
-        }
-        Err(payload) => {
-            log::error!(
-                "postcopy fault thread: page-request callback panicked: {}; the page stays pending and requests pause until resend_pending",
-                crate::panic::panic_text(payload.as_ref())
-            );
-            libc::EFAULT
-        }
+        Ok(Err(errno)) => (errno, None),
+        Err(payload) => (libc::EFAULT, Some(payload)),
     };
+    // Count and pause first, then log: a host that sees the log line sees the counters.
     st.control.paused.store(true, Ordering::Release);
     // The peer may not have seen the block name: name it again next time.
     *last_block = usize::MAX;
-    c.request_errors.fetch_add(1, Ordering::Relaxed);
+    let counter = if resend {
+        &c.resend_errors
+    } else {
+        &c.request_errors
+    };
+    counter.fetch_add(1, Ordering::Relaxed);
     c.last_request_errno.store(errno, Ordering::Relaxed);
+    match panic {
+        None => log::error!(
+            "postcopy fault thread: page request {} +{offset:#x} ({len} bytes) failed: {}; the page stays pending and requests pause until resend_pending",
+            entry.name.as_str(),
+            std::io::Error::from_raw_os_error(errno)
+        ),
+        Some(payload) => log::error!(
+            "postcopy fault thread: page-request callback panicked: {}; the page stays pending and requests pause until resend_pending",
+            crate::panic::panic_text(payload.as_ref())
+        ),
+    }
     Err(errno)
 }
 
@@ -464,9 +472,8 @@ fn resend(
                 if st.control.paused.load(Ordering::Acquire) {
                     return Ok(sent);
                 }
-                send_request(table, hooks, c, st, index, page, last_block)?;
+                send_request(table, hooks, c, st, index, page, true, last_block)?;
                 sent += 1;
-                c.resent.fetch_add(1, Ordering::Relaxed);
             }
         }
     }
