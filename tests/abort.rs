@@ -86,7 +86,10 @@ fn abort_poisons_missing_pages_and_blocked_threads_get_sigbus() {
     // Linux 6.6 reported poison markers as a memory failure (BUS_MCEERR_AR); later kernels
     // report a plain SIGBUS (BUS_ADRERR) so as not to fake a hardware error.
     let code = SIGBUS_CODE.load(Ordering::SeqCst);
-    assert!(code == BUS_MCEERR_AR || code == BUS_ADRERR, "si_code {code}");
+    assert!(
+        code == BUS_MCEERR_AR || code == BUS_ADRERR,
+        "si_code {code}"
+    );
     // A later access to another missing page: SIGBUS again, the process survives.
     read_first_u64(base + 9 * 4096);
     assert_eq!(SIGBUS_COUNT.load(Ordering::SeqCst), before + 2);
@@ -97,7 +100,11 @@ fn abort_poisons_missing_pages_and_blocked_threads_get_sigbus() {
     let s = incoming.stats();
     assert_eq!((s.pages_lost, s.pending_pages), (14, 0), "{s:?}");
     incoming.cleanup().unwrap();
-    assert_eq!(*hooks.shuts.lock(), vec![true], "an aborted migration failed");
+    assert_eq!(
+        *hooks.shuts.lock(),
+        vec![true],
+        "an aborted migration failed"
+    );
 }
 
 #[test]
@@ -120,7 +127,11 @@ fn abort_without_poison_zero_fills_and_says_so() {
     let out = incoming.abort().unwrap();
     assert!(!out.poisoned);
     assert_eq!(out.pages_lost, 7);
-    assert_eq!(join_within(blocked, 5, "the blocked thread"), 0, "woken onto a zero page");
+    assert_eq!(
+        join_within(blocked, 5, "the blocked thread"),
+        0,
+        "woken onto a zero page"
+    );
     assert_eq!(SIGBUS_COUNT.load(Ordering::SeqCst), before);
     assert!(check_page(base + 3 * 4096, "ram", 3 * 4096));
     incoming.cleanup().unwrap();

@@ -65,13 +65,19 @@ fn per_vcpu_and_total_blocktime_and_latency() {
     }
     assert_eq!(r.vcpus, 2);
     assert!(r.per_vcpu_ms[0] >= 99 && r.per_vcpu_ms[0] < 400, "{r:?}");
-    assert!(r.per_vcpu_ms[1] >= 59 && r.per_vcpu_ms[1] < r.per_vcpu_ms[0], "{r:?}");
+    assert!(
+        r.per_vcpu_ms[1] >= 59 && r.per_vcpu_ms[1] < r.per_vcpu_ms[0],
+        "{r:?}"
+    );
     // Both blocked from vCPU 1's fault to its page's placement.
     assert!(r.total_ms >= 59 && r.total_ms <= r.per_vcpu_ms[1], "{r:?}");
     assert_eq!(r.faults_timed, 3, "{r:?}");
     assert_eq!(r.latency_buckets.iter().sum::<u64>(), 3);
     assert!(r.latency_max_ns >= 100_000_000, "{r:?}");
-    assert!(r.latency_p50_ns >= 60_000_000 && r.latency_p50_ns <= r.latency_max_ns, "{r:?}");
+    assert!(
+        r.latency_p50_ns >= 60_000_000 && r.latency_p50_ns <= r.latency_max_ns,
+        "{r:?}"
+    );
 }
 
 #[test]
@@ -83,7 +89,9 @@ fn blocktime_off_by_default() {
     incoming.init(0).unwrap();
     incoming.enable_notify().unwrap();
     // SAFETY: gettid has no preconditions.
-    incoming.register_vcpu(0, unsafe { libc::gettid() }).unwrap();
+    incoming
+        .register_vcpu(0, unsafe { libc::gettid() })
+        .unwrap();
     assert!(check_page(mem.addr, "ram", 0));
     incoming.cleanup().unwrap();
     let r = incoming.blocktime();

@@ -103,7 +103,11 @@ fn a_request_that_places_at_once_never_sees_an_inactive_destination() {
         incoming.enable_notify().unwrap();
         join_within(toucher, 5, "the toucher (its page request was lost)");
         incoming.cleanup().unwrap();
-        assert!(errors.lock().is_empty(), "round {round}: placement from the first request failed: {:?}", errors.lock());
+        assert!(
+            errors.lock().is_empty(),
+            "round {round}: placement from the first request failed: {:?}",
+            errors.lock()
+        );
     }
 }
 
@@ -134,7 +138,9 @@ fn a_reset_in_the_middle_of_a_batch_names_the_next_request() {
     let rest: Vec<_> = (1..4u64)
         .map(|p| thread::spawn(move || check_page(base + p as usize * 4096, "ram", p * 4096)))
         .collect();
-    wait_for(5, "four requests", || hooks.calls.load(Ordering::SeqCst) == 4);
+    wait_for(5, "four requests", || {
+        hooks.calls.load(Ordering::SeqCst) == 4
+    });
     for p in 0..4 {
         place_pattern(&incoming, base, p * 4096).unwrap();
     }
@@ -143,7 +149,11 @@ fn a_reset_in_the_middle_of_a_batch_names_the_next_request() {
         assert!(join_within(t, 5, "a toucher"));
     }
     let named = hooks.named.lock().clone();
-    assert_eq!(named, vec![true, false, true, false], "request 3 follows the reset");
+    assert_eq!(
+        named,
+        vec![true, false, true, false],
+        "request 3 follows the reset"
+    );
     incoming.cleanup().unwrap();
 }
 
@@ -165,16 +175,26 @@ fn pages_placed_before_an_error_are_kept() {
         let mut page = vec![0u8; 4096];
         page_pattern("ram", p * 4096, &mut page);
         // SAFETY: inside our source mapping.
-        unsafe { std::ptr::copy_nonoverlapping(page.as_ptr(), (src.addr + p as usize * 4096) as *mut u8, 4096) };
+        unsafe {
+            std::ptr::copy_nonoverlapping(
+                page.as_ptr(),
+                (src.addr + p as usize * 4096) as *mut u8,
+                4096,
+            )
+        };
     }
     // SAFETY: our own mapping.
-    assert_eq!(unsafe { libc::mprotect((src.addr + 4 * 4096) as *mut _, 4 * 4096, libc::PROT_NONE) }, 0);
+    let rc = unsafe { libc::mprotect((src.addr + 4 * 4096) as *mut _, 4 * 4096, libc::PROT_NONE) };
+    assert_eq!(rc, 0);
     // SAFETY: `src` is 8 pages long (half unreadable, which the kernel reports as EFAULT).
     let err = unsafe { incoming.place_pages(base, src.addr as *const u8, 8 * 4096) }.unwrap_err();
     assert_eq!(err.errno(), libc::EFAULT);
     assert!(join_within(t, 5, "the thread on page 1"));
     let s = incoming.stats();
-    assert_eq!(s.pages_placed, 4, "the four pages placed before the error: {s:?}");
+    assert_eq!(
+        s.pages_placed, 4,
+        "the four pages placed before the error: {s:?}"
+    );
     // Placing them again finds them present, and the rest can still be placed.
     // SAFETY: as above, the first four pages only.
     let again = unsafe { incoming.place_pages(base, src.addr as *const u8, 4 * 4096) }.unwrap();

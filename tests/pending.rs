@@ -43,10 +43,15 @@ fn failed_requests_stay_pending_until_resend() {
     let threads: Vec<_> = (0..4u64)
         .map(|t| touch_pages(mem.addr, (t * 4..t * 4 + 4).collect()))
         .collect();
-    wait_for(5, "four pending pages", || incoming.stats().pending_pages == 4);
+    wait_for(5, "four pending pages", || {
+        incoming.stats().pending_pages == 4
+    });
     let s = incoming.stats();
     assert!(incoming.requests_paused());
-    assert_eq!(s.request_errors, 1, "the first request failed, then requests paused: {s:?}");
+    assert_eq!(
+        s.request_errors, 1,
+        "the first request failed, then requests paused: {s:?}"
+    );
     assert_eq!(s.paused_faults, 3, "{s:?}");
     assert!(hooks.requests().is_empty());
     // The channel "comes back" only on the third try: each failed re-send pauses again.
@@ -64,10 +69,17 @@ fn failed_requests_stay_pending_until_resend() {
     };
     assert_eq!((errors, sent), (2, 4));
     for t in threads {
-        assert!(join_within(t, 10, "a faulting thread"), "wrong page content");
+        assert!(
+            join_within(t, 10, "a faulting thread"),
+            "wrong page content"
+        );
     }
     let reqs = hooks.requests();
-    assert_eq!(reqs[0].named.as_deref(), Some("ram"), "the first re-sent request names its block");
+    assert_eq!(
+        reqs[0].named.as_deref(),
+        Some("ram"),
+        "the first re-sent request names its block"
+    );
     incoming.cleanup().unwrap();
     let s = incoming.stats();
     assert_eq!(s.pending_pages, 0, "{s:?}");
@@ -78,7 +90,11 @@ fn failed_requests_stay_pending_until_resend() {
         "every fault counted once: {s:?}"
     );
     assert_eq!(s.pages_placed, 16, "{s:?}");
-    assert_eq!(*hooks.shuts.lock(), vec![false], "a recovered migration did not fail");
+    assert_eq!(
+        *hooks.shuts.lock(),
+        vec![false],
+        "a recovered migration did not fail"
+    );
 }
 
 #[test]
@@ -94,7 +110,9 @@ fn host_pause_records_faults_and_resume_sends_them() {
         .into_iter()
         .map(|p| touch_pages(mem.addr, vec![p]))
         .collect();
-    wait_for(5, "three pending pages", || incoming.stats().pending_pages == 3);
+    wait_for(5, "three pending pages", || {
+        incoming.stats().pending_pages == 3
+    });
     assert!(hooks.requests().is_empty(), "no request while paused");
     assert_eq!(incoming.pause_requests(false).unwrap(), 3);
     for t in threads {
@@ -144,13 +162,18 @@ fn failed_placement_keeps_the_page_pending() {
     // A source buffer the kernel cannot read: UFFDIO_COPY fails with EFAULT.
     let bad = GuestMem::anon(4096);
     // SAFETY: our own mapping.
-    assert_eq!(unsafe { libc::mprotect(bad.addr as *mut _, 4096, libc::PROT_NONE) }, 0);
+    let rc = unsafe { libc::mprotect(bad.addr as *mut _, 4096, libc::PROT_NONE) };
+    assert_eq!(rc, 0);
     // SAFETY: the kernel reads `from`, which is mapped (if unreadable).
     let err = unsafe { incoming.place_page(mem.addr + 5 * 4096, bad.addr as *const u8, 4096) }
         .unwrap_err();
     assert_eq!(err.errno(), libc::EFAULT);
     let s = incoming.stats();
-    assert_eq!((s.placement_errors, s.last_placement_errno), (1, libc::EFAULT), "{s:?}");
+    assert_eq!(
+        (s.placement_errors, s.last_placement_errno),
+        (1, libc::EFAULT),
+        "{s:?}"
+    );
     assert_eq!(s.pending_pages, 1, "the page stays pending: {s:?}");
     assert!(!t.is_finished());
     // The VMM retries: the source is asked again and this time the page is served.

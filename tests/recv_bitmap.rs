@@ -34,13 +34,25 @@ fn precopy_marks_placements_and_discards_make_an_exact_bitmap() {
         page_pattern("ram", p * 4096, &mut page);
         // SAFETY: inside the block, before LISTEN (not registered yet).
         unsafe {
-            std::ptr::copy_nonoverlapping(page.as_ptr(), (mem.addr + p as usize * 4096) as *mut u8, 4096)
+            std::ptr::copy_nonoverlapping(
+                page.as_ptr(),
+                (mem.addr + p as usize * 4096) as *mut u8,
+                4096,
+            )
         };
     }
     incoming.mark_received(mem.addr, 10 * 4096).unwrap();
     incoming.mark_received(mem.addr + 50 * 4096, 4096).unwrap();
-    assert!(incoming.mark_received(mem.addr + 100, 4096).is_err(), "not a whole target page");
-    assert!(incoming.mark_received(mem.addr + 99 * 4096, 2 * 4096).is_err(), "past the block");
+    assert!(
+        incoming.mark_received(mem.addr + 100, 4096).is_err(),
+        "not a whole target page"
+    );
+    assert!(
+        incoming
+            .mark_received(mem.addr + 99 * 4096, 2 * 4096)
+            .is_err(),
+        "past the block"
+    );
     incoming.enable_notify().unwrap();
     // Marked pages were kept across LISTEN and are never requested.
     assert!(check_page(mem.addr + 3 * 4096, "ram", 3 * 4096));
@@ -52,11 +64,23 @@ fn precopy_marks_placements_and_discards_make_an_exact_bitmap() {
     // A discard after LISTEN (a balloon) clears page 5.
     incoming.discard_range("ram", 5 * 4096, 4096).unwrap();
     let (buf, bits, n) = bitmap_of(&incoming, "ram");
-    assert_eq!(n, 8 + 16 + 8, "be64 size, 100 bits in two words, be64 end mark");
+    assert_eq!(
+        n,
+        8 + 16 + 8,
+        "be64 size, 100 bits in two words, be64 end mark"
+    );
     assert_eq!(u64::from_be_bytes(buf[..8].try_into().unwrap()), 16);
-    assert_eq!(u64::from_be_bytes(buf[n - 8..].try_into().unwrap()), RECV_BITMAP_END_MARK);
-    let want: Vec<u64> = (0..10).filter(|&p| p != 5).chain([20, 21, 50, 90]).collect();
-    let got: Vec<u64> = (0..bits.len() as u64).filter(|&p| bits[p as usize]).collect();
+    assert_eq!(
+        u64::from_be_bytes(buf[n - 8..].try_into().unwrap()),
+        RECV_BITMAP_END_MARK
+    );
+    let want: Vec<u64> = (0..10)
+        .filter(|&p| p != 5)
+        .chain([20, 21, 50, 90])
+        .collect();
+    let got: Vec<u64> = (0..bits.len() as u64)
+        .filter(|&p| bits[p as usize])
+        .collect();
     assert_eq!(got, want);
     let reqs: Vec<u64> = hooks.requests().iter().map(|r| r.offset / 4096).collect();
     assert_eq!(reqs, vec![20, 21], "marked pages are never requested");

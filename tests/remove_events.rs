@@ -10,7 +10,8 @@ use postcopy_ram::IncomingConfig;
 
 fn dontneed(addr: usize, len: usize) {
     // SAFETY: drops pages of the test's own guest memory.
-    assert_eq!(unsafe { libc::madvise(addr as *mut _, len, libc::MADV_DONTNEED) }, 0);
+    let rc = unsafe { libc::madvise(addr as *mut _, len, libc::MADV_DONTNEED) };
+    assert_eq!(rc, 0);
 }
 
 #[test]
@@ -36,7 +37,11 @@ fn madv_dontneed_on_a_received_page_is_requested_again_with_track_remove() {
     wait_for(5, "the request", || incoming.stats().requests == 1);
     let reqs = hooks.requests();
     assert_eq!(reqs.len(), 1);
-    assert_eq!(reqs[0].offset, 2 * 4096, "the dropped page was requested again");
+    assert_eq!(
+        reqs[0].offset,
+        2 * 4096,
+        "the dropped page was requested again"
+    );
     incoming.cleanup().unwrap();
     let s = incoming.stats();
     assert_eq!((s.late_faults, s.pages_placed), (0, 2), "{s:?}");

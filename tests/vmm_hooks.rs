@@ -28,7 +28,9 @@ fn fault_thread_callbacks_run_on_it_and_blocks_carry_their_opaque() {
     wait_for(5, "three requests", || incoming.stats().requests == 3);
     let reqs = hooks.requests();
     assert_eq!(
-        reqs.iter().map(|r| (r.named.clone(), r.opaque)).collect::<Vec<_>>(),
+        reqs.iter()
+            .map(|r| (r.named.clone(), r.opaque))
+            .collect::<Vec<_>>(),
         vec![
             (Some("ram-a".to_owned()), 0xA11CE),
             (None, 0xA11CE),
@@ -77,7 +79,10 @@ fn enable_notify_reads_the_blocks_again() {
     *hooks.blocks.lock() = vec![mem.block("ram")];
     incoming.enable_notify().unwrap();
     assert_eq!(incoming.recv_bitmap_len("ram").unwrap(), 8 + 8 + 8);
-    assert!(check_page(mem.addr + 6 * 4096, "ram", 6 * 4096), "the grown tail is served");
+    assert!(
+        check_page(mem.addr + 6 * 4096, "ram", 6 * 4096),
+        "the grown tail is served"
+    );
     wait_for(5, "one request", || incoming.stats().requests == 1);
     assert_eq!(hooks.requests()[0].offset, 6 * 4096);
     // The mark made at ADVISE survived the re-read.

@@ -8,11 +8,13 @@ use std::thread;
 use std::time::Instant;
 
 use parking_lot::Mutex;
-use postcopy_ram::destination::return_path_sender::{encode_page_request, encode_shut, MAX_MESSAGE};
+use postcopy_ram::destination::return_path_sender::{
+    encode_page_request, encode_shut, MAX_MESSAGE,
+};
 use postcopy_ram::wire::{self, CommandMsg};
 use postcopy_ram::{
-    AbortOutcome, BlockName, BlocktimeReport, Incoming, IncomingConfig, IncomingHooks,
-    Placement, RamBlock, State,
+    AbortOutcome, BlockName, BlocktimeReport, Incoming, IncomingConfig, IncomingHooks, Placement,
+    RamBlock, State,
 };
 
 use crate::checksum::{checksum, dest_marker, mix};
@@ -94,7 +96,9 @@ impl Placer {
             || length as u64 != host_page
             || offset + host_page > self.mem.len() as u64
         {
-            return Err(format!("bad page frame {name} +{offset:#x} ({length} bytes)"));
+            return Err(format!(
+                "bad page frame {name} +{offset:#x} ({length} bytes)"
+            ));
         }
         Ok(self.mem.addr() as usize + offset as usize)
     }
@@ -117,7 +121,12 @@ impl Placer {
             }
             None => self.incoming.place_page_zero(host, length as u64),
         };
-        r.map_err(|e| format!("placing the page at +{:#x}: {e}", host - self.mem.addr() as usize))
+        r.map_err(|e| {
+            format!(
+                "placing the page at +{:#x}: {e}",
+                host - self.mem.addr() as usize
+            )
+        })
     }
 }
 
@@ -134,12 +143,7 @@ impl Failure {
 /// Places the pages that arrive on the urgent connection (answers to page requests). A
 /// failed placement is recorded and the main connection shut down, so that the main loop
 /// stops at once and aborts (a read error here is only the channel going away).
-fn serve_urgent(
-    stream: TcpStream,
-    placer: &Placer,
-    failure: &Failure,
-    main: &TcpStream,
-) -> u64 {
+fn serve_urgent(stream: TcpStream, placer: &Placer, failure: &Failure, main: &TcpStream) -> u64 {
     stream.set_nodelay(true).ok();
     let mut reader = BufReader::with_capacity(64 << 10, stream);
     let mut data = Vec::new();
@@ -147,10 +151,18 @@ fn serve_urgent(
     loop {
         let r = match read_item(&mut reader, &mut data) {
             Ok(Item::End) | Err(_) => return placed,
-            Ok(Item::Page { name, offset, length }) => placer
+            Ok(Item::Page {
+                name,
+                offset,
+                length,
+            }) => placer
                 .check(&name, offset, length)
                 .and_then(|host| placer.place(host, Some(&data), length)),
-            Ok(Item::Zero { name, offset, length }) => placer
+            Ok(Item::Zero {
+                name,
+                offset,
+                length,
+            }) => placer
                 .check(&name, offset, length)
                 .and_then(|host| placer.place(host, None, length)),
             Ok(Item::Command(_)) => Err("command on the urgent channel".into()),
@@ -315,7 +327,9 @@ pub fn run_dest(
     let spawn_urgent = |urgent: TcpStream, main: &TcpStream| {
         let (placer, failure) = (placer.clone(), failure.clone());
         let main = main.try_clone().map_err(|e| e.to_string())?;
-        Ok::<_, String>(thread::spawn(move || serve_urgent(urgent, &placer, &failure, &main)))
+        Ok::<_, String>(thread::spawn(move || {
+            serve_urgent(urgent, &placer, &failure, &main)
+        }))
     };
     // Requested pages arrive on their own connection, ahead of the background stream.
     urgent_readers.push(spawn_urgent(urgent, &stream)?);
@@ -412,9 +426,16 @@ pub fn run_dest(
                     other => log::warn!("ignoring command {:?}", other.command()),
                 }
             }
-            Item::Page { name, offset, length } | Item::Zero { name, offset, length }
-                if incoming.state() < State::Listening =>
-            {
+            Item::Page {
+                name,
+                offset,
+                length,
+            }
+            | Item::Zero {
+                name,
+                offset,
+                length,
+            } if incoming.state() < State::Listening => {
                 let host = placer.check(&name, offset, length)?;
                 // SAFETY: checked inside the mapping; not registered yet (precopy).
                 let page =
@@ -429,14 +450,22 @@ pub fn run_dest(
                     .mark_received(host, length as u64)
                     .map_err(|e| e.to_string())?;
             }
-            Item::Page { name, offset, length } => {
+            Item::Page {
+                name,
+                offset,
+                length,
+            } => {
                 let host = placer.check(&name, offset, length)?;
                 match placer.place(host, Some(&data), length)? {
                     Placement::Placed => report.pages_received_post += 1,
                     Placement::AlreadyPresent => report.already_present += 1,
                 }
             }
-            Item::Zero { name, offset, length } => {
+            Item::Zero {
+                name,
+                offset,
+                length,
+            } => {
                 let host = placer.check(&name, offset, length)?;
                 match placer.place(host, None, length)? {
                     Placement::Placed => report.zero_received_post += 1,

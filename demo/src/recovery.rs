@@ -73,7 +73,8 @@ pub fn dest_resume(
         match msg {
             CommandMsg::RecvBitmap { name } => {
                 let name = std::str::from_utf8(name).map_err(|_| "resume: block name")?;
-                let mut block = vec![0u8; incoming.recv_bitmap_len(name).map_err(|e| e.to_string())?];
+                let mut block =
+                    vec![0u8; incoming.recv_bitmap_len(name).map_err(|e| e.to_string())?];
                 let n = incoming
                     .encode_recv_bitmap(name, &mut block)
                     .map_err(|e| e.to_string())?;

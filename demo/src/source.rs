@@ -437,7 +437,9 @@ pub fn run_source(
                 let _ = fast.out.get_ref().shutdown(std::net::Shutdown::Both);
                 let _ = reader.join();
                 if opts.progress {
-                    eprintln!("[source] cut both connections after {limit} postcopy pages; reconnecting");
+                    eprintln!(
+                        "[source] cut both connections after {limit} postcopy pages; reconnecting"
+                    );
                 }
                 let connect = || {
                     TcpStream::connect(("127.0.0.1", opts.port))

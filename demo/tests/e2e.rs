@@ -174,7 +174,10 @@ fn a_failed_placement_aborts_within_a_second_naming_the_cause() {
     ]);
     let t = text(&out);
     assert!(!out.status.success(), "{t}");
-    let line = t.lines().find(|l| l.contains("[dest] postcopy aborted:")).unwrap_or("");
+    let line = t
+        .lines()
+        .find(|l| l.contains("[dest] postcopy aborted:"))
+        .unwrap_or("");
     assert!(
         line.contains("placing the page") && line.contains("Bad address"),
         "the cause is named: {t}"
@@ -225,7 +228,10 @@ fn kvm_guest_recovery_and_per_vcpu_blocktime() {
     ]);
     assert_ok(&out);
     let t = text(&out);
-    assert!(t.contains("KVM guest checksum") && !t.contains("MISMATCH"), "{t}");
+    assert!(
+        t.contains("KVM guest checksum") && !t.contains("MISMATCH"),
+        "{t}"
+    );
     assert!(t.lines().any(|l| l.starts_with("recovery ")), "{t}");
     let bt = t
         .lines()

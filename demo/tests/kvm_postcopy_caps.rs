@@ -45,7 +45,10 @@ impl Ram {
             )
         };
         assert_ne!(p, libc::MAP_FAILED);
-        Ram { addr: p as usize, len }
+        Ram {
+            addr: p as usize,
+            len,
+        }
     }
 }
 
@@ -67,7 +70,11 @@ impl IncomingHooks for Hooks {
         Ok(vec![self.block.clone()])
     }
     fn request_page(&self, _: Option<&BlockName>, offset: u64, _: u64) -> Result<(), i32> {
-        self.tx.lock().unwrap().send(offset).map_err(|_| libc::EPIPE)
+        self.tx
+            .lock()
+            .unwrap()
+            .send(offset)
+            .map_err(|_| libc::EPIPE)
     }
 }
 
@@ -98,14 +105,16 @@ fn destination(
         backing: Backing::Anonymous { shared: false },
         opaque: 0,
     };
-    let incoming = Arc::new(Incoming::new(
-        Arc::new(Hooks {
-            block,
-            tx: Mutex::new(tx),
-        }),
-        config,
-    )
-    .unwrap());
+    let incoming = Arc::new(
+        Incoming::new(
+            Arc::new(Hooks {
+                block,
+                tx: Mutex::new(tx),
+            }),
+            config,
+        )
+        .unwrap(),
+    );
     let inc = Arc::downgrade(&incoming);
     let base = ram.addr;
     let server = std::thread::spawn(move || {
@@ -136,7 +145,10 @@ fn kvm_vcpu_blocktime_is_attributed_to_the_registered_vcpu() {
         blocktime: true,
         ..Default::default()
     };
-    let (incoming, server) = destination(&ram, config, data.clone(), Duration::from_millis(1), |_| true);
+    let (incoming, server) =
+        destination(&ram, config, data.clone(), Duration::from_millis(1), |_| {
+            true
+        });
     incoming.init(0).unwrap();
     incoming.enable_notify().unwrap();
     let tid = Arc::new(AtomicI32::new(0));
@@ -151,10 +163,15 @@ fn kvm_vcpu_blocktime_is_attributed_to_the_registered_vcpu() {
     let vcpu = unsafe { kvm::spawn_checksum_guest(ram.addr as *mut u8, len, opts) };
     let t0 = Instant::now();
     while tid.load(Ordering::SeqCst) == 0 {
-        assert!(t0.elapsed() < Duration::from_secs(10), "the vCPU thread never started");
+        assert!(
+            t0.elapsed() < Duration::from_secs(10),
+            "the vCPU thread never started"
+        );
         std::thread::sleep(Duration::from_millis(1));
     }
-    incoming.register_vcpu(0, tid.load(Ordering::SeqCst)).unwrap();
+    incoming
+        .register_vcpu(0, tid.load(Ordering::SeqCst))
+        .unwrap();
     gate.store(1, Ordering::SeqCst);
     let res = vcpu.join().unwrap().expect("guest run");
     assert_eq!(res.checksum, kvm::reference_checksum(&data));
@@ -217,7 +234,10 @@ fn kvm_abort_gives_the_vcpu_a_memory_failure_not_a_hang() {
     let vcpu = unsafe { kvm::spawn_checksum_guest(ram.addr as *mut u8, len, opts) };
     let t0 = Instant::now();
     while incoming.stats().pending_pages == 0 || incoming.stats().pages_placed < 256 {
-        assert!(t0.elapsed() < Duration::from_secs(20), "the guest never blocked on page 256");
+        assert!(
+            t0.elapsed() < Duration::from_secs(20),
+            "the guest never blocked on page 256"
+        );
         std::thread::sleep(Duration::from_millis(2));
     }
     std::thread::sleep(Duration::from_millis(20));
@@ -226,14 +246,20 @@ fn kvm_abort_gives_the_vcpu_a_memory_failure_not_a_hang() {
     let aborted = Instant::now();
     assert_eq!(out.pages_lost, 256);
     while !vcpu.is_finished() {
-        assert!(aborted.elapsed() < Duration::from_secs(5), "the vCPU hangs after abort");
+        assert!(
+            aborted.elapsed() < Duration::from_secs(5),
+            "the vCPU hangs after abort"
+        );
         std::thread::sleep(Duration::from_millis(2));
     }
     let res = vcpu.join().unwrap();
     eprintln!("KVM abort: poisoned {}, vCPU: {res:?}", out.poisoned);
     if out.poisoned {
         let err = res.expect_err("the guest must not complete over lost pages");
-        assert!(err.contains("memory failure"), "a memory failure is reported: {err}");
+        assert!(
+            err.contains("memory failure"),
+            "a memory failure is reported: {err}"
+        );
         assert!(
             err.contains(&format!("{:#x}", ram.addr + len / 2)),
             "at the first lost page: {err}"

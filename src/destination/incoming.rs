@@ -612,9 +612,8 @@ impl Incoming {
         // Failed: cleanup failed, postcopy was aborted, or pages are still pending (a request
         // failed and was never recovered). A request that failed and was re-sent with
         // success does not count.
-        let failed = failure.is_some()
-            || self.aborted.load(Ordering::Acquire)
-            || self.pending_pages() != 0;
+        let failed =
+            failure.is_some() || self.aborted.load(Ordering::Acquire) || self.pending_pages() != 0;
         let _ = self.set_state(State::End);
         if !self.config.never_send_shut {
             self.hooks.shut(failed);

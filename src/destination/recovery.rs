@@ -128,7 +128,10 @@ impl Incoming {
                 "mark_received: {len:#x} bytes at {host:#x} are not whole target pages"
             )));
         }
-        if off.checked_add(len).is_none_or(|end| end > entry.block.length) {
+        if off
+            .checked_add(len)
+            .map_or(true, |end| end > entry.block.length)
+        {
             return Err(Error::invalid(format!(
                 "mark_received: {len:#x} bytes at {host:#x} run past block {}",
                 entry.block.name
@@ -161,14 +164,8 @@ impl Incoming {
             Error::invalid(format!("encode_recv_bitmap: no RAM block named {name:?}"))
         })?;
         let words = entry.received.snapshot();
-        crate::wire::encode_recv_bitmap(buf, &words, entry.received.nbits() as usize).map_err(
-            |e| {
-                Error::new(
-                    e.errno(),
-                    format!("encode_recv_bitmap of {name}: {e}"),
-                )
-            },
-        )
+        crate::wire::encode_recv_bitmap(buf, &words, entry.received.nbits() as usize)
+            .map_err(|e| Error::new(e.errno(), format!("encode_recv_bitmap of {name}: {e}")))
     }
 
     /// For a source gone for good: gives up every page not yet received, so that no thread

@@ -86,7 +86,10 @@ impl TestHooks {
         let mut page = vec![0u8; length as usize];
         page_pattern(block, offset, &mut page);
         // SAFETY: `page` holds `length` bytes.
-        unsafe { self.get().place_page(host + offset as usize, page.as_ptr(), length) }
+        unsafe {
+            self.get()
+                .place_page(host + offset as usize, page.as_ptr(), length)
+        }
     }
 
     pub fn requests(&self) -> Vec<Req> {

@@ -413,7 +413,11 @@ fn source_main(args: &Args) -> Result<bool, String> {
     println!(
         "blocktime              total {} ms (all {} {} blocked at once), per {}: [{}] ms{}",
         num("total_ms"),
-        if args.kvm { "vCPUs" } else { "faulting threads" },
+        if args.kvm {
+            "vCPUs"
+        } else {
+            "faulting threads"
+        },
         vcpus.split(',').filter(|v| !v.is_empty()).count(),
         if args.kvm { "vCPU" } else { "thread" },
         vcpus.replace(',', ", "),

@@ -424,7 +424,10 @@ fn run_checksum_guest_impl(
     let vm = setup_vm(ram, ram_len, opts, npages, stride)?;
     if let Some(tid) = &opts.vcpu_tid {
         // SAFETY: gettid has no preconditions.
-        tid.store(unsafe { libc::gettid() }, std::sync::atomic::Ordering::SeqCst);
+        tid.store(
+            unsafe { libc::gettid() },
+            std::sync::atomic::Ordering::SeqCst,
+        );
     }
     if let Some(gate) = &opts.start_gate {
         while gate.load(std::sync::atomic::Ordering::SeqCst) == 0 {
