@@ -7,6 +7,7 @@ pub mod discard;
 pub mod fault_thread;
 pub mod host_support;
 pub mod incoming;
+mod listen;
 mod pending;
 pub mod placement;
 pub mod received;
