@@ -230,8 +230,9 @@ static void test_discard(void)
     wire[13] = 'x'; /* terminator */
     CHECK(pcr_wire_decode_discard(wire, n, &d, got_starts, got_lengths, 16) == -EBADMSG);
     n = hex(DISCARD_1, wire, sizeof(wire));
-    wire[28] = 0; /* length 0x2000 -> 0 */
-    CHECK(pcr_wire_decode_discard(wire, n, &d, got_starts, got_lengths, 16) == -EINVAL);
+    wire[28] = 0; /* length 0x2000 -> 0: an empty range, as QEMU 2.6-2.9 sources send */
+    CHECK(pcr_wire_decode_discard(wire, n, &d, got_starts, got_lengths, 16) == (ptrdiff_t)n);
+    CHECK(d.range_count == 1 && got_lengths[0] == 0);
     n = hex("08 0006 0014 | 00 00 00 | 0000000000001000 0000000000002000 00", wire, sizeof(wire));
     CHECK(pcr_wire_decode_discard(wire, n, &d, got_starts, got_lengths, 16) == -EINVAL); /* empty name */
     n = hex("08 0006 001a | 00 06 70632e72616d 00 | 0000000000001000 0000000000002000 00", wire, sizeof(wire));
@@ -349,11 +350,22 @@ static void test_return_path_errors(void)
     CHECK(pcr_wire_encode_return_path(buf, sizeof(buf), &m) == 4 + 13 + 255);
     m = rp(PCR_WIRE_RP_REQ_PAGES);
     CHECK(pcr_wire_encode_return_path(buf, sizeof(buf), &m) == -EINVAL); /* 0 bytes */
-    m = rp(7);
+    m = rp(8);
     CHECK(pcr_wire_encode_return_path(buf, sizeof(buf), &m) == -EINVAL); /* unknown type */
 
-    n = hex("0007 0004 00000000", wire, sizeof(wire));
+    n = hex("0008 0004 00000000", wire, sizeof(wire));
     CHECK(pcr_wire_decode_return_path(wire, n, &m) == -EBADMSG);
+    CHECK(pcr_wire_decode_return_path_header(wire, n, &h) == -EBADMSG);
+    /* SWITCHOVER_ACK (QEMU 8.1): no payload. */
+    n = hex("0007 0000", wire, sizeof(wire));
+    CHECK(pcr_wire_decode_return_path_header(wire, n, &h) == 0);
+    CHECK(h.kind == PCR_WIRE_RP_SWITCHOVER_ACK && h.payload_len == 0 && h.total_len == 4);
+    CHECK(pcr_wire_decode_return_path(wire, n, &m) == 4);
+    CHECK(m.rp_type == PCR_WIRE_RP_SWITCHOVER_ACK);
+    m = rp(PCR_WIRE_RP_SWITCHOVER_ACK);
+    CHECK(pcr_wire_encode_return_path(buf, sizeof(buf), &m) == 4);
+    CHECK(memcmp(buf, wire, 4) == 0);
+    n = hex("0007 0001 00", wire, sizeof(wire));
     CHECK(pcr_wire_decode_return_path_header(wire, n, &h) == -EBADMSG);
     n = hex("0001 0005 0000000000", wire, sizeof(wire)); /* SHUT of 5 bytes */
     CHECK(pcr_wire_decode_return_path(wire, n, &m) == -EBADMSG);
@@ -367,7 +379,7 @@ static void test_return_path_errors(void)
 static void test_command_errors(void)
 {
     uint8_t buf[64], wire[64];
-    struct PcrWireCommand c = command(8);
+    struct PcrWireCommand c = command(12);
     struct PcrWireHeader h;
     size_t n;
 
@@ -378,9 +390,22 @@ static void test_command_errors(void)
     CHECK(pcr_wire_encode_command(buf, sizeof(buf), &c) == -EINVAL); /* empty name */
     CHECK(pcr_wire_encode_command(buf, sizeof(buf), NULL) == -EINVAL);
 
-    n = hex("08 0008 0000", wire, sizeof(wire));
+    n = hex("08 000c 0000", wire, sizeof(wire));
     CHECK(pcr_wire_decode_command(wire, n, &c) == -EBADMSG);
-    CHECK(strstr(last_log, "unknown command 8") != NULL);
+    CHECK(strstr(last_log, "unknown command 12") != NULL);
+    /* ENABLE_COLO (8) and SWITCHOVER_START (11, QEMU 10.0): no payload. */
+    static const uint16_t no_payload[2] = {PCR_WIRE_CMD_ENABLE_COLO, PCR_WIRE_CMD_SWITCHOVER_START};
+    for (int i = 0; i < 2; i++) {
+        uint8_t msg[5] = {0x08, 0, (uint8_t)no_payload[i], 0, 0};
+        CHECK(pcr_wire_decode_command_header(msg, 5, &h) == 0);
+        CHECK(h.kind == no_payload[i] && h.payload_len == 0 && h.total_len == 5);
+        CHECK(pcr_wire_decode_command(msg, 5, &c) == 5 && c.cmd == no_payload[i]);
+        c = command(no_payload[i]);
+        CHECK(pcr_wire_encode_command(buf, sizeof(buf), &c) == 5);
+        CHECK(memcmp(buf, msg, 5) == 0);
+        msg[4] = 1;
+        CHECK(pcr_wire_decode_command_header(msg, 5, &h) == -EBADMSG);
+    }
     n = hex("07 0001 0000", wire, sizeof(wire));
     CHECK(pcr_wire_decode_command_header(wire, n, &h) == -EBADMSG);
     n = hex("08 0002 0003 000000", wire, sizeof(wire));

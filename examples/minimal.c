@@ -40,6 +40,7 @@ int main(void)
     if (!vmm.mis || !pcr_incoming_supported_by_host(vmm.mis))
         return 1;
     if (pcr_incoming_init(vmm.mis, RAM_SIZE / 4096) ||  /* discards all RAM */
+        pcr_incoming_prepare_discard(vmm.mis) ||        /* THP off: then discard ranges */
         pcr_incoming_enable_notify(vmm.mis))            /* register + fault thread */
         return 1;
     pcr_state_set(vmm.mis, PCR_STATE_RUNNING);

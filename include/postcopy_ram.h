@@ -44,6 +44,19 @@
 #define PCR_MAX_DISCARDS_PER_COMMAND 12
 
 /**
+ * Largest message (header included) the library passes to `write_return_path`: a
+ * REQ_PAGES_ID naming a 255-byte block (4 + 8 + 4 + 1 + 255 bytes). A buffer of this size
+ * holds any message the library sends.
+ */
+#define PCR_RETURN_PATH_MAX_MESSAGE 272
+
+/**
+ * Largest return-path payload QEMU's source accepts (its receive buffer); every
+ * return-path message type's length rule stays within it.
+ */
+#define PCR_RETURN_PATH_MAX_PAYLOAD 512
+
+/**
  * The values of `PcrState` (QEMU's `PostcopyState` numbering).
  */
 enum PcrStateValue
@@ -119,6 +132,11 @@ enum PcrWireCmd
    */
   PCR_WIRE_CMD_PACKAGED = 7,
   /**
+   * ENABLE_COLO: no payload (COLO, not postcopy; known so that a reader can step over
+   * it).
+   */
+  PCR_WIRE_CMD_ENABLE_COLO = 8,
+  /**
    * POSTCOPY_RESUME: no payload.
    */
   PCR_WIRE_CMD_POSTCOPY_RESUME = 9,
@@ -126,6 +144,10 @@ enum PcrWireCmd
    * RECV_BITMAP: block name.
    */
   PCR_WIRE_CMD_RECV_BITMAP = 10,
+  /**
+   * SWITCHOVER_START (QEMU 10.0): no payload.
+   */
+  PCR_WIRE_CMD_SWITCHOVER_START = 11,
 };
 #ifndef __cplusplus
 typedef uint16_t PcrWireCmd;
@@ -163,6 +185,10 @@ enum PcrWireRpType
    * RESUME_ACK: `value`.
    */
   PCR_WIRE_RP_RESUME_ACK = 6,
+  /**
+   * SWITCHOVER_ACK (QEMU 8.1): no payload.
+   */
+  PCR_WIRE_RP_SWITCHOVER_ACK = 7,
 };
 #ifndef __cplusplus
 typedef uint16_t PcrWireRpType;
@@ -283,7 +309,8 @@ typedef struct PcrIncomingOps {
    * Optional. Drops `[start, start + length)` (bytes) of `block`; returns 0 or a negative
    * errno. NULL: the library drops the pages itself (MADV_DONTNEED for private anonymous
    * memory, MADV_REMOVE for shared anonymous, fallocate(PUNCH_HOLE|KEEP_SIZE) on `fd`
-   * for fd-backed blocks, plus MADV_DONTNEED when mapped private).
+   * for fd-backed blocks, plus MADV_DONTNEED when a host-page block is mapped private;
+   * hugetlbfs files get the hole punch only). Never called for an empty range.
    */
   int (*discard_range)(void *opaque,
                        const struct PcrRamBlock *block,
@@ -306,14 +333,16 @@ typedef struct PcrIncomingOps {
    */
   void (*balloon_inhibit)(void *opaque, bool inhibit);
   /**
-   * Optional. `lock = false` before memory is registered, `true` at cleanup; returns 0 or
-   * a negative errno. NULL: with `enable_mlock` the library calls munlockall() and
+   * Optional. `lock = false` in `pcr_incoming_init` before the first discard (locked
+   * memory refuses MADV_DONTNEED: QEMU's `-overcommit mem-lock=on`), `true` at cleanup
+   * (and after an init that failed once unlocked); returns 0 or a negative errno. NULL:
+   * with `enable_mlock` the library calls munlockall() and
    * mlockall(MCL_CURRENT|MCL_FUTURE); without, nothing.
    */
   int (*mlock)(void *opaque, bool lock);
   /**
    * Optional. Writes `length` bytes (one whole QEMU return-path message) to the return
-   * path; returns 0 or a negative errno. When given and `request_page` is NULL, the
+   * path (at most PCR_RETURN_PATH_MAX_MESSAGE bytes); returns 0 or a negative errno. When given and `request_page` is NULL, the
    * library sends each page request itself as REQ_PAGES_ID (block named) or REQ_PAGES;
    * when given and `shut` is NULL, it sends SHUT at cleanup. Runs on the fault thread
    * (requests) and on the cleanup caller's thread (SHUT).
@@ -455,6 +484,11 @@ typedef struct PcrStats {
    * errno (positive) of the last failed placement, 0 if none.
    */
   int32_t last_placement_errno;
+  /**
+   * Empty discard ranges (length 0) accepted and skipped: QEMU 2.6-2.9 sources send
+   * `(block_length, 0)` after a block whose last page is clean.
+   */
+  uint64_t discard_ranges_empty;
 } PcrStats;
 
 /**
@@ -689,7 +723,9 @@ struct PcrIncoming *pcr_incoming_new(const struct PcrIncomingOps *ops, void *opa
 /**
  * Frees a destination. If postcopy was initialised and not cleaned up, cleans up first
  * (stops the fault thread, unregisters memory, closes descriptors). NULL is a no-op.
- * Must not be called from a callback.
+ * Must not be called from a callback. With the seed ABI, a handle-less seed call
+ * (postcopy_state_get/set, postcopy_ram_supported_by_host) acting on this destination on
+ * another thread is waited for: once this returns, no callback of `mis` runs.
  */
 void pcr_incoming_free(struct PcrIncoming *mis);
 
@@ -697,17 +733,24 @@ void pcr_incoming_free(struct PcrIncoming *mis);
  * Whether this host can do postcopy for the RAM blocks of `mis`: target page not larger
  * than the host page; userfaultfd available (through /dev/userfaultfd or the syscall) with
  * the features the blocks need (huge pages, shared memory); registration offering WAKE,
- * COPY and ZEROPAGE. Logs the exact missing piece. No side effects (unlike QEMU 2.9, it
+ * COPY and ZEROPAGE; and, for each block, a test page of its kind (same fd, offset,
+ * sharing and page size; never the guest's memory) registering with WAKE and COPY, so that
+ * a block the kernel cannot register (a regular-file mapping) fails here, not at LISTEN.
+ * Logs the exact missing piece, with the kernel's errno kept (EPERM under
+ * vm.unprivileged_userfaultfd=0 names the sysctl). No side effects (unlike QEMU 2.9, it
  * does not munlockall). False for NULL.
  */
 bool pcr_incoming_supported_by_host(const struct PcrIncoming *mis);
 
 /**
  * Reads the RAM blocks (through `foreach_ram_block`), validates them (page-aligned, length
- * a multiple of the page size, no overlap, unique names) and discards all their memory so
- * that every page faults later. State NONE (or END) -> ADVISE. `ram_pages`, the guest's
- * RAM in target pages, is cross-checked when non-zero. Returns 0 or a negative errno:
- * -EBUSY when already initialised, -EINVAL for bad blocks or state.
+ * a multiple of the page size, no overlap, unique names), unlocks memory per the mlock
+ * policy (`mlock(false)`: locked memory refuses the discards) and discards all their
+ * memory so that every page faults later. State NONE (or END) -> ADVISE. `ram_pages`, the
+ * size of the guest's RAM address space in target pages (QEMU: `last_ram_offset() >>
+ * TARGET_PAGE_BITS`), is checked when non-zero: a block whose RAM offset + length ends
+ * past it is refused (-EINVAL); a larger value is fine. Returns 0 or a negative errno:
+ * -EBUSY when already initialised, -EINVAL for bad blocks, `ram_pages` or state.
  */
 int pcr_incoming_init(struct PcrIncoming *mis, size_t ram_pages);
 
@@ -715,25 +758,32 @@ int pcr_incoming_init(struct PcrIncoming *mis, size_t ram_pages);
  * Ends postcopy: stops and joins the fault thread, then unregisters memory (threads still
  * blocked on missing pages are woken and find the page as the kernel leaves it: zero for
  * anonymous memory), closes the userfaultfd, ends ballooning inhibition, re-locks memory
- * per the mlock policy, frees the temporary pages, sets END and calls `shut`. Returns 0 or
+ * per the mlock policy, turns transparent huge pages back on (MADV_HUGEPAGE, as QEMU) on
+ * the blocks prepare_discard turned them off for, frees the temporary pages, sets END and
+ * calls `shut`. Returns 0 or
  * a negative errno; -EINVAL without a prior init or when called twice. Not from a callback.
  */
 int pcr_incoming_cleanup(struct PcrIncoming *mis);
 
 /**
- * Before the first discard: turns transparent huge pages off on host-page blocks so that
- * discards really drop pages. State ADVISE -> DISCARD. Returns 0 or a negative errno.
+ * Before the first discard: turns transparent huge pages off (MADV_NOHUGEPAGE) on
+ * host-page blocks so that discards really drop pages and no THP collapse refills a hole
+ * before registration; cleanup turns them back on. State ADVISE -> DISCARD. The first
+ * discard (range or command) in ADVISE calls it itself. Returns 0 or a negative errno.
  */
 int pcr_incoming_prepare_discard(struct PcrIncoming *mis);
 
 /**
  * Drops `[start, start + length)` (bytes) of block `block_name` (QEMU's
  * `ram_discard_range`), through the `discard_range` callback or the library default, and
- * clears the range's received bits. Allowed in ADVISE and DISCARD, and after LISTEN
+ * clears the range's received bits. Allowed in ADVISE and DISCARD (in ADVISE it first does
+ * `pcr_incoming_prepare_discard`: no discard runs while THP is on), and after LISTEN
  * (LISTENING, RUNNING: a balloon or virtio-mem dropping received pages), where the next
- * fault on those pages is requested again. The range must be non-empty, aligned to the
- * block's page size and inside the block. -EDEADLK from a callback on the fault thread
- * when `track_remove` is on. Returns 0 or a negative errno.
+ * fault on those pages is requested again. The range must be aligned to the block's page
+ * size and inside the block (checked arithmetic: -EINVAL if `start + length` wraps). An
+ * empty range (aligned, at most the block length) is skipped and counted in
+ * `PcrStats.discard_ranges_empty`. -EDEADLK from a callback on the fault thread when
+ * `track_remove` is on. Returns 0 or a negative errno.
  */
 int pcr_incoming_discard_range(struct PcrIncoming *mis,
                                const char *block_name,
@@ -745,7 +795,10 @@ int pcr_incoming_discard_range(struct PcrIncoming *mis,
  * 0x08 envelope) or just its payload, `length` bytes long. Checks the state (the first
  * discard in ADVISE does `pcr_incoming_prepare_discard`), the block name, and every range
  * (aligned to the block page size and inside the block) before dropping any page: a bad
- * command is rejected whole. Returns the number of ranges dropped, or a negative errno.
+ * command is rejected whole. Empty ranges (QEMU 2.6-2.9 sources end a block whose last
+ * page is clean with `(block_length, 0)`) are accepted, skipped and counted in
+ * `PcrStats.discard_ranges_empty`. Returns the number of (non-empty) ranges dropped, or a
+ * negative errno.
  */
 int pcr_incoming_handle_discard_command(struct PcrIncoming *mis,
                                         const uint8_t *bytes,
@@ -790,13 +843,16 @@ uint32_t pcr_version_number(void);
 
 /**
  * Atomically places the host page at `host` (inside a block, aligned to its page size)
- * from `pagesize` bytes at `from` (`pagesize` must be the block's page size), and wakes the
- * threads faulting on it. Callable from any thread, including `request_page`, after
+ * from `pagesize` bytes at `from` (`pagesize` must be the block's page size; `from` needs
+ * no particular alignment), and wakes the threads faulting on it. Callable from any thread, including `request_page`, after
  * `pcr_incoming_enable_notify`. Returns 0; -EEXIST when the page was already present (a
  * racing placer won; the waiters were woken: benign); or a negative errno (-EINVAL for a
  * bad address or size or a call before enable_notify).
  */
-int pcr_place_page(struct PcrIncoming *mis, void *host, const void *from, size_t pagesize);
+int pcr_place_page(struct PcrIncoming *mis,
+                   void *host,
+                   const void *from,
+                   size_t pagesize);
 
 /**
  * Atomically places a zero page at `host`, as `pcr_place_page`: with UFFDIO_ZEROPAGE
@@ -806,15 +862,19 @@ int pcr_place_page_zero(struct PcrIncoming *mis, void *host, size_t pagesize);
 
 /**
  * Places `length` bytes of whole pages (one block) from `from` with one UFFDIO_COPY: the
- * batched form of `pcr_place_page` for a contiguous run of the background stream. Pages
- * already present are skipped; every waiter is woken. Returns the number of pages placed
- * (>= 0), or a negative errno.
+ * batched form of `pcr_place_page` for a contiguous run of the background stream (`from`
+ * needs no particular alignment). Pages already present are skipped, not an error: they
+ * are counted in `PcrStats.already_present`, and every waiter is woken. Returns the number
+ * of pages this call placed (>= 0; 0 when every page was already present, where
+ * `pcr_place_page` returns -EEXIST), or a negative errno.
  */
 ptrdiff_t pcr_place_pages(struct PcrIncoming *mis, void *host, const void *from, size_t length);
 
 /**
  * Places `length` bytes of zero pages (one block) in one call: the batched form of
- * `pcr_place_page_zero`. Returns the number of pages placed (>= 0), or a negative errno.
+ * `pcr_place_page_zero`. Pages already present are skipped as in `pcr_place_pages`.
+ * Returns the number of pages this call placed (>= 0; 0 when every page was already
+ * present), or a negative errno.
  */
 ptrdiff_t pcr_place_pages_zero(struct PcrIncoming *mis, void *host, size_t length);
 
@@ -966,7 +1026,7 @@ PcrState pcr_state_set(struct PcrIncoming *mis, PcrState new_state);
 /**
  * Encodes the command `*msg` (any but POSTCOPY_RAM_DISCARD, see pcr_wire_encode_discard)
  * into `buf`, envelope included. Returns the bytes written, -ENOSPC when `buf_len` is too
- * small, -EINVAL for NULL pointers, an unknown command or a bad name.
+ * small, -EINVAL for NULL, misaligned or overlapping pointers, an unknown command or a bad name.
  */
 ptrdiff_t pcr_wire_encode_command(uint8_t *buf, size_t buf_len, const struct PcrWireCommand *msg);
 
@@ -975,7 +1035,7 @@ ptrdiff_t pcr_wire_encode_command(uint8_t *buf, size_t buf_len, const struct Pcr
  * with `count` ranges `starts[i]`, `lengths[i]` (bytes within the block, lengths not 0)
  * into `buf`, envelope included. QEMU sends at most PCR_MAX_DISCARDS_PER_COMMAND (12)
  * ranges per command; more are accepted while the payload fits 65535 bytes. Returns the
- * bytes written, -ENOSPC when `buf_len` is too small, -EINVAL for NULL pointers, a bad
+ * bytes written, -ENOSPC when `buf_len` is too small, -EINVAL for NULL, misaligned or overlapping pointers, a bad
  * name, no range, an empty or overflowing range, or too many ranges.
  */
 ptrdiff_t pcr_wire_encode_discard(uint8_t *buf,
@@ -988,9 +1048,11 @@ ptrdiff_t pcr_wire_encode_discard(uint8_t *buf,
 /**
  * Decodes a command header from the first 5 bytes of `buf` (`len` >= 5) into `*out`:
  * checks the 0x08 marker, the command number and that the payload length suits the
- * command. Returns 0, -EBADMSG for a bad header or `len` < 5, -EINVAL for NULL pointers.
+ * command. Returns 0, -EBADMSG for a bad header or `len` < 5, -EINVAL for NULL, misaligned or overlapping pointers.
  */
-int pcr_wire_decode_command_header(const uint8_t *buf, size_t len, struct PcrWireHeader *out);
+int pcr_wire_decode_command_header(const uint8_t *buf,
+                                   size_t len,
+                                   struct PcrWireHeader *out);
 
 /**
  * Decodes one whole command from the start of `buf` (`len` bytes; later bytes are ignored)
@@ -1019,7 +1081,7 @@ ptrdiff_t pcr_wire_decode_discard(const uint8_t *buf,
 
 /**
  * Encodes the return-path message `*msg` into `buf`, header included. Returns the bytes
- * written, -ENOSPC when `buf_len` is too small, -EINVAL for NULL pointers, an unknown
+ * written, -ENOSPC when `buf_len` is too small, -EINVAL for NULL, misaligned or overlapping pointers, an unknown
  * type, a bad name or a request of 0 bytes.
  */
 ptrdiff_t pcr_wire_encode_return_path(uint8_t *buf,
@@ -1029,17 +1091,19 @@ ptrdiff_t pcr_wire_encode_return_path(uint8_t *buf,
 /**
  * Decodes a return-path header from the first 4 bytes of `buf` (`len` >= 4) into `*out`:
  * checks the type and that the payload length suits it. Returns 0, -EBADMSG for a bad
- * header or `len` < 4, -EINVAL for NULL pointers.
+ * header or `len` < 4, -EINVAL for NULL, misaligned or overlapping pointers.
  */
 int pcr_wire_decode_return_path_header(const uint8_t *buf, size_t len, struct PcrWireHeader *out);
 
 /**
  * Decodes one whole return-path message from the start of `buf` (`len` bytes; later bytes
  * are ignored) into `*out`; `out->name` points into `buf`. Returns the message's length in
- * bytes, -EBADMSG for malformed or truncated bytes, -EINVAL for NULL pointers or
+ * bytes, -EBADMSG for malformed or truncated bytes, -EINVAL for NULL, misaligned or overlapping pointers or
  * unacceptable values (empty name, request of 0 bytes...).
  */
-ptrdiff_t pcr_wire_decode_return_path(const uint8_t *buf, size_t len, struct PcrWireRpMessage *out);
+ptrdiff_t pcr_wire_decode_return_path(const uint8_t *buf,
+                                      size_t len,
+                                      struct PcrWireRpMessage *out);
 
 /**
  * Bytes of the received-bitmap block for a block of `nbits` target pages: 8 (size) +
@@ -1051,7 +1115,7 @@ ptrdiff_t pcr_wire_recv_bitmap_len(size_t nbits);
  * Encodes the received-bitmap block (be64 size, little-endian bitmap, be64 end marker) for
  * `nbits` pages of `bitmap` (bit i of word w = page 64 * w + i, set = received; bits past
  * `nbits` are sent as 0) into `buf`. Returns the bytes written (pcr_wire_recv_bitmap_len),
- * -ENOSPC when `buf_len` is too small, -EINVAL for NULL pointers.
+ * -ENOSPC when `buf_len` is too small, -EINVAL for NULL, misaligned or overlapping pointers.
  */
 ptrdiff_t pcr_wire_encode_recv_bitmap(uint8_t *buf,
                                       size_t buf_len,
@@ -1063,7 +1127,7 @@ ptrdiff_t pcr_wire_encode_recv_bitmap(uint8_t *buf,
  * `nbits` pages into `bitmap` (nbits.div_ceil(64) words; bits past `nbits` in the last
  * word are cleared). The size field must be exactly the one for `nbits`. Returns the
  * block's length in bytes, -EBADMSG for malformed or truncated bytes or a bad end marker,
- * -EINVAL for NULL pointers or a size that does not match `nbits`.
+ * -EINVAL for NULL, misaligned or overlapping pointers or a size that does not match `nbits`.
  */
 ptrdiff_t pcr_wire_decode_recv_bitmap(const uint8_t *buf,
                                       size_t len,
@@ -1077,8 +1141,11 @@ ptrdiff_t pcr_wire_decode_recv_bitmap(const uint8_t *buf,
  * every host page with any page set is first made wholly set in `bitmap` (so the source
  * re-sends it); then `callback(opaque, start, npages)` is called for every run of set
  * pages, in ascending order, each starting and ending on a host-page boundary (the last may
- * end at `nbits`). Returns 0; the callback's value if it returned nonzero (the walk stops
- * there); -EINVAL for NULL pointers or a `host_ratio` that is not a power of two.
+ * end at `nbits`). The bitmap is canonicalised 64 Ki pages (or one host page, if larger)
+ * at a time, ahead of the callbacks for those pages; the library holds no reference into
+ * `bitmap` while `callback` runs, so the callback may read it (it must not change it).
+ * Returns 0; the callback's value if it returned nonzero (the walk stops there); -EINVAL
+ * for NULL or misaligned pointers or a `host_ratio` that is not a power of two.
  */
 int pcr_discard_walk(uint64_t *bitmap,
                      size_t nbits,

@@ -6,7 +6,8 @@
  * pcr_ functions of postcopy_ram.h under QEMU's names: the seed types below are the pcr_
  * types, created with pcr_incoming_new / pcr_source_new. Where QEMU's functions take no
  * handle (postcopy_ram_supported_by_host, postcopy_state_get/set) they act on the newest
- * live PcrIncoming.
+ * live PcrIncoming; pcr_incoming_free waits for such a call in progress on the handle it
+ * frees, so that no callback of that handle runs after it returned.
  *
  * These names clash with QEMU's own headers (QEMU 7.2 declares postcopy_place_page and
  * friends with other signatures): never include this header in QEMU itself; include

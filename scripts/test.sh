@@ -10,6 +10,13 @@ trap 'rm -f "$log"' EXIT
 echo "== Rust tests (library, wire codecs, fault storm, KVM guest, end-to-end migrations)"
 cargo test --workspace --all-targets 2>&1 | tee -a "$log"
 
+echo "== Miri: the C entry points' pointer checks and the discard walk's callback (undefined behaviour a plain run cannot see)"
+if cargo +nightly miri --version >/dev/null 2>&1; then
+  MIRIFLAGS=-Zmiri-disable-isolation cargo +nightly miri test --test ffi_soundness 2>&1 | tee -a "$log"
+else
+  echo "SKIP: Miri is not installed (rustup component add --toolchain nightly miri rust-src)"
+fi
+
 echo "== C tests (CMake + ctest: seed prototypes, real userfaultfd, dlopen, static, packaging, valgrind/ASan, KVM migration)"
 bash scripts/c-tests.sh 2>&1 | tee -a "$log"
 

@@ -16,6 +16,7 @@ pub(crate) struct Counters {
     pub zero_pages_placed: AtomicU64,
     pub already_present: AtomicU64,
     pub unexpected_events: AtomicU64,
+    pub discard_ranges_empty: AtomicU64,
     pub paused_faults: AtomicU64,
     pub resent: AtomicU64,
     pub resend_errors: AtomicU64,
@@ -76,6 +77,9 @@ pub struct Stats {
     pub last_request_errno: i32,
     /// errno (positive) of the last failed placement, 0 if none.
     pub last_placement_errno: i32,
+    /// Empty discard ranges (length 0) accepted and skipped: QEMU 2.6-2.9 sources send
+    /// `(block_length, 0)` after a block whose last page is clean.
+    pub discard_ranges_empty: u64,
 }
 
 impl Counters {
@@ -100,6 +104,7 @@ impl Counters {
             remove_events: self.remove_events.load(Relaxed),
             pages_lost: self.pages_lost.load(Relaxed),
             last_placement_errno: self.last_placement_errno.load(Relaxed),
+            discard_ranges_empty: self.discard_ranges_empty.load(Relaxed),
         }
     }
 }

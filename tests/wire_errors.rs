@@ -19,7 +19,7 @@ fn headers_are_strict() {
         decode_command_header(&hex("09 0001 0000")),
         Err(WireError::BadCommandMarker(9))
     );
-    for cmd in [0u16, 8, 11, 0xffff] {
+    for cmd in [0u16, 12, 0xffff] {
         let mut b = hex("08 0000 0000");
         b[1..3].copy_from_slice(&cmd.to_be_bytes());
         assert_eq!(
@@ -55,7 +55,7 @@ fn headers_are_strict() {
             available: 2
         })
     );
-    for t in [0u16, 7, 0x100] {
+    for t in [0u16, 8, 0x100] {
         let mut b = hex("0000 0004");
         b[..2].copy_from_slice(&t.to_be_bytes());
         assert_eq!(
@@ -177,12 +177,11 @@ fn clear_errors_for_bad_discards() {
         Err(WireError::DiscardLengthNotMultipleOf16(15))
     );
     assert_eq!(decode_discard_payload(&good[..6]), Err(WireError::NoRanges));
+    // An empty range (QEMU 2.6-2.9 sources send `(block_length, 0)`) decodes.
     let mut p = good.clone();
     p[20] = 0;
-    assert_eq!(
-        decode_discard_payload(&p),
-        Err(WireError::ZeroLengthRange { index: 0 })
-    );
+    let d = decode_discard_payload(&p).unwrap();
+    assert_eq!(d.range(0).unwrap().length, 0);
     let p = hex("00 03 72616d 00 ffffffffffffffff 0000000000000001");
     assert!(matches!(
         decode_discard_payload(&p),

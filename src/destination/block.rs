@@ -86,25 +86,35 @@ impl PageBitmap {
     // then tests "requested": sequentially consistent on both sides, so at least one of
     // them sees the other's bit and a requested bit is never left behind on a placed page.
 
-    /// Sets the bit; returns whether it was already set.
+    // Indexes are bounds-checked: a page past the bitmap reads as clear and is never set,
+    // whatever the caller's offset (no panic, no wrap).
+
+    fn word(&self, page: u64) -> Option<&AtomicU64> {
+        self.0.get(usize::try_from(page / 64).ok()?)
+    }
+
+    /// Sets the bit; returns whether it was already set (false past the end: nothing set).
     pub(crate) fn test_and_set(&self, page: u64) -> bool {
         let bit = 1 << (page % 64);
-        self.0[(page / 64) as usize].fetch_or(bit, Ordering::SeqCst) & bit != 0
+        self.word(page)
+            .is_some_and(|w| w.fetch_or(bit, Ordering::SeqCst) & bit != 0)
     }
 
     /// Clears the bit, with an atomic read-modify-write only when it is set (placements
     /// of pages nobody requested, the common case, then cost one load).
     pub(crate) fn clear(&self, page: u64) {
-        let word = &self.0[(page / 64) as usize];
+        let Some(word) = self.word(page) else {
+            return;
+        };
         let bit = 1 << (page % 64);
         if word.load(Ordering::SeqCst) & bit != 0 {
             word.fetch_and(!bit, Ordering::SeqCst);
         }
     }
 
-    /// Word `index` (pages `64 * index ..`).
-    pub(crate) fn word(&self, index: usize) -> u64 {
-        self.0[index].load(Ordering::SeqCst)
+    /// The bits of word `index` (pages `64 * index ..`); 0 past the end.
+    pub(crate) fn word_bits(&self, index: usize) -> u64 {
+        self.0.get(index).map_or(0, |w| w.load(Ordering::SeqCst))
     }
 
     /// Number of words.
@@ -225,6 +235,18 @@ impl BlockTable {
                     "RAM block {}: address range overflows",
                     b.name
                 )));
+            }
+            if let Backing::File { offset, .. } = b.backing {
+                // Discards compute `offset + start` as an off_t: checked once here.
+                if offset
+                    .checked_add(b.length)
+                    .map_or(true, |end| end > i64::MAX as u64)
+                {
+                    return Err(Error::invalid(format!(
+                        "RAM block {}: file offset {offset:#x} + length {:#x} overflows off_t",
+                        b.name, b.length
+                    )));
+                }
             }
         }
         blocks.sort_by_key(|b| b.host);

@@ -5,10 +5,16 @@ use std::io;
 use crate::destination::block::{Backing, RamBlock};
 use crate::error::{Error, Result};
 
-/// Drops `[start, start+length)` (bytes into `block`) the way its backing requires:
-/// private anonymous memory with `MADV_DONTNEED`; shared anonymous (shmem) with
-/// `MADV_REMOVE`; file-backed (memfd, hugetlbfs) with `fallocate(PUNCH_HOLE|KEEP_SIZE)` on
-/// the file, plus `MADV_DONTNEED` when mapped private so that private copies go too.
+/// Drops `[start, start+length)` (bytes into `block`) the way its backing requires, as
+/// QEMU's `ram_block_discard_range` does:
+///
+/// | block kind | how | kernel |
+/// |---|---|---|
+/// | private anonymous (host pages) | `MADV_DONTNEED` | any |
+/// | shared anonymous (shmem, or hugetlb with `MAP_HUGETLB`) | `MADV_REMOVE` | 4.3 for hugetlb |
+/// | fd-backed, host pages (memfd, shmem file) | `fallocate(PUNCH_HOLE\|KEEP_SIZE)`, plus `MADV_DONTNEED` when mapped private | any |
+/// | fd-backed hugetlbfs (hugetlbfs file, `MFD_HUGETLB` memfd), shared or private | `fallocate(PUNCH_HOLE\|KEEP_SIZE)` only: it unmaps the huge pages from every mapping, private copies included | 4.3 |
+/// | private anonymous hugetlb (`MAP_PRIVATE\|MAP_ANONYMOUS\|MAP_HUGETLB`) | `MADV_DONTNEED` (no file to punch) | 5.18 |
 ///
 /// The range must already have been checked against the block (see [`check_range`]).
 pub fn drop_range(block: &RamBlock, start: u64, length: u64) -> Result<()> {
@@ -51,7 +57,10 @@ pub fn drop_range(block: &RamBlock, start: u64, length: u64) -> Result<()> {
                     ),
                 ));
             }
-            if shared {
+            // Punching a hugetlbfs hole unmaps the huge pages from every mapping of the
+            // file, private copies included; MADV_DONTNEED on hugetlb needs Linux 5.18.
+            let huge = block.page_size != super::block::host_page_size();
+            if shared || huge {
                 Ok(())
             } else {
                 madvise(libc::MADV_DONTNEED, "MADV_DONTNEED")
@@ -60,13 +69,15 @@ pub fn drop_range(block: &RamBlock, start: u64, length: u64) -> Result<()> {
     }
 }
 
-/// Checks that `[start, start+length)` is non-empty, aligned to the block's page size at
-/// both ends and inside the block.
+/// Checks that `[start, start+length)` is aligned to the block's page size at both ends
+/// and inside the block (checked arithmetic: `start + length` may not wrap). An empty range
+/// passes when its start is aligned and at most the block length (QEMU 2.6-2.9 sources
+/// send `(block_length, 0)`); callers skip it.
 pub fn check_range(block: &RamBlock, start: u64, length: u64) -> Result<()> {
     let end = start.checked_add(length);
-    if length == 0 || start % block.page_size != 0 || length % block.page_size != 0 {
+    if start % block.page_size != 0 || length % block.page_size != 0 {
         return Err(Error::invalid(format!(
-            "discard {} [{start:#x}, +{length:#x}): empty or not aligned to the block page size {:#x}",
+            "discard {} [{start:#x}, +{length:#x}): not aligned to the block page size {:#x}",
             block.name, block.page_size
         )));
     }

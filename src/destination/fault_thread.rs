@@ -462,7 +462,7 @@ fn resend(
     let mut sent = 0u64;
     for (index, entry) in table.entries().iter().enumerate() {
         for w in 0..entry.requested.words() {
-            let mut bits = entry.requested.word(w);
+            let mut bits = entry.requested.word_bits(w);
             while bits != 0 {
                 let page = (w as u64) * 64 + bits.trailing_zeros() as u64;
                 bits &= bits - 1;

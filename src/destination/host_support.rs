@@ -22,6 +22,31 @@ pub(super) fn mlockall_checked() -> Result<()> {
     Ok(())
 }
 
+/// Refuses `ram_pages` (non-zero) smaller than the end of some block in the guest's RAM
+/// address space (`offset + length`, in target pages rounded up). Checked arithmetic: the
+/// offsets and `ram_pages` come from the caller.
+pub(super) fn check_ram_pages(
+    table: &BlockTable,
+    ram_pages: usize,
+    target_page_size: u64,
+) -> Result<()> {
+    if ram_pages == 0 {
+        return Ok(());
+    }
+    let limit = (ram_pages as u64).saturating_mul(target_page_size);
+    for e in table.entries() {
+        let b = &e.block;
+        let end = b.offset.checked_add(b.length);
+        if !end.is_some_and(|end| end <= limit) {
+            return Err(Error::invalid(format!(
+                "incoming_init: RAM block {} ends at RAM offset {:#x} + {:#x}, past ram_pages {ram_pages} ({:#x} bytes of target pages)",
+                b.name, b.offset, b.length, limit
+            )));
+        }
+    }
+    Ok(())
+}
+
 /// The userfaultfd features blocks of these kinds need.
 pub(super) fn features_needed(table: &BlockTable) -> u64 {
     let host = host_page_size();
@@ -51,8 +76,11 @@ pub(super) fn feature_names(bits: u64) -> String {
 
 /// Checks that this host can do postcopy for `blocks` with `target_page_size`, without side
 /// effects: the target page is not larger than the host page; userfaultfd opens and
-/// handshakes; the features the blocks need (huge pages, shared memory) are there; and an
-/// anonymous test area registers with WAKE, COPY and ZEROPAGE offered.
+/// handshakes; the features the blocks need (huge pages, shared memory) are there; an
+/// anonymous test area registers with WAKE, COPY and ZEROPAGE offered; and a test page of
+/// each block's kind (same file, offset, sharing and page size; never the guest's memory)
+/// registers with WAKE and COPY offered, so that a block the kernel cannot register (a
+/// regular-file mapping, say) is refused here rather than at enable_notify.
 pub fn check_host_support(blocks: Vec<RamBlock>, target_page_size: u64) -> Result<()> {
     let host = host_page_size();
     if target_page_size == 0 || !target_page_size.is_power_of_two() || target_page_size > host {
@@ -72,7 +100,7 @@ pub fn check_host_support(blocks: Vec<RamBlock>, target_page_size: u64) -> Resul
             ),
         ));
     }
-    let uffd = Uffd::open(0)?;
+    let uffd = Uffd::open(features_needed(&table))?;
     let area = AnonMapping::new(host as usize).map_err(|e| Error::os(&e, "mapping a test page"))?;
     let ioctls = uffd
         .register_missing(area.as_ptr() as usize, area.len())
@@ -88,6 +116,9 @@ pub fn check_host_support(blocks: Vec<RamBlock>, target_page_size: u64) -> Resul
                 wanted & !ioctls
             ),
         ));
+    }
+    for entry in table.entries() {
+        super::block_probe::check_block_kind(&uffd, &entry.block)?;
     }
     Ok(())
 }

@@ -12,7 +12,7 @@ use std::sync::Arc;
 
 use parking_lot::{Mutex, RwLock};
 
-use crate::destination::block::{host_page_size, BlockEntry, BlockName, BlockTable, RamBlock};
+use crate::destination::block::{BlockEntry, BlockName, BlockTable, RamBlock};
 use crate::destination::blocktime::Blocktime;
 use crate::destination::discard;
 use crate::destination::fault_thread::{on_fault_thread_of, FaultThread, WaitStrategy};
@@ -23,7 +23,7 @@ use crate::stats::{Counters, Stats};
 use crate::sys::mapping::AnonMapping;
 
 pub use super::host_support::check_host_support;
-use super::host_support::{mlockall_checked, munlockall_checked};
+use super::host_support::{check_ram_pages, mlockall_checked, munlockall_checked};
 
 pub use super::placement::{Placement, RunPlacement};
 use crate::sys::uffd::Uffd;
@@ -83,7 +83,8 @@ pub trait IncomingHooks: Send + Sync {
     /// a balloon would drop pages and cause false faults.
     fn balloon_inhibit(&self, _inhibit: bool) {}
 
-    /// Unlock (`false`, before registering) or re-lock (`true`, at cleanup) guest memory.
+    /// Unlock (`false`, in [`Incoming::init`] before the first discard: locked memory
+    /// refuses MADV_DONTNEED) or re-lock (`true`, at cleanup) guest memory.
     /// `None` (the default) lets the library do it: with
     /// [`IncomingConfig::enable_mlock`], `munlockall()` and `mlockall(MCL_CURRENT|MCL_FUTURE)`;
     /// without, nothing.
@@ -153,6 +154,8 @@ pub struct Incoming {
     pub(super) blocktime: Arc<Blocktime>,
     /// Set by abort, cleared by init.
     pub(super) aborted: AtomicBool,
+    /// Blocks whose transparent huge pages prepare_discard turned off (back on at cleanup).
+    thp: super::thp::ThpOff,
 }
 
 impl Incoming {
@@ -173,6 +176,7 @@ impl Incoming {
             table: RwLock::new(None),
             active: RwLock::new(None),
             tmp_page: Mutex::new(None),
+            thp: Default::default(),
             counters: Default::default(),
             blocktime: Default::default(),
             aborted: AtomicBool::new(false),
@@ -236,9 +240,13 @@ impl Incoming {
         }
     }
 
-    /// Reads the RAM blocks, validates them, and discards all of their memory so that every
-    /// page will fault later; state NONE -> ADVISE. `ram_pages` (the guest's RAM in target
-    /// pages, as QEMU passes it) is checked against the blocks when non-zero.
+    /// Reads the RAM blocks, validates them, unlocks guest memory per the mlock policy
+    /// ([`IncomingHooks::mlock`] with `false`: locked memory refuses MADV_DONTNEED), and
+    /// discards all of their memory so that every page will fault later; state NONE ->
+    /// ADVISE. `ram_pages` (the size of the guest's RAM address space in target pages; QEMU
+    /// passes `last_ram_offset() >> TARGET_PAGE_BITS`) is checked when non-zero: a block
+    /// ending (RAM offset + length) past it is refused with EINVAL. A larger value (gaps,
+    /// resizable blocks) is fine.
     pub fn init(&self, ram_pages: usize) -> Result<()> {
         let _control = self.control.lock();
         if self.table.read().is_some() {
@@ -253,15 +261,17 @@ impl Incoming {
         }
         let table =
             BlockTable::with_target_page(self.hooks.ram_blocks()?, self.config.target_page_size)?;
-        let total: u64 = table.entries().iter().map(|e| e.block.length).sum();
-        if ram_pages != 0 && ram_pages as u64 != total / self.config.target_page_size {
-            log::warn!(
-                "incoming_init: ram_pages {ram_pages} differs from the blocks' {} target pages",
-                total / self.config.target_page_size
-            );
-        }
+        check_ram_pages(&table, ram_pages, self.config.target_page_size)?;
+        // Locked memory refuses MADV_DONTNEED: unlock before the first discard (QEMU
+        // unlocks in its host check, before init); cleanup locks again.
+        self.set_mlock(false)?;
         for entry in table.entries() {
-            self.discard_with_hook(&entry.block, 0, entry.block.length)?;
+            if let Err(e) = self.discard_with_hook(&entry.block, 0, entry.block.length) {
+                if let Err(relock) = self.set_mlock(true) {
+                    log::error!("incoming_init: re-locking memory after a failure: {relock}");
+                }
+                return Err(e);
+            }
         }
         if state == State::End {
             self.set_state(State::None)?;
@@ -279,8 +289,9 @@ impl Incoming {
         })
     }
 
-    /// Turns transparent huge pages off on the blocks so that discards really drop pages;
-    /// state -> DISCARD.
+    /// Turns transparent huge pages off (MADV_NOHUGEPAGE) on the host-page blocks so that
+    /// discards really drop pages and no THP collapse fills a hole; state -> DISCARD.
+    /// [`Incoming::cleanup`] turns them back on (MADV_HUGEPAGE).
     pub fn prepare_discard(&self) -> Result<()> {
         let _control = self.control.lock();
         let table = self.require_table("prepare_discard")?;
@@ -290,37 +301,21 @@ impl Incoming {
                 "prepare_discard in state {state:?}"
             )));
         }
-        for entry in table.entries() {
-            if entry.block.page_size == host_page_size() {
-                // SAFETY: MADV_NOHUGEPAGE only changes how the kernel backs the range (the
-                // block's guest RAM, described by the hypervisor); contents and mappings
-                // stay, so no reference into the range is invalidated.
-                let rc = unsafe {
-                    libc::madvise(
-                        entry.block.host as *mut libc::c_void,
-                        entry.block.length as usize,
-                        libc::MADV_NOHUGEPAGE,
-                    )
-                };
-                if rc != 0 {
-                    log::debug!(
-                        "prepare_discard: MADV_NOHUGEPAGE on {}: {}",
-                        entry.block.name,
-                        std::io::Error::last_os_error()
-                    );
-                }
-            }
-        }
+        self.thp.turn_off(&table);
         self.set_state(State::Discard)?;
         Ok(())
     }
 
     /// Drops `[start, start+length)` (bytes) of block `name` and clears its received bits:
-    /// allowed in ADVISE and DISCARD, and after LISTEN (LISTENING, RUNNING: a balloon or
+    /// allowed in ADVISE and DISCARD (the first one in ADVISE calls
+    /// [`Incoming::prepare_discard`], THP off, state DISCARD, before dropping anything, as
+    /// the first discard command does), and after LISTEN (LISTENING, RUNNING: a balloon or
     /// virtio-mem dropping received pages), where their next fault is then requested again
     /// (QEMU's ram_discard_range clears its receivedmap the same way). The range must be
-    /// non-empty, aligned to the block's page size and inside it. After LISTEN, a
-    /// placement of the same pages racing the discard is the caller's to avoid.
+    /// aligned to the block's page size and inside it. An empty range (aligned start at
+    /// most the block length) is skipped and counted ([`Stats::discard_ranges_empty`]).
+    /// After LISTEN, a placement of the same pages racing the discard is the caller's to
+    /// avoid.
     pub fn discard_range(&self, name: &str, start: u64, length: u64) -> Result<()> {
         let table = self.require_table("discard_range")?;
         let state = self.state();
@@ -332,6 +327,15 @@ impl Incoming {
             .by_name(name)
             .ok_or_else(|| Error::invalid(format!("discard_range: no RAM block named {name:?}")))?;
         discard::check_range(&entry.block, start, length)?;
+        if length == 0 {
+            self.count_empty_discard();
+            return Ok(());
+        }
+        if state == State::Advise {
+            // No discard before THP is off for its block: khugepaged could collapse over
+            // the hole before registration, leaving a present zero page that never faults.
+            self.prepare_discard()?;
+        }
         if live && self.config.track_remove {
             // The kernel holds the madvise until the fault thread reads the REMOVE event:
             // from the fault thread itself that would never return.
@@ -349,12 +353,19 @@ impl Incoming {
         self.discard_with_hook(&entry.block, start, length)
     }
 
+    fn count_empty_discard(&self) {
+        self.counters
+            .discard_ranges_empty
+            .fetch_add(1, Ordering::Relaxed);
+    }
+
     /// Applies one QEMU `POSTCOPY_RAM_DISCARD` command (`bytes`: the whole command with its
     /// `0x08` envelope, or just its payload): decodes it, checks the state (the first
     /// discard in ADVISE calls [`Incoming::prepare_discard`]), the block name and every
     /// range (aligned to the block's page size, inside the block), then drops the ranges.
-    /// A bad command is rejected whole, before any page is touched. Returns the number of
-    /// ranges dropped.
+    /// A bad command is rejected whole, before any page is touched. Empty ranges (QEMU
+    /// 2.6-2.9 sources send a trailing `(block_length, 0)`) are skipped and counted
+    /// ([`Stats::discard_ranges_empty`]). Returns the number of non-empty ranges dropped.
     pub fn handle_discard_command(&self, bytes: &[u8]) -> Result<usize> {
         let discard = if bytes.first() == Some(&crate::wire::QEMU_VM_COMMAND) {
             match crate::wire::decode_command(bytes) {
@@ -395,10 +406,16 @@ impl Incoming {
                 )))
             }
         }
+        let mut dropped = 0;
         for range in discard.ranges() {
+            if range.length == 0 {
+                self.count_empty_discard();
+                continue;
+            }
             self.discard_received(entry, range.start, range.length)?;
+            dropped += 1;
         }
-        Ok(discard.range_count())
+        Ok(dropped)
     }
 
     pub(super) fn set_mlock(&self, lock: bool) -> Result<()> {
@@ -465,7 +482,8 @@ impl Incoming {
 
     /// Ends postcopy: stops and joins the fault thread, then unregisters every block (waking
     /// any thread still blocked on a missing page), closes the userfaultfd, re-allows
-    /// ballooning, re-locks memory per the mlock policy, frees the temporary pages; state ->
+    /// ballooning, re-locks memory per the mlock policy, turns transparent huge pages back
+    /// on (MADV_HUGEPAGE) where prepare_discard turned them off, frees the temporary pages; state ->
     /// END; calls [`IncomingHooks::shut`]. Needs [`Incoming::init`]; a second call fails.
     pub fn cleanup(&self) -> Result<()> {
         self.refuse_on_fault_thread("incoming_cleanup")?;
@@ -500,6 +518,7 @@ impl Incoming {
             }
         }
         drop(active);
+        self.thp.restore();
         // Failed: cleanup failed, postcopy was aborted, or pages are still pending (a request
         // failed and was never recovered). A request that failed and was re-sent with
         // success does not count.

@@ -35,7 +35,6 @@ impl Incoming {
             return Err(Error::invalid(format!("enable_notify in state {state:?}")));
         }
         let table = Arc::new(self.reread_table(&old_table)?);
-        self.set_mlock(false)?;
         let caps = uffd::probe()?;
         let needed = features_needed(&table);
         if needed & !caps.features != 0 {

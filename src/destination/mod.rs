@@ -2,6 +2,7 @@
 //! fault thread, discards, and the default return-path sender.
 
 pub mod block;
+mod block_probe;
 pub mod blocktime;
 pub mod discard;
 pub mod fault_thread;
@@ -14,3 +15,4 @@ pub mod received;
 pub mod recovery;
 mod registration;
 pub mod return_path_sender;
+pub(crate) mod thp;

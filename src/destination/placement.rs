@@ -58,7 +58,11 @@ impl Incoming {
                 b.name, b.page_size
             )));
         }
-        if host + len as usize > entry.end() {
+        // Checked: `len` comes from the caller and may be close to 2^64.
+        let fits = (host as u64)
+            .checked_add(len)
+            .is_some_and(|end| end <= entry.end() as u64);
+        if !fits {
             return Err(Error::invalid(format!(
                 "{what}: {len:#x} bytes at {host:#x} run past block {}",
                 b.name
@@ -417,7 +421,11 @@ mod tests {
         assert_eq!(err.errno(), libc::EFAULT);
         assert!(entry.is_received(0) && entry.is_received(pg as u64));
         assert!(!entry.is_received(2 * pg as u64));
-        assert_eq!(entry.requested.word(0) & 2, 0, "page 1 no longer pending");
+        assert_eq!(
+            entry.requested.word_bits(0) & 2,
+            0,
+            "page 1 no longer pending"
+        );
         let s = inc.stats();
         assert_eq!((s.pages_placed, s.placement_errors), (2, 1));
         assert_eq!(s.last_placement_errno, libc::EFAULT);

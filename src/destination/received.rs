@@ -49,29 +49,35 @@ impl ReceivedMap {
         self.nbits
     }
 
-    /// Whether every target page of host page `host_page` is received.
+    /// Whether every target page of host page `host_page` is received (false past the
+    /// end: indexes are bounds-checked, whatever the caller's offset).
     #[inline]
     pub fn host_page_received(&self, host_page: u64) -> bool {
-        let first = host_page << self.ratio_shift;
+        let Some(first) = host_page.checked_mul(1 << self.ratio_shift) else {
+            return false;
+        };
+        if first >= self.nbits {
+            return false;
+        }
         let bits = 1u64 << self.ratio_shift;
+        let w = (first / 64) as usize;
         if bits <= 64 {
             let m = mask(first % 64, bits);
-            self.words[(first / 64) as usize].load(SeqCst) & m == m
+            self.words[w].load(SeqCst) & m == m
         } else {
-            let w = (first / 64) as usize;
-            self.words[w..w + (bits / 64) as usize]
-                .iter()
-                .all(|x| x.load(SeqCst) == u64::MAX)
+            self.words
+                .get(w..w + (bits / 64) as usize)
+                .is_some_and(|ws| ws.iter().all(|x| x.load(SeqCst) == u64::MAX))
         }
     }
 
-    /// Whether target page `page` is received.
+    /// Whether target page `page` is received (false past the end).
     pub fn test(&self, page: u64) -> bool {
-        self.words[(page / 64) as usize].load(SeqCst) & (1 << (page % 64)) != 0
+        page < self.nbits && self.words[(page / 64) as usize].load(SeqCst) & (1 << (page % 64)) != 0
     }
 
     fn update(&self, first: u64, count: u64, set: bool) {
-        let end = (first + count).min(self.nbits);
+        let end = first.saturating_add(count).min(self.nbits);
         let mut bit = first;
         while bit < end {
             let in_word = (64 - bit % 64).min(end - bit);
@@ -92,8 +98,8 @@ impl ReceivedMap {
     #[inline]
     pub fn set_host_pages(&self, host_page: u64, count: u64) {
         self.update(
-            host_page << self.ratio_shift,
-            count << self.ratio_shift,
+            host_page.saturating_mul(1 << self.ratio_shift),
+            count.saturating_mul(1 << self.ratio_shift),
             true,
         );
     }

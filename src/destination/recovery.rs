@@ -25,7 +25,7 @@ pub struct AbortOutcome {
 fn pending_in(entry: &BlockEntry) -> u64 {
     let mut n = 0;
     for w in 0..entry.requested.words() {
-        let mut bits = entry.requested.word(w);
+        let mut bits = entry.requested.word_bits(w);
         while bits != 0 {
             let page = (w as u64) * 64 + bits.trailing_zeros() as u64;
             bits &= bits - 1;

@@ -18,6 +18,7 @@ pub(crate) trait CHandle {
 /// Unless NULL, `ptr` must come from the matching `pcr_*_new` (a leaked Box) and not have
 /// been freed, and no `&mut` to it may be live for `'a`.
 pub(crate) unsafe fn try_handle<'a, T: CHandle>(ptr: *const T) -> Result<&'a T> {
+    check_align(T::NAME, ptr)?;
     // SAFETY: the caller guarantees a non-NULL `ptr` points to a live `T` (see above).
     unsafe { ptr.as_ref() }.ok_or_else(|| Error::invalid(format!("{} is NULL", T::NAME)))
 }
@@ -27,6 +28,7 @@ pub(crate) unsafe fn try_handle<'a, T: CHandle>(ptr: *const T) -> Result<&'a T> 
 /// # Safety
 /// As [`try_handle`], and no other reference to the object may be live for `'a`.
 pub(crate) unsafe fn try_handle_mut<'a, T: CHandle>(ptr: *mut T) -> Result<&'a mut T> {
+    check_align(T::NAME, ptr)?;
     // SAFETY: the caller guarantees a non-NULL `ptr` points to a live `T`, not aliased.
     unsafe { ptr.as_mut() }.ok_or_else(|| Error::invalid(format!("{} is NULL", T::NAME)))
 }
@@ -39,6 +41,7 @@ pub(crate) unsafe fn try_take<T: CHandle>(ptr: *mut T) -> Result<Box<T>> {
     if ptr.is_null() {
         return Err(Error::invalid(format!("{} is NULL", T::NAME)));
     }
+    check_align(T::NAME, ptr)?;
     // SAFETY: non-NULL, and the caller guarantees it is a Box leaked by `pcr_*_new` that
     // nobody else frees.
     Ok(unsafe { Box::from_raw(ptr) })
@@ -49,6 +52,7 @@ pub(crate) unsafe fn try_take<T: CHandle>(ptr: *mut T) -> Result<Box<T>> {
 /// # Safety
 /// Unless NULL, `ptr` must point to a readable, initialised `T`.
 pub(crate) unsafe fn try_read<T: Copy>(arg: &str, ptr: *const T) -> Result<T> {
+    check_align(arg, ptr)?;
     // SAFETY: the caller guarantees a non-NULL `ptr` points to a readable `T`.
     unsafe { ptr.as_ref() }
         .copied()
@@ -60,6 +64,7 @@ pub(crate) fn try_out<T>(arg: &str, ptr: *mut T) -> Result<*mut T> {
     if ptr.is_null() {
         return Err(Error::invalid(format!("{arg} is NULL")));
     }
+    check_align(arg, ptr)?;
     Ok(ptr)
 }
 
@@ -85,11 +90,24 @@ pub(crate) unsafe fn try_str<'a>(arg: &str, ptr: *const c_char) -> Result<&'a st
     std::str::from_utf8(bytes).map_err(|_| Error::invalid(format!("{arg} is not UTF-8")))
 }
 
-/// Refuses a NULL pointer, or a length whose byte size overflows isize.
-fn check_ptr_len<T>(arg: &str, is_null: bool, len: usize) -> Result<()> {
-    if is_null {
+/// Refuses a pointer that is not aligned for `T`: making a reference or slice from it
+/// would be undefined behaviour (C may hand a `uint64_t *` into a byte buffer).
+fn check_align<T>(arg: &str, ptr: *const T) -> Result<()> {
+    let align = std::mem::align_of::<T>();
+    if (ptr as usize) % align != 0 {
+        return Err(Error::invalid(format!(
+            "{arg} ({ptr:p}) is not aligned to {align} bytes"
+        )));
+    }
+    Ok(())
+}
+
+/// Refuses a NULL or misaligned pointer, or a length whose byte size overflows isize.
+fn check_ptr_len<T>(arg: &str, ptr: *const T, len: usize) -> Result<()> {
+    if ptr.is_null() {
         return Err(Error::invalid(format!("{arg} is NULL")));
     }
+    check_align(arg, ptr)?;
     if len
         .checked_mul(std::mem::size_of::<T>())
         .map_or(true, |b| b > isize::MAX as usize)
@@ -105,7 +123,7 @@ fn check_ptr_len<T>(arg: &str, is_null: bool, len: usize) -> Result<()> {
 /// Unless NULL, `ptr` must point to `len` readable, initialised elements that stay valid
 /// and unmodified for `'a`.
 pub(crate) unsafe fn try_slice<'a, T>(arg: &str, ptr: *const T, len: usize) -> Result<&'a [T]> {
-    check_ptr_len::<T>(arg, ptr.is_null(), len)?;
+    check_ptr_len::<T>(arg, ptr, len)?;
     // SAFETY: non-NULL and of a valid size (checked above); the caller guarantees the rest.
     Ok(unsafe { std::slice::from_raw_parts(ptr, len) })
 }
@@ -120,7 +138,7 @@ pub(crate) unsafe fn try_slice_mut<'a, T>(
     ptr: *mut T,
     len: usize,
 ) -> Result<&'a mut [T]> {
-    check_ptr_len::<T>(arg, ptr.is_null(), len)?;
+    check_ptr_len::<T>(arg, ptr.cast_const(), len)?;
     // SAFETY: non-NULL and of a valid size (checked above); the caller guarantees the rest.
     Ok(unsafe { std::slice::from_raw_parts_mut(ptr, len) })
 }
@@ -155,4 +173,57 @@ pub(crate) unsafe fn try_slice_mut_or_empty<'a, T>(
     }
     // SAFETY: forwarded from the caller.
     unsafe { try_slice_mut(arg, ptr, len) }
+}
+
+/// One argument's memory for [`try_disjoint`]: its name, address, size in bytes, and
+/// whether the export writes it.
+pub(crate) struct Span {
+    arg: &'static str,
+    start: usize,
+    len: usize,
+    written: bool,
+}
+
+impl Span {
+    /// `len` elements of `T` at `ptr`, read only.
+    pub(crate) fn input<T>(arg: &'static str, ptr: *const T, len: usize) -> Span {
+        Span {
+            arg,
+            start: ptr as usize,
+            len: len.saturating_mul(std::mem::size_of::<T>()),
+            written: false,
+        }
+    }
+
+    /// `len` elements of `T` at `ptr`, written by the export.
+    pub(crate) fn output<T>(arg: &'static str, ptr: *const T, len: usize) -> Span {
+        Span {
+            written: true,
+            ..Span::input(arg, ptr, len)
+        }
+    }
+}
+
+/// Refuses (EINVAL) arguments whose memory overlaps where at least one of the two is
+/// written: the export would hold a `&mut` slice aliasing another slice, which is undefined
+/// behaviour whatever it then does. Empty spans overlap nothing; two inputs may overlap.
+pub(crate) fn try_disjoint(spans: &[Span]) -> Result<()> {
+    for (i, a) in spans.iter().enumerate() {
+        for b in &spans[i + 1..] {
+            if !(a.written || b.written) || a.len == 0 || b.len == 0 {
+                continue;
+            }
+            let a_end = a.start.saturating_add(a.len);
+            let b_end = b.start.saturating_add(b.len);
+            if a.start < b_end && b.start < a_end {
+                return Err(Error::invalid(format!(
+                    "{} and {} overlap (the library writes {})",
+                    a.arg,
+                    b.arg,
+                    if a.written { a.arg } else { b.arg }
+                )));
+            }
+        }
+    }
+    Ok(())
 }

@@ -75,7 +75,9 @@ pub extern "C" fn pcr_incoming_new(
 
 /// Frees a destination. If postcopy was initialised and not cleaned up, cleans up first
 /// (stops the fault thread, unregisters memory, closes descriptors). NULL is a no-op.
-/// Must not be called from a callback.
+/// Must not be called from a callback. With the seed ABI, a handle-less seed call
+/// (postcopy_state_get/set, postcopy_ram_supported_by_host) acting on this destination on
+/// another thread is waited for: once this returns, no callback of `mis` runs.
 #[no_mangle]
 pub extern "C" fn pcr_incoming_free(mis: *mut PcrIncoming) {
     ffi_call!(|| -> Result<()> {
@@ -95,7 +97,11 @@ pub extern "C" fn pcr_incoming_free(mis: *mut PcrIncoming) {
 /// Whether this host can do postcopy for the RAM blocks of `mis`: target page not larger
 /// than the host page; userfaultfd available (through /dev/userfaultfd or the syscall) with
 /// the features the blocks need (huge pages, shared memory); registration offering WAKE,
-/// COPY and ZEROPAGE. Logs the exact missing piece. No side effects (unlike QEMU 2.9, it
+/// COPY and ZEROPAGE; and, for each block, a test page of its kind (same fd, offset,
+/// sharing and page size; never the guest's memory) registering with WAKE and COPY, so that
+/// a block the kernel cannot register (a regular-file mapping) fails here, not at LISTEN.
+/// Logs the exact missing piece, with the kernel's errno kept (EPERM under
+/// vm.unprivileged_userfaultfd=0 names the sysctl). No side effects (unlike QEMU 2.9, it
 /// does not munlockall). False for NULL.
 #[no_mangle]
 pub extern "C" fn pcr_incoming_supported_by_host(mis: *const PcrIncoming) -> bool {
@@ -106,10 +112,13 @@ pub extern "C" fn pcr_incoming_supported_by_host(mis: *const PcrIncoming) -> boo
 }
 
 /// Reads the RAM blocks (through `foreach_ram_block`), validates them (page-aligned, length
-/// a multiple of the page size, no overlap, unique names) and discards all their memory so
-/// that every page faults later. State NONE (or END) -> ADVISE. `ram_pages`, the guest's
-/// RAM in target pages, is cross-checked when non-zero. Returns 0 or a negative errno:
-/// -EBUSY when already initialised, -EINVAL for bad blocks or state.
+/// a multiple of the page size, no overlap, unique names), unlocks memory per the mlock
+/// policy (`mlock(false)`: locked memory refuses the discards) and discards all their
+/// memory so that every page faults later. State NONE (or END) -> ADVISE. `ram_pages`, the
+/// size of the guest's RAM address space in target pages (QEMU: `last_ram_offset() >>
+/// TARGET_PAGE_BITS`), is checked when non-zero: a block whose RAM offset + length ends
+/// past it is refused (-EINVAL); a larger value is fine. Returns 0 or a negative errno:
+/// -EBUSY when already initialised, -EINVAL for bad blocks, `ram_pages` or state.
 #[no_mangle]
 pub extern "C" fn pcr_incoming_init(mis: *mut PcrIncoming, ram_pages: usize) -> c_int {
     ffi_call!(|| -> Result<()> {
@@ -121,7 +130,9 @@ pub extern "C" fn pcr_incoming_init(mis: *mut PcrIncoming, ram_pages: usize) -> 
 /// Ends postcopy: stops and joins the fault thread, then unregisters memory (threads still
 /// blocked on missing pages are woken and find the page as the kernel leaves it: zero for
 /// anonymous memory), closes the userfaultfd, ends ballooning inhibition, re-locks memory
-/// per the mlock policy, frees the temporary pages, sets END and calls `shut`. Returns 0 or
+/// per the mlock policy, turns transparent huge pages back on (MADV_HUGEPAGE, as QEMU) on
+/// the blocks prepare_discard turned them off for, frees the temporary pages, sets END and
+/// calls `shut`. Returns 0 or
 /// a negative errno; -EINVAL without a prior init or when called twice. Not from a callback.
 #[no_mangle]
 pub extern "C" fn pcr_incoming_cleanup(mis: *mut PcrIncoming) -> c_int {
@@ -131,8 +142,10 @@ pub extern "C" fn pcr_incoming_cleanup(mis: *mut PcrIncoming) -> c_int {
     })
 }
 
-/// Before the first discard: turns transparent huge pages off on host-page blocks so that
-/// discards really drop pages. State ADVISE -> DISCARD. Returns 0 or a negative errno.
+/// Before the first discard: turns transparent huge pages off (MADV_NOHUGEPAGE) on
+/// host-page blocks so that discards really drop pages and no THP collapse refills a hole
+/// before registration; cleanup turns them back on. State ADVISE -> DISCARD. The first
+/// discard (range or command) in ADVISE calls it itself. Returns 0 or a negative errno.
 #[no_mangle]
 pub extern "C" fn pcr_incoming_prepare_discard(mis: *mut PcrIncoming) -> c_int {
     ffi_call!(|| -> Result<()> {
@@ -143,11 +156,14 @@ pub extern "C" fn pcr_incoming_prepare_discard(mis: *mut PcrIncoming) -> c_int {
 
 /// Drops `[start, start + length)` (bytes) of block `block_name` (QEMU's
 /// `ram_discard_range`), through the `discard_range` callback or the library default, and
-/// clears the range's received bits. Allowed in ADVISE and DISCARD, and after LISTEN
+/// clears the range's received bits. Allowed in ADVISE and DISCARD (in ADVISE it first does
+/// `pcr_incoming_prepare_discard`: no discard runs while THP is on), and after LISTEN
 /// (LISTENING, RUNNING: a balloon or virtio-mem dropping received pages), where the next
-/// fault on those pages is requested again. The range must be non-empty, aligned to the
-/// block's page size and inside the block. -EDEADLK from a callback on the fault thread
-/// when `track_remove` is on. Returns 0 or a negative errno.
+/// fault on those pages is requested again. The range must be aligned to the block's page
+/// size and inside the block (checked arithmetic: -EINVAL if `start + length` wraps). An
+/// empty range (aligned, at most the block length) is skipped and counted in
+/// `PcrStats.discard_ranges_empty`. -EDEADLK from a callback on the fault thread when
+/// `track_remove` is on. Returns 0 or a negative errno.
 #[no_mangle]
 pub extern "C" fn pcr_incoming_discard_range(
     mis: *mut PcrIncoming,
@@ -168,7 +184,10 @@ pub extern "C" fn pcr_incoming_discard_range(
 /// 0x08 envelope) or just its payload, `length` bytes long. Checks the state (the first
 /// discard in ADVISE does `pcr_incoming_prepare_discard`), the block name, and every range
 /// (aligned to the block page size and inside the block) before dropping any page: a bad
-/// command is rejected whole. Returns the number of ranges dropped, or a negative errno.
+/// command is rejected whole. Empty ranges (QEMU 2.6-2.9 sources end a block whose last
+/// page is clean with `(block_length, 0)`) are accepted, skipped and counted in
+/// `PcrStats.discard_ranges_empty`. Returns the number of (non-empty) ranges dropped, or a
+/// negative errno.
 #[no_mangle]
 pub extern "C" fn pcr_incoming_handle_discard_command(
     mis: *mut PcrIncoming,

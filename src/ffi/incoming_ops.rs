@@ -58,7 +58,8 @@ pub struct PcrIncomingOps {
     /// Optional. Drops `[start, start + length)` (bytes) of `block`; returns 0 or a negative
     /// errno. NULL: the library drops the pages itself (MADV_DONTNEED for private anonymous
     /// memory, MADV_REMOVE for shared anonymous, fallocate(PUNCH_HOLE|KEEP_SIZE) on `fd`
-    /// for fd-backed blocks, plus MADV_DONTNEED when mapped private).
+    /// for fd-backed blocks, plus MADV_DONTNEED when a host-page block is mapped private;
+    /// hugetlbfs files get the hole punch only). Never called for an empty range.
     pub discard_range: Option<
         unsafe extern "C" fn(
             opaque: *mut c_void,
@@ -78,12 +79,14 @@ pub struct PcrIncomingOps {
     /// Optional. `true` at enable_notify: stop ballooning (it would drop pages and cause
     /// false faults); `false` at cleanup.
     pub balloon_inhibit: Option<unsafe extern "C" fn(opaque: *mut c_void, inhibit: bool)>,
-    /// Optional. `lock = false` before memory is registered, `true` at cleanup; returns 0 or
-    /// a negative errno. NULL: with `enable_mlock` the library calls munlockall() and
+    /// Optional. `lock = false` in `pcr_incoming_init` before the first discard (locked
+    /// memory refuses MADV_DONTNEED: QEMU's `-overcommit mem-lock=on`), `true` at cleanup
+    /// (and after an init that failed once unlocked); returns 0 or a negative errno. NULL:
+    /// with `enable_mlock` the library calls munlockall() and
     /// mlockall(MCL_CURRENT|MCL_FUTURE); without, nothing.
     pub mlock: Option<unsafe extern "C" fn(opaque: *mut c_void, lock: bool) -> c_int>,
     /// Optional. Writes `length` bytes (one whole QEMU return-path message) to the return
-    /// path; returns 0 or a negative errno. When given and `request_page` is NULL, the
+    /// path (at most PCR_RETURN_PATH_MAX_MESSAGE bytes); returns 0 or a negative errno. When given and `request_page` is NULL, the
     /// library sends each page request itself as REQ_PAGES_ID (block named) or REQ_PAGES;
     /// when given and `shut` is NULL, it sends SHUT at cleanup. Runs on the fault thread
     /// (requests) and on the cleanup caller's thread (SHUT).

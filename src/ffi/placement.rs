@@ -8,8 +8,8 @@ use crate::destination::placement::Placement;
 use crate::error::Result;
 
 /// Atomically places the host page at `host` (inside a block, aligned to its page size)
-/// from `pagesize` bytes at `from` (`pagesize` must be the block's page size), and wakes the
-/// threads faulting on it. Callable from any thread, including `request_page`, after
+/// from `pagesize` bytes at `from` (`pagesize` must be the block's page size; `from` needs
+/// no particular alignment), and wakes the threads faulting on it. Callable from any thread, including `request_page`, after
 /// `pcr_incoming_enable_notify`. Returns 0; -EEXIST when the page was already present (a
 /// racing placer won; the waiters were woken: benign); or a negative errno (-EINVAL for a
 /// bad address or size or a call before enable_notify).
@@ -44,9 +44,11 @@ pub extern "C" fn pcr_place_page_zero(
 }
 
 /// Places `length` bytes of whole pages (one block) from `from` with one UFFDIO_COPY: the
-/// batched form of `pcr_place_page` for a contiguous run of the background stream. Pages
-/// already present are skipped; every waiter is woken. Returns the number of pages placed
-/// (>= 0), or a negative errno.
+/// batched form of `pcr_place_page` for a contiguous run of the background stream (`from`
+/// needs no particular alignment). Pages already present are skipped, not an error: they
+/// are counted in `PcrStats.already_present`, and every waiter is woken. Returns the number
+/// of pages this call placed (>= 0; 0 when every page was already present, where
+/// `pcr_place_page` returns -EEXIST), or a negative errno.
 #[no_mangle]
 pub extern "C" fn pcr_place_pages(
     mis: *mut PcrIncoming,
@@ -64,7 +66,9 @@ pub extern "C" fn pcr_place_pages(
 }
 
 /// Places `length` bytes of zero pages (one block) in one call: the batched form of
-/// `pcr_place_page_zero`. Returns the number of pages placed (>= 0), or a negative errno.
+/// `pcr_place_page_zero`. Pages already present are skipped as in `pcr_place_pages`.
+/// Returns the number of pages this call placed (>= 0; 0 when every page was already
+/// present), or a negative errno.
 #[no_mangle]
 pub extern "C" fn pcr_place_pages_zero(
     mis: *mut PcrIncoming,

@@ -7,9 +7,9 @@
 //! newest live destination, which this module tracks.
 
 use std::ffi::{c_char, c_int, c_ulong, c_void};
-use std::sync::Arc;
+use std::sync::{Arc, Weak};
 
-use parking_lot::Mutex;
+use parking_lot::{Mutex, RwLock};
 
 use super::args::{try_handle, try_handle_mut, try_str, try_take};
 use super::incoming::{incoming, PcrIncoming};
@@ -23,21 +23,55 @@ use crate::destination::placement::Placement;
 use crate::error::{Error, Result};
 use crate::state::State;
 
+/// A live destination as the handle-less functions see it: a weak reference (they never
+/// own it) and a gate that `pcr_incoming_free` closes, waiting for the calls inside it.
+struct Live {
+    incoming: Weak<Incoming>,
+    gate: RwLock<()>,
+}
+
 /// Live destinations, newest last.
-static LIVE: Mutex<Vec<Arc<Incoming>>> = Mutex::new(Vec::new());
+static LIVE: Mutex<Vec<Arc<Live>>> = Mutex::new(Vec::new());
 
 /// Records a new destination (`pcr_incoming_new`).
 pub(crate) fn register(incoming: &Arc<Incoming>) {
-    LIVE.lock().push(incoming.clone());
+    LIVE.lock().push(Arc::new(Live {
+        incoming: Arc::downgrade(incoming),
+        gate: RwLock::new(()),
+    }));
 }
 
-/// Forgets a destination being freed (`pcr_incoming_free`).
+/// Forgets a destination being freed (`pcr_incoming_free`), then waits until no
+/// handle-less call still uses it: after this returns none of its callbacks runs from one,
+/// and the caller's reference is the last strong one, so cleanup (if still needed) runs in
+/// `pcr_incoming_free`, not on another thread after it returned.
 pub(crate) fn unregister(incoming: &Arc<Incoming>) {
-    LIVE.lock().retain(|live| !Arc::ptr_eq(live, incoming));
+    let target = Arc::downgrade(incoming);
+    let removed: Vec<Arc<Live>> = {
+        let mut live = LIVE.lock();
+        let (gone, kept) = live.drain(..).partition(|l| l.incoming.ptr_eq(&target));
+        *live = kept;
+        gone
+    };
+    for entry in removed {
+        drop(entry.gate.write());
+    }
 }
 
-fn newest() -> Option<Arc<Incoming>> {
-    LIVE.lock().last().cloned()
+/// Runs `f` on the newest live destination (or `None`), inside its gate: a concurrent
+/// `pcr_incoming_free` waits for `f` to return. The strong reference `f` sees is dropped
+/// before the gate opens. The gate is taken recursively, so a callback of `f` may call a
+/// handle-less function again; it must not free the handle (that would wait for itself).
+fn with_newest<R>(f: impl FnOnce(Option<&Incoming>) -> R) -> R {
+    let entry = LIVE.lock().last().cloned();
+    let Some(entry) = entry else {
+        return f(None);
+    };
+    let _gate = entry.gate.read_recursive();
+    // Taken after the gate, so dropped before it. None: freed between the two locks (its
+    // unregister is waiting for this gate or done), so it is not live any more.
+    let incoming = entry.incoming.upgrade();
+    f(incoming.as_deref())
 }
 
 /// `pcr_incoming_supported_by_host` for the newest live destination, or, with none alive,
@@ -45,10 +79,10 @@ fn newest() -> Option<Arc<Incoming>> {
 #[no_mangle]
 pub extern "C" fn postcopy_ram_supported_by_host() -> bool {
     ffi_call!(|| -> Result<()> {
-        match newest() {
+        with_newest(|newest| match newest {
             Some(incoming) => incoming.supported_by_host(),
             None => check_host_support(Vec::new(), 4096),
-        }
+        })
     })
 }
 
@@ -182,7 +216,9 @@ pub extern "C" fn postcopy_discard_send_finish(ms: *mut PcrSource, pds: *mut Pcr
 #[no_mangle]
 pub extern "C" fn postcopy_state_get() -> PcrState {
     ffi_call!(|| -> Result<PcrState> {
-        Ok(newest().map_or(State::None as u32, |i| i.state() as u32))
+        Ok(with_newest(|newest| {
+            newest.map_or(State::None as u32, |i| i.state() as u32)
+        }))
     })
 }
 
@@ -191,10 +227,12 @@ pub extern "C" fn postcopy_state_get() -> PcrState {
 #[no_mangle]
 pub extern "C" fn postcopy_state_set(new_state: PcrState) -> PcrState {
     ffi_call!(|| -> std::result::Result<PcrState, ErrorWith<PcrState>> {
-        let incoming = newest().ok_or_else(|| ErrorWith {
-            error: Error::invalid("no live destination (PcrIncoming)"),
-            value: State::None as u32,
-        })?;
-        set_state(&incoming, new_state)
+        with_newest(|newest| {
+            let incoming = newest.ok_or_else(|| ErrorWith {
+                error: Error::invalid("no live destination (PcrIncoming)"),
+                value: State::None as u32,
+            })?;
+            set_state(incoming, new_state)
+        })
     })
 }

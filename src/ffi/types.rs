@@ -7,6 +7,19 @@ pub const PCR_MAX_DISCARDS_PER_COMMAND: u32 = 12;
 const _: () =
     assert!(PCR_MAX_DISCARDS_PER_COMMAND as usize == crate::wire::MAX_DISCARDS_PER_COMMAND);
 
+/// Largest message (header included) the library passes to `write_return_path`: a
+/// REQ_PAGES_ID naming a 255-byte block (4 + 8 + 4 + 1 + 255 bytes). A buffer of this size
+/// holds any message the library sends.
+pub const PCR_RETURN_PATH_MAX_MESSAGE: u32 = 272;
+const _: () = assert!(
+    PCR_RETURN_PATH_MAX_MESSAGE as usize == crate::destination::return_path_sender::MAX_MESSAGE
+);
+
+/// Largest return-path payload QEMU's source accepts (its receive buffer); every
+/// return-path message type's length rule stays within it.
+pub const PCR_RETURN_PATH_MAX_PAYLOAD: u32 = 512;
+const _: () = assert!(PCR_RETURN_PATH_MAX_PAYLOAD as usize == crate::wire::RETURN_PATH_MAX_LEN);
+
 /// Postcopy state of a destination: one of the `PCR_STATE_*` values.
 pub type PcrState = u32;
 

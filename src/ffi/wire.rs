@@ -5,14 +5,15 @@
 //! buffer is too small, `-EINVAL` for bad arguments). Decoders take a whole message from
 //! the start of the input, fill a caller-provided struct and return the number of bytes
 //! the message has, or a negative errno (`-EBADMSG` for malformed bytes, `-EINVAL` for
-//! unacceptable values). Every failure is logged as one line naming the cause.
+//! unacceptable values). Every failure is logged as one line naming the cause. `uint64_t`
+//! arrays and output structs must be naturally aligned, and no output may overlap another
+//! argument (a written array over the input bytes, `starts` over `lengths`...): -EINVAL.
 
 use std::ffi::{c_char, c_int, c_void};
-use std::ops::ControlFlow;
 
 use super::args::{
-    try_c_bytes, try_out, try_read, try_slice, try_slice_mut, try_slice_mut_or_empty,
-    try_slice_or_empty,
+    try_c_bytes, try_disjoint, try_out, try_read, try_slice, try_slice_mut, try_slice_mut_or_empty,
+    try_slice_or_empty, Span,
 };
 use super::ret::ffi_call;
 use super::wire_types::{
@@ -37,7 +38,7 @@ unsafe fn try_name<'a>(ptr: *const c_char, len: usize) -> Result<&'a [u8]> {
 
 /// Encodes the command `*msg` (any but POSTCOPY_RAM_DISCARD, see pcr_wire_encode_discard)
 /// into `buf`, envelope included. Returns the bytes written, -ENOSPC when `buf_len` is too
-/// small, -EINVAL for NULL pointers, an unknown command or a bad name.
+/// small, -EINVAL for NULL, misaligned or overlapping pointers, an unknown command or a bad name.
 #[no_mangle]
 pub extern "C" fn pcr_wire_encode_command(
     buf: *mut u8,
@@ -69,11 +70,17 @@ pub extern "C" fn pcr_wire_encode_command(
             Command::PostcopyRun => CommandMsg::PostcopyRun,
             Command::Packaged => CommandMsg::Packaged(m.value),
             Command::PostcopyResume => CommandMsg::PostcopyResume,
+            Command::EnableColo => CommandMsg::EnableColo,
+            Command::SwitchoverStart => CommandMsg::SwitchoverStart,
             Command::RecvBitmap | Command::PostcopyRamDiscard => CommandMsg::RecvBitmap {
                 // SAFETY: `m.name` holds `m.name_len` readable bytes (the header's contract).
                 name: unsafe { try_name(m.name, m.name_len) }?,
             },
         };
+        try_disjoint(&[
+            Span::output("buf", buf, buf_len),
+            Span::input("msg->name", m.name, m.name_len),
+        ])?;
         // SAFETY: `buf` holds `buf_len` writable bytes (the header's contract).
         let out = unsafe { try_slice_mut("buf", buf, buf_len) }?;
         Ok(wire::encode_command(out, &cm)?)
@@ -84,7 +91,7 @@ pub extern "C" fn pcr_wire_encode_command(
 /// with `count` ranges `starts[i]`, `lengths[i]` (bytes within the block, lengths not 0)
 /// into `buf`, envelope included. QEMU sends at most PCR_MAX_DISCARDS_PER_COMMAND (12)
 /// ranges per command; more are accepted while the payload fits 65535 bytes. Returns the
-/// bytes written, -ENOSPC when `buf_len` is too small, -EINVAL for NULL pointers, a bad
+/// bytes written, -ENOSPC when `buf_len` is too small, -EINVAL for NULL, misaligned or overlapping pointers, a bad
 /// name, no range, an empty or overflowing range, or too many ranges.
 #[no_mangle]
 pub extern "C" fn pcr_wire_encode_discard(
@@ -98,6 +105,12 @@ pub extern "C" fn pcr_wire_encode_discard(
     ffi_call!(|| -> Result<usize> {
         // SAFETY: `name` is NULL or a NUL-terminated string (the header's contract).
         let name = unsafe { try_c_bytes("name", name) }?;
+        try_disjoint(&[
+            Span::output("buf", buf, buf_len),
+            Span::input("name", name.as_ptr(), name.len() + 1),
+            Span::input("starts", starts, count),
+            Span::input("lengths", lengths, count),
+        ])?;
         // SAFETY: `starts` and `lengths` hold `count` readable elements each.
         let starts = unsafe { try_slice_or_empty("starts", starts, count) }?;
         // SAFETY: as above.
@@ -125,7 +138,7 @@ unsafe fn write_header(out: *mut PcrWireHeader, (kind, payload_len, total_len): 
 
 /// Decodes a command header from the first 5 bytes of `buf` (`len` >= 5) into `*out`:
 /// checks the 0x08 marker, the command number and that the payload length suits the
-/// command. Returns 0, -EBADMSG for a bad header or `len` < 5, -EINVAL for NULL pointers.
+/// command. Returns 0, -EBADMSG for a bad header or `len` < 5, -EINVAL for NULL, misaligned or overlapping pointers.
 #[no_mangle]
 pub extern "C" fn pcr_wire_decode_command_header(
     buf: *const u8,
@@ -134,6 +147,7 @@ pub extern "C" fn pcr_wire_decode_command_header(
 ) -> c_int {
     ffi_call!(|| -> Result<()> {
         let out = try_out("out", out)?;
+        try_disjoint(&[Span::input("buf", buf, len), Span::output("out", out, 1)])?;
         // SAFETY: `buf` holds `len` readable bytes (the header's contract).
         let input = unsafe { try_slice("buf", buf, len) }?;
         let h = wire::decode_command_header(input)?;
@@ -156,6 +170,7 @@ pub extern "C" fn pcr_wire_decode_command(
 ) -> isize {
     ffi_call!(|| -> Result<usize> {
         let out = try_out("out", out)?;
+        try_disjoint(&[Span::input("buf", buf, len), Span::output("out", out, 1)])?;
         // SAFETY: `buf` holds `len` readable bytes (the header's contract).
         let input = unsafe { try_slice("buf", buf, len) }?;
         let (msg, used) = wire::decode_command(input)?;
@@ -189,7 +204,9 @@ pub extern "C" fn pcr_wire_decode_command(
             | CommandMsg::PostcopyAdvise(None)
             | CommandMsg::PostcopyListen
             | CommandMsg::PostcopyRun
-            | CommandMsg::PostcopyResume => {}
+            | CommandMsg::EnableColo
+            | CommandMsg::PostcopyResume
+            | CommandMsg::SwitchoverStart => {}
         }
         // SAFETY: `out` is non-NULL and a writable PcrWireCommand (the header's contract).
         unsafe { out.write(c) };
@@ -215,9 +232,16 @@ pub extern "C" fn pcr_wire_decode_discard(
 ) -> isize {
     ffi_call!(|| -> Result<usize> {
         let out = try_out("out", out)?;
+        try_disjoint(&[
+            Span::input("buf", buf, len),
+            Span::output("out", out, 1),
+            Span::output("starts", starts, capacity),
+            Span::output("lengths", lengths, capacity),
+        ])?;
         // SAFETY: `buf` holds `len` readable bytes (the header's contract).
         let input = unsafe { try_slice("buf", buf, len) }?;
-        // SAFETY: `starts` and `lengths` hold `capacity` writable elements each, distinct.
+        // SAFETY: `starts` and `lengths` hold `capacity` writable elements each, disjoint
+        // from each other and from `buf` (checked above).
         let starts = unsafe { try_slice_mut_or_empty("starts", starts, capacity) }?;
         // SAFETY: as above.
         let lengths = unsafe { try_slice_mut_or_empty("lengths", lengths, capacity) }?;
@@ -256,7 +280,7 @@ pub extern "C" fn pcr_wire_decode_discard(
 // Return path.
 
 /// Encodes the return-path message `*msg` into `buf`, header included. Returns the bytes
-/// written, -ENOSPC when `buf_len` is too small, -EINVAL for NULL pointers, an unknown
+/// written, -ENOSPC when `buf_len` is too small, -EINVAL for NULL, misaligned or overlapping pointers, an unknown
 /// type, a bad name or a request of 0 bytes.
 #[no_mangle]
 pub extern "C" fn pcr_wire_encode_return_path(
@@ -291,7 +315,12 @@ pub extern "C" fn pcr_wire_encode_return_path(
                 // SAFETY: as above.
                 name: unsafe { try_name(m.name, m.name_len) }?,
             },
+            ReturnPathType::SwitchoverAck => ReturnPathMsg::SwitchoverAck,
         };
+        try_disjoint(&[
+            Span::output("buf", buf, buf_len),
+            Span::input("msg->name", m.name, m.name_len),
+        ])?;
         // SAFETY: `buf` holds `buf_len` writable bytes (the header's contract).
         let out = unsafe { try_slice_mut("buf", buf, buf_len) }?;
         Ok(wire::encode_return_path(out, &rp)?)
@@ -300,7 +329,7 @@ pub extern "C" fn pcr_wire_encode_return_path(
 
 /// Decodes a return-path header from the first 4 bytes of `buf` (`len` >= 4) into `*out`:
 /// checks the type and that the payload length suits it. Returns 0, -EBADMSG for a bad
-/// header or `len` < 4, -EINVAL for NULL pointers.
+/// header or `len` < 4, -EINVAL for NULL, misaligned or overlapping pointers.
 #[no_mangle]
 pub extern "C" fn pcr_wire_decode_return_path_header(
     buf: *const u8,
@@ -309,6 +338,7 @@ pub extern "C" fn pcr_wire_decode_return_path_header(
 ) -> c_int {
     ffi_call!(|| -> Result<()> {
         let out = try_out("out", out)?;
+        try_disjoint(&[Span::input("buf", buf, len), Span::output("out", out, 1)])?;
         // SAFETY: `buf` holds `len` readable bytes (the header's contract).
         let input = unsafe { try_slice("buf", buf, len) }?;
         let h = wire::decode_return_path_header(input)?;
@@ -320,7 +350,7 @@ pub extern "C" fn pcr_wire_decode_return_path_header(
 
 /// Decodes one whole return-path message from the start of `buf` (`len` bytes; later bytes
 /// are ignored) into `*out`; `out->name` points into `buf`. Returns the message's length in
-/// bytes, -EBADMSG for malformed or truncated bytes, -EINVAL for NULL pointers or
+/// bytes, -EBADMSG for malformed or truncated bytes, -EINVAL for NULL, misaligned or overlapping pointers or
 /// unacceptable values (empty name, request of 0 bytes...).
 #[no_mangle]
 pub extern "C" fn pcr_wire_decode_return_path(
@@ -330,6 +360,7 @@ pub extern "C" fn pcr_wire_decode_return_path(
 ) -> isize {
     ffi_call!(|| -> Result<usize> {
         let out = try_out("out", out)?;
+        try_disjoint(&[Span::input("buf", buf, len), Span::output("out", out, 1)])?;
         // SAFETY: `buf` holds `len` readable bytes (the header's contract).
         let input = unsafe { try_slice("buf", buf, len) }?;
         let (msg, used) = wire::decode_return_path(input)?;
@@ -359,6 +390,7 @@ pub extern "C" fn pcr_wire_decode_return_path(
                 m.name = name.as_ptr().cast();
                 m.name_len = name.len();
             }
+            ReturnPathMsg::SwitchoverAck => {}
         }
         // SAFETY: `out` is non-NULL and a writable PcrWireRpMessage (the header's contract).
         unsafe { out.write(m) };
@@ -383,7 +415,7 @@ pub extern "C" fn pcr_wire_recv_bitmap_len(nbits: usize) -> isize {
 /// Encodes the received-bitmap block (be64 size, little-endian bitmap, be64 end marker) for
 /// `nbits` pages of `bitmap` (bit i of word w = page 64 * w + i, set = received; bits past
 /// `nbits` are sent as 0) into `buf`. Returns the bytes written (pcr_wire_recv_bitmap_len),
-/// -ENOSPC when `buf_len` is too small, -EINVAL for NULL pointers.
+/// -ENOSPC when `buf_len` is too small, -EINVAL for NULL, misaligned or overlapping pointers.
 #[no_mangle]
 pub extern "C" fn pcr_wire_encode_recv_bitmap(
     buf: *mut u8,
@@ -392,6 +424,10 @@ pub extern "C" fn pcr_wire_encode_recv_bitmap(
     nbits: usize,
 ) -> isize {
     ffi_call!(|| -> Result<usize> {
+        try_disjoint(&[
+            Span::output("buf", buf, buf_len),
+            Span::input("bitmap", bitmap, nbits.div_ceil(64)),
+        ])?;
         // SAFETY: `bitmap` holds nbits.div_ceil(64) readable words (the header's contract).
         let words = unsafe { try_slice("bitmap", bitmap, nbits.div_ceil(64)) }?;
         // SAFETY: `buf` holds `buf_len` writable bytes (the header's contract).
@@ -404,7 +440,7 @@ pub extern "C" fn pcr_wire_encode_recv_bitmap(
 /// `nbits` pages into `bitmap` (nbits.div_ceil(64) words; bits past `nbits` in the last
 /// word are cleared). The size field must be exactly the one for `nbits`. Returns the
 /// block's length in bytes, -EBADMSG for malformed or truncated bytes or a bad end marker,
-/// -EINVAL for NULL pointers or a size that does not match `nbits`.
+/// -EINVAL for NULL, misaligned or overlapping pointers or a size that does not match `nbits`.
 #[no_mangle]
 pub extern "C" fn pcr_wire_decode_recv_bitmap(
     buf: *const u8,
@@ -413,6 +449,10 @@ pub extern "C" fn pcr_wire_decode_recv_bitmap(
     nbits: usize,
 ) -> isize {
     ffi_call!(|| -> Result<usize> {
+        try_disjoint(&[
+            Span::input("buf", buf, len),
+            Span::output("bitmap", bitmap, nbits.div_ceil(64)),
+        ])?;
         // SAFETY: `buf` holds `len` readable bytes (the header's contract).
         let input = unsafe { try_slice("buf", buf, len) }?;
         // SAFETY: `bitmap` holds nbits.div_ceil(64) writable words (the header's contract).
@@ -426,14 +466,20 @@ pub extern "C" fn pcr_wire_decode_recv_bitmap(
 // ---------------------------------------------------------------------------------------
 // Discard walk.
 
+/// Bits of the bitmap [`pcr_discard_walk`] canonicalises before it calls back for them.
+const WALK_CHUNK_BITS: usize = 1 << 16;
+
 /// Source-side discard walk over one RAM block: `bitmap` holds `nbits` target pages that
 /// are dirty or unsent (bit i of word w = page 64 * w + i; bits past `nbits` are ignored
 /// and left alone). With `host_ratio` = host page size / target page size (a power of two),
 /// every host page with any page set is first made wholly set in `bitmap` (so the source
 /// re-sends it); then `callback(opaque, start, npages)` is called for every run of set
 /// pages, in ascending order, each starting and ending on a host-page boundary (the last may
-/// end at `nbits`). Returns 0; the callback's value if it returned nonzero (the walk stops
-/// there); -EINVAL for NULL pointers or a `host_ratio` that is not a power of two.
+/// end at `nbits`). The bitmap is canonicalised 64 Ki pages (or one host page, if larger)
+/// at a time, ahead of the callbacks for those pages; the library holds no reference into
+/// `bitmap` while `callback` runs, so the callback may read it (it must not change it).
+/// Returns 0; the callback's value if it returned nonzero (the walk stops there); -EINVAL
+/// for NULL or misaligned pointers or a `host_ratio` that is not a power of two.
 #[no_mangle]
 pub extern "C" fn pcr_discard_walk(
     bitmap: *mut u64,
@@ -444,19 +490,56 @@ pub extern "C" fn pcr_discard_walk(
 ) -> c_int {
     ffi_call!(|| -> Result<c_int> {
         let callback = callback.ok_or_else(|| Error::invalid("callback is NULL"))?;
+        if !host_ratio.is_power_of_two() {
+            return Err(discard_walk::DiscardWalkError::BadHostRatio(host_ratio).into());
+        }
+        // Checks the pointer (NULL, alignment) and the size; the slice is not kept.
         // SAFETY: `bitmap` holds nbits.div_ceil(64) writable words (the header's contract).
-        let words = unsafe { try_slice_mut("bitmap", bitmap, nbits.div_ceil(64)) }?;
-        let flow = discard_walk::try_discard_walk(words, nbits, host_ratio, |start, npages| {
-            // SAFETY: the caller's callback, called with the opaque pointer it gave for it
-            // and plain integers; the header says it may be called any number of times.
-            match unsafe { callback(opaque, start, npages) } {
-                0 => ControlFlow::Continue(()),
-                rc => ControlFlow::Break(rc),
+        let _ = unsafe { try_slice_mut("bitmap", bitmap, nbits.div_ceil(64)) }?;
+        // No reference into the bitmap may be live while the C callback runs (it may read
+        // the bitmap): walk it a chunk at a time, collecting the chunk's runs, and call
+        // back only after the chunk's slice is gone. A run reaching the end of a chunk is
+        // held back and merged with one starting the next chunk.
+        let chunk_bits = host_ratio.max(WALK_CHUNK_BITS);
+        let mut runs: Vec<(u64, u64)> = Vec::new();
+        let mut pending: Option<(u64, u64)> = None;
+        let mut first = 0usize;
+        while first < nbits {
+            let bits = chunk_bits.min(nbits - first);
+            runs.clear();
+            {
+                // SAFETY: words first/64 .. of the caller's bitmap, inside the checked
+                // nbits.div_ceil(64) words (`first` is a multiple of 64); no other
+                // reference to them exists while this slice lives, and it is dropped
+                // before any callback.
+                let chunk = unsafe {
+                    std::slice::from_raw_parts_mut(bitmap.add(first / 64), bits.div_ceil(64))
+                };
+                discard_walk::discard_walk(chunk, bits, host_ratio, |start, npages| {
+                    runs.push((first as u64 + start, npages));
+                })?;
             }
-        })?;
-        Ok(match flow {
-            ControlFlow::Continue(_) => 0,
-            ControlFlow::Break(rc) => rc,
+            for &(start, npages) in &runs {
+                match pending {
+                    Some((s, n)) if s + n == start => pending = Some((s, n + npages)),
+                    Some((s, n)) => {
+                        // SAFETY: the caller's callback with its opaque pointer and plain
+                        // integers; the library holds no reference into the bitmap now.
+                        let rc = unsafe { callback(opaque, s, n) };
+                        if rc != 0 {
+                            return Ok(rc);
+                        }
+                        pending = Some((start, npages));
+                    }
+                    None => pending = Some((start, npages)),
+                }
+            }
+            first += bits;
+        }
+        Ok(match pending {
+            // SAFETY: as above.
+            Some((s, n)) => unsafe { callback(opaque, s, n) },
+            None => 0,
         })
     })
 }

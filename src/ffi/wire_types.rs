@@ -25,10 +25,15 @@ pub enum PcrWireCmd {
     PCR_WIRE_CMD_POSTCOPY_RAM_DISCARD = 6,
     /// PACKAGED: `value` is the length of the package that follows.
     PCR_WIRE_CMD_PACKAGED = 7,
+    /// ENABLE_COLO: no payload (COLO, not postcopy; known so that a reader can step over
+    /// it).
+    PCR_WIRE_CMD_ENABLE_COLO = 8,
     /// POSTCOPY_RESUME: no payload.
     PCR_WIRE_CMD_POSTCOPY_RESUME = 9,
     /// RECV_BITMAP: block name.
     PCR_WIRE_CMD_RECV_BITMAP = 10,
+    /// SWITCHOVER_START (QEMU 10.0): no payload.
+    PCR_WIRE_CMD_SWITCHOVER_START = 11,
 }
 
 /// Return-path message types (`PcrWireRpMessage.rp_type`, `PcrWireHeader.kind`).
@@ -48,6 +53,8 @@ pub enum PcrWireRpType {
     PCR_WIRE_RP_RECV_BITMAP = 5,
     /// RESUME_ACK: `value`.
     PCR_WIRE_RP_RESUME_ACK = 6,
+    /// SWITCHOVER_ACK (QEMU 8.1): no payload.
+    PCR_WIRE_RP_SWITCHOVER_ACK = 7,
 }
 
 // The C numbers are the codec's numbers.
@@ -60,6 +67,8 @@ const _: () = {
     assert!(C::PCR_WIRE_CMD_POSTCOPY_RUN as u16 == Command::PostcopyRun as u16);
     assert!(C::PCR_WIRE_CMD_POSTCOPY_RAM_DISCARD as u16 == Command::PostcopyRamDiscard as u16);
     assert!(C::PCR_WIRE_CMD_PACKAGED as u16 == Command::Packaged as u16);
+    assert!(C::PCR_WIRE_CMD_ENABLE_COLO as u16 == Command::EnableColo as u16);
+    assert!(C::PCR_WIRE_CMD_SWITCHOVER_START as u16 == Command::SwitchoverStart as u16);
     assert!(C::PCR_WIRE_CMD_POSTCOPY_RESUME as u16 == Command::PostcopyResume as u16);
     assert!(C::PCR_WIRE_CMD_RECV_BITMAP as u16 == Command::RecvBitmap as u16);
     use PcrWireRpType as R;
@@ -69,6 +78,7 @@ const _: () = {
     assert!(R::PCR_WIRE_RP_REQ_PAGES as u16 == ReturnPathType::ReqPages as u16);
     assert!(R::PCR_WIRE_RP_RECV_BITMAP as u16 == ReturnPathType::RecvBitmap as u16);
     assert!(R::PCR_WIRE_RP_RESUME_ACK as u16 == ReturnPathType::ResumeAck as u16);
+    assert!(R::PCR_WIRE_RP_SWITCHOVER_ACK as u16 == ReturnPathType::SwitchoverAck as u16);
 };
 
 /// A decoded message header: tells a stream reader how many bytes the whole message has.

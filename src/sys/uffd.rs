@@ -183,20 +183,43 @@ pub struct OpenError {
 }
 
 impl OpenError {
-    /// The errno to report to C callers.
+    /// The errno to report: the syscall's (EPERM, ENOSYS, EMFILE...), unless the kernel
+    /// lacks the syscall and the device failed for another reason than being absent.
     pub fn errno(&self) -> i32 {
-        self.syscall.raw_os_error().unwrap_or(libc::ENOSYS)
+        match (self.syscall.raw_os_error(), self.dev.raw_os_error()) {
+            (Some(libc::ENOSYS), Some(dev)) if dev != libc::ENOENT => dev,
+            (Some(errno), _) => errno,
+            (None, _) => libc::EIO,
+        }
     }
+}
+
+/// Reads `vm.unprivileged_userfaultfd` (None where the kernel has no such sysctl).
+fn unprivileged_userfaultfd() -> Option<String> {
+    std::fs::read_to_string("/proc/sys/vm/unprivileged_userfaultfd")
+        .ok()
+        .map(|s| s.trim().to_string())
 }
 
 impl std::fmt::Display for OpenError {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         let hint = match self.syscall.raw_os_error() {
-            Some(libc::ENOSYS) => " (kernel built without CONFIG_USERFAULTFD)",
-            Some(libc::EPERM) => {
-                " (no privilege: need CAP_SYS_PTRACE, vm.unprivileged_userfaultfd=1, or access to /dev/userfaultfd)"
-            }
-            _ => "",
+            Some(libc::ENOSYS) => " (kernel built without CONFIG_USERFAULTFD)".to_string(),
+            Some(libc::EPERM) => match unprivileged_userfaultfd().as_deref() {
+                Some("0") => " (vm.unprivileged_userfaultfd=0: only a process with \
+                    CAP_SYS_PTRACE may create a userfaultfd that also handles kernel faults; \
+                    set the sysctl to 1, or give this process read-write access to \
+                    /dev/userfaultfd)"
+                    .to_string(),
+                Some(v) => format!(
+                    " (no privilege; vm.unprivileged_userfaultfd={v}; need CAP_SYS_PTRACE or \
+                     read-write access to /dev/userfaultfd)"
+                ),
+                None => " (no privilege: need CAP_SYS_PTRACE or read-write access to \
+                    /dev/userfaultfd)"
+                    .to_string(),
+            },
+            _ => String::new(),
         };
         write!(
             f,

@@ -21,10 +21,16 @@ pub enum Command {
     PostcopyRamDiscard = 6,
     /// `MIG_CMD_PACKAGED`: `be32` length of the package that follows the command.
     Packaged = 7,
+    /// `MIG_CMD_ENABLE_COLO`: no payload (COLO, not postcopy; known so that a reader can
+    /// step over it).
+    EnableColo = 8,
     /// `MIG_CMD_POSTCOPY_RESUME`: no payload.
     PostcopyResume = 9,
     /// `MIG_CMD_RECV_BITMAP`: `u8 len`, block name.
     RecvBitmap = 10,
+    /// `MIG_CMD_SWITCHOVER_START` (QEMU 10.0): no payload; marks the switchover point in
+    /// the main stream.
+    SwitchoverStart = 11,
 }
 
 impl Command {
@@ -38,8 +44,10 @@ impl Command {
             5 => Command::PostcopyRun,
             6 => Command::PostcopyRamDiscard,
             7 => Command::Packaged,
+            8 => Command::EnableColo,
             9 => Command::PostcopyResume,
             10 => Command::RecvBitmap,
+            11 => Command::SwitchoverStart,
             _ => return None,
         })
     }
@@ -59,8 +67,10 @@ impl Command {
             Command::PostcopyRun => "POSTCOPY_RUN",
             Command::PostcopyRamDiscard => "POSTCOPY_RAM_DISCARD",
             Command::Packaged => "PACKAGED",
+            Command::EnableColo => "ENABLE_COLO",
             Command::PostcopyResume => "POSTCOPY_RESUME",
             Command::RecvBitmap => "RECV_BITMAP",
+            Command::SwitchoverStart => "SWITCHOVER_START",
         }
     }
 
@@ -70,7 +80,9 @@ impl Command {
             Command::OpenReturnPath
             | Command::PostcopyListen
             | Command::PostcopyRun
-            | Command::PostcopyResume => LenRule::Exactly(0),
+            | Command::EnableColo
+            | Command::PostcopyResume
+            | Command::SwitchoverStart => LenRule::Exactly(0),
             Command::Ping | Command::Packaged => LenRule::Exactly(4),
             Command::PostcopyAdvise => LenRule::OneOf(0, ADVISE_PAYLOAD_LEN),
             Command::PostcopyRamDiscard => LenRule::AtLeast(DISCARD_MIN_PAYLOAD_LEN),
@@ -206,8 +218,12 @@ pub enum CommandMsg<'a> {
     PostcopyRamDiscard(Discard<'a>),
     /// `PACKAGED` with the package length.
     Packaged(u32),
+    /// `ENABLE_COLO`.
+    EnableColo,
     /// `POSTCOPY_RESUME`.
     PostcopyResume,
+    /// `SWITCHOVER_START`.
+    SwitchoverStart,
     /// `RECV_BITMAP` naming a block.
     RecvBitmap {
         /// The block name.
@@ -226,7 +242,9 @@ impl CommandMsg<'_> {
             CommandMsg::PostcopyRun => Command::PostcopyRun,
             CommandMsg::PostcopyRamDiscard(_) => Command::PostcopyRamDiscard,
             CommandMsg::Packaged(_) => Command::Packaged,
+            CommandMsg::EnableColo => Command::EnableColo,
             CommandMsg::PostcopyResume => Command::PostcopyResume,
+            CommandMsg::SwitchoverStart => Command::SwitchoverStart,
             CommandMsg::RecvBitmap { .. } => Command::RecvBitmap,
         }
     }
@@ -237,7 +255,9 @@ impl CommandMsg<'_> {
             CommandMsg::OpenReturnPath
             | CommandMsg::PostcopyListen
             | CommandMsg::PostcopyRun
+            | CommandMsg::EnableColo
             | CommandMsg::PostcopyResume
+            | CommandMsg::SwitchoverStart
             | CommandMsg::PostcopyAdvise(None) => 0,
             CommandMsg::Ping(_) | CommandMsg::Packaged(_) => 4,
             CommandMsg::PostcopyAdvise(Some(_)) => ADVISE_PAYLOAD_LEN,
@@ -285,7 +305,9 @@ pub fn encode_command(buf: &mut [u8], msg: &CommandMsg<'_>) -> Result<usize, Wir
         CommandMsg::OpenReturnPath
         | CommandMsg::PostcopyListen
         | CommandMsg::PostcopyRun
+        | CommandMsg::EnableColo
         | CommandMsg::PostcopyResume
+        | CommandMsg::SwitchoverStart
         | CommandMsg::PostcopyAdvise(None) => {}
         CommandMsg::Ping(v) | CommandMsg::Packaged(v) => w.be32(*v)?,
         CommandMsg::PostcopyAdvise(Some(a)) => {
@@ -422,6 +444,8 @@ pub fn decode_command_payload(cmd: Command, payload: &[u8]) -> Result<CommandMsg
         Command::PostcopyListen => CommandMsg::PostcopyListen,
         Command::PostcopyRun => CommandMsg::PostcopyRun,
         Command::PostcopyResume => CommandMsg::PostcopyResume,
+        Command::EnableColo => CommandMsg::EnableColo,
+        Command::SwitchoverStart => CommandMsg::SwitchoverStart,
         Command::Ping => CommandMsg::Ping(r.be32()?),
         Command::Packaged => CommandMsg::Packaged(r.be32()?),
         Command::PostcopyAdvise => {
@@ -466,7 +490,10 @@ pub(super) fn decode_counted_name<'a>(
 /// Decodes a `POSTCOPY_RAM_DISCARD` payload (without the command header).
 ///
 /// Checks, in order: version 0, a name of 1..=255 bytes without NUL, the 0 terminator, a
-/// whole number (at least one) of 16-byte ranges, and that no range is empty or overflows.
+/// whole number (at least one) of 16-byte ranges, and that no range overflows. Empty
+/// ranges are accepted: QEMU 2.6-2.9 sources end a block whose last page is clean with
+/// `(block_length, 0)`, which QEMU's destination takes (a 0-byte madvise). The encoders
+/// never write one.
 pub fn decode_discard_payload(payload: &[u8]) -> Result<Discard<'_>, WireError> {
     let mut r = Reader::new(payload);
     let version = r.u8()?;
@@ -492,7 +519,10 @@ pub fn decode_discard_payload(payload: &[u8]) -> Result<Discard<'_>, WireError> 
     }
     let discard = Discard { name, ranges };
     for (index, range) in discard.ranges().enumerate() {
-        check_discard_range(index, range)?;
+        match check_discard_range(index, range) {
+            Ok(()) | Err(WireError::ZeroLengthRange { .. }) => {}
+            Err(e) => return Err(e),
+        }
     }
     Ok(discard)
 }

@@ -19,6 +19,9 @@ pub enum ReturnPathType {
     RecvBitmap = 5,
     /// `MIG_RP_MSG_RESUME_ACK`: `be32` value.
     ResumeAck = 6,
+    /// `MIG_RP_MSG_SWITCHOVER_ACK` (QEMU 8.1): no payload; the destination is ready for
+    /// the switchover.
+    SwitchoverAck = 7,
 }
 
 impl ReturnPathType {
@@ -31,6 +34,7 @@ impl ReturnPathType {
             4 => ReturnPathType::ReqPages,
             5 => ReturnPathType::RecvBitmap,
             6 => ReturnPathType::ResumeAck,
+            7 => ReturnPathType::SwitchoverAck,
             _ => return None,
         })
     }
@@ -49,6 +53,7 @@ impl ReturnPathType {
             ReturnPathType::ReqPages => "REQ_PAGES",
             ReturnPathType::RecvBitmap => "RECV_BITMAP",
             ReturnPathType::ResumeAck => "RESUME_ACK",
+            ReturnPathType::SwitchoverAck => "SWITCHOVER_ACK",
         }
     }
 
@@ -60,6 +65,7 @@ impl ReturnPathType {
                 LenRule::Exactly(4)
             }
             ReturnPathType::ReqPages => LenRule::Exactly(REQ_PAGES_LEN),
+            ReturnPathType::SwitchoverAck => LenRule::Exactly(0),
             ReturnPathType::ReqPagesId => {
                 LenRule::Between(REQ_PAGES_LEN + 1, REQ_PAGES_LEN + 1 + MAX_NAME_LEN)
             }
@@ -121,6 +127,8 @@ pub enum ReturnPathMsg<'a> {
     },
     /// `RESUME_ACK` with its value.
     ResumeAck(u32),
+    /// `SWITCHOVER_ACK`.
+    SwitchoverAck,
 }
 
 impl ReturnPathMsg<'_> {
@@ -133,6 +141,7 @@ impl ReturnPathMsg<'_> {
             ReturnPathMsg::ReqPagesId { .. } => ReturnPathType::ReqPagesId,
             ReturnPathMsg::RecvBitmap { .. } => ReturnPathType::RecvBitmap,
             ReturnPathMsg::ResumeAck(_) => ReturnPathType::ResumeAck,
+            ReturnPathMsg::SwitchoverAck => ReturnPathType::SwitchoverAck,
         }
     }
 
@@ -143,6 +152,7 @@ impl ReturnPathMsg<'_> {
             ReturnPathMsg::ReqPages { .. } => REQ_PAGES_LEN,
             ReturnPathMsg::ReqPagesId { id, .. } => REQ_PAGES_LEN + 1 + id.len(),
             ReturnPathMsg::RecvBitmap { name } => 1 + name.len(),
+            ReturnPathMsg::SwitchoverAck => 0,
         }
     }
 
@@ -175,7 +185,10 @@ pub fn encode_return_path(buf: &mut [u8], msg: &ReturnPathMsg<'_>) -> Result<usi
             check_request(start, len)?;
         }
         ReturnPathMsg::RecvBitmap { name } => validate_name(name)?,
-        ReturnPathMsg::Shut { .. } | ReturnPathMsg::Pong(_) | ReturnPathMsg::ResumeAck(_) => {}
+        ReturnPathMsg::Shut { .. }
+        | ReturnPathMsg::Pong(_)
+        | ReturnPathMsg::ResumeAck(_)
+        | ReturnPathMsg::SwitchoverAck => {}
     }
     let ty = msg.rp_type();
     let payload_len = msg.payload_len();
@@ -202,6 +215,7 @@ pub fn encode_return_path(buf: &mut [u8], msg: &ReturnPathMsg<'_>) -> Result<usi
             w.u8(name.len() as u8)?;
             w.put(name)?;
         }
+        ReturnPathMsg::SwitchoverAck => {}
     }
     Ok(w.done())
 }
@@ -248,6 +262,7 @@ pub fn decode_return_path_payload(
         ReturnPathType::RecvBitmap => ReturnPathMsg::RecvBitmap {
             name: decode_counted_name(&mut r, rp_type.name())?,
         },
+        ReturnPathType::SwitchoverAck => ReturnPathMsg::SwitchoverAck,
     };
     Ok(msg)
 }

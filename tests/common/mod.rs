@@ -237,3 +237,106 @@ pub fn check_page(addr: usize, name: &str, offset: u64) -> bool {
     let got = unsafe { std::slice::from_raw_parts(addr as *const u8, 4096) };
     got == &want[..]
 }
+
+/// Raises `vm.nr_hugepages` so that `n` more 2 MiB pages are free, and puts the old value
+/// back on drop. `None` when the host cannot give them (no hugetlb, not root, no memory).
+/// Tests that use it must hold `/tmp/pcr-test.lock` (scripts/test.sh does) and serialise
+/// among themselves (see `HUGE_LOCK`).
+pub struct HugePages(Option<String>);
+
+/// Serialises the hugetlb tests of one test binary.
+pub static HUGE_LOCK: Mutex<()> = Mutex::new(());
+
+impl HugePages {
+    pub fn reserve(n: u64) -> Option<HugePages> {
+        let path = "/proc/sys/vm/nr_hugepages";
+        let old = std::fs::read_to_string(path).ok()?;
+        let old_n: u64 = old.trim().parse().ok()?;
+        let free = || -> Option<u64> {
+            std::fs::read_to_string("/proc/meminfo")
+                .ok()?
+                .lines()
+                .find(|l| l.starts_with("HugePages_Free:"))?
+                .split_whitespace()
+                .nth(1)?
+                .parse()
+                .ok()
+        };
+        if free()? >= n {
+            return Some(HugePages(None));
+        }
+        std::fs::write(path, (old_n + n).to_string()).ok()?;
+        let guard = HugePages(Some(old.trim().to_string()));
+        (free()? >= n).then_some(guard)
+    }
+}
+
+impl Drop for HugePages {
+    fn drop(&mut self) {
+        if let Some(old) = self.0.take() {
+            let _ = std::fs::write("/proc/sys/vm/nr_hugepages", old);
+        }
+    }
+}
+
+/// 2 MiB, the huge page size the hugetlb tests use.
+pub const HUGE: usize = 2 << 20;
+
+impl GuestMem {
+    /// `len` bytes of private anonymous hugetlb memory (MAP_HUGETLB, 2 MiB pages).
+    pub fn huge(len: usize) -> Option<GuestMem> {
+        // SAFETY: fresh mapping.
+        let p = unsafe {
+            libc::mmap(
+                std::ptr::null_mut(),
+                len,
+                libc::PROT_READ | libc::PROT_WRITE,
+                libc::MAP_PRIVATE | libc::MAP_ANONYMOUS | libc::MAP_HUGETLB,
+                -1,
+                0,
+            )
+        };
+        (p != libc::MAP_FAILED).then_some(GuestMem {
+            addr: p as usize,
+            len,
+        })
+    }
+
+    /// A block of `len` bytes at `offset` into this mapping, with `page_size` pages.
+    pub fn sub_block(&self, name: &str, offset: usize, len: usize, page_size: u64) -> RamBlock {
+        RamBlock {
+            name: name.into(),
+            host: self.addr + offset,
+            offset: offset as u64,
+            length: len as u64,
+            page_size,
+            backing: Backing::Anonymous { shared: false },
+            opaque: 0,
+        }
+    }
+}
+
+/// The `VmFlags` of the mapping containing `addr`, from /proc/self/smaps (`nh`:
+/// MADV_NOHUGEPAGE, `hg`: MADV_HUGEPAGE, `lo`: mlocked...).
+pub fn vm_flags(addr: usize) -> Option<Vec<String>> {
+    let smaps = std::fs::read_to_string("/proc/self/smaps").ok()?;
+    let mut inside = false;
+    for line in smaps.lines() {
+        if let Some((range, _)) = line.split_once(' ') {
+            if let Some((lo, hi)) = range.split_once('-') {
+                if let (Ok(lo), Ok(hi)) =
+                    (usize::from_str_radix(lo, 16), usize::from_str_radix(hi, 16))
+                {
+                    inside = lo <= addr && addr < hi;
+                    continue;
+                }
+            }
+        }
+        if inside {
+            if let Some(flags) = line.strip_prefix("VmFlags:") {
+                return Some(flags.split_whitespace().map(String::from).collect());
+            }
+        }
+    }
+    None
+}
