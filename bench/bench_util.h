@@ -207,6 +207,7 @@ struct lib_side {
     PcrRamBlock block;
     const void *src;       /* what request_page places (fault benchmark) */
     unsigned long placed;  /* pages placed by request_page */
+    bool blocktime;        /* lib_open turns blocktime accounting on */
 };
 
 static inline int lib_foreach(void *opaque, PcrRamBlockVisitor visit, void *ctx)
@@ -217,9 +218,11 @@ static inline int lib_foreach(void *opaque, PcrRamBlockVisitor visit, void *ctx)
 
 /* The "source": answers a page request at once by placing the page from the fault thread,
  * as a QEMU destination does when the page arrives (here with no network in between). */
-static inline int lib_request_page(void *opaque, const char *block_name, uint64_t offset, uint64_t length)
+static inline int lib_request_page(void *opaque, void *block_opaque, const char *block_name,
+                                   uint64_t offset, uint64_t length)
 {
     struct lib_side *s = opaque;
+    (void)block_opaque;
     (void)block_name;
     int rc = pcr_place_page(s->mis, (char *)s->block.host + offset, (void *)s->src, (size_t)length);
     if (rc == 0 || rc == -EEXIST) {
@@ -243,6 +246,7 @@ static inline void lib_open(struct lib_side *s, void *host, size_t len, size_t p
         .request_page = lib_request_page,
         .target_page_size = 4096,
         .spin_wait_us = spin_wait_us,
+        .blocktime = s->blocktime,
     };
     s->mis = pcr_incoming_new(&ops, s);
     if (!s->mis)

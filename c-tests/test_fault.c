@@ -266,9 +266,10 @@ int main(void)
         }
     }
 
-    /* Phase 4: a failing request. The thread stays blocked; the next fault on the page
-     * requests it again, naming its block. */
-    printf("phase 4: request_page failure\n");
+    /* Phase 4: a failing request. The thread stays blocked, the page stays pending and
+     * requests pause: another fault on it is a duplicate. pcr_incoming_resend_pending asks
+     * again, naming its block. */
+    printf("phase 4: request_page failure, then resend_pending\n");
     pthread_mutex_lock(&v.lock);
     v.serve = SERVE_NONE;
     v.fail_requests = 1;
@@ -287,9 +288,16 @@ int main(void)
     CHECK_EQ(s.last_request_errno, EIO);
     CHECK_EQ(v.failed_requests, 1);
     touch_async(&tb, &v, 0, PC_PAGES - 8, false, 0);
+    for (int i = 0; i < 5000 && vmm_stats(&v).duplicate_faults == s.duplicate_faults; i++)
+        pcr_sleep_ms(1);
+    CHECK_EQ_U64(vmm_stats(&v).duplicate_faults, s.duplicate_faults + 1);
+    CHECK_EQ(vmm_nreqs(&v), nreq + 1); /* paused: no new request */
+    CHECK_EQ_U64(vmm_stats(&v).pending_pages, 1);
+    CHECK_EQ(pcr_incoming_resend_pending(v.mis), 1);
     CHECK(vmm_wait_requests(&v, nreq + 2, 5000));
     CHECK_EQ(v.reqs[nreq + 1].block, 0);
-    CHECK(v.reqs[nreq + 1].named); /* the failed request does not count as "previous" */
+    CHECK(v.reqs[nreq + 1].named); /* the first re-sent request names its block */
+    CHECK_EQ_U64(vmm_stats(&v).resent, 1);
     CHECK_EQ(vmm_place(&v, 0, (PC_PAGES - 8) * 4096, v.direct_buf), 0);
     pthread_join(ta.thread, NULL);
     pthread_join(tb.thread, NULL);
@@ -312,7 +320,7 @@ int main(void)
     /* Stats match what happened. */
     s = vmm_stats(&v);
     vmm_check_stats_invariant(&s);
-    CHECK_EQ_U64(s.requests, v.nreqs - (size_t)v.failed_requests);
+    CHECK_EQ_U64(s.requests + s.resent, v.nreqs - (size_t)v.failed_requests);
     CHECK_EQ_U64(s.request_errors, (uint64_t)v.failed_requests);
     CHECK_EQ_U64(s.pages_placed, v.placed + manual_placed);
     CHECK_EQ_U64(s.zero_pages_placed, v.zero_placed + manual_zero);
@@ -381,7 +389,7 @@ int main(void)
     pthread_join(td.thread, NULL);
     CHECK_EQ_U64(td.value, 0); /* a hole of the memfd */
     CHECK_EQ(w.shut_calls, 1);
-    CHECK(!w.shut_failed);
+    CHECK(w.shut_failed); /* a page was still pending: its thread was woken onto a hole */
     CHECK(!w.balloon_inhibited);
 #ifdef PCR_TEST_SEED_ABI
     CHECK_EQ(postcopy_state_get(), PCR_STATE_NONE); /* no live destination */

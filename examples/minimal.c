@@ -19,9 +19,11 @@ static int foreach_block(void *opaque, PcrRamBlockVisitor visit, void *ctx)
 
 /* Runs on the library's fault thread. A real VMM sends REQ_PAGES to the source here;
  * this one "receives" the page at once and places it. */
-static int request_page(void *opaque, const char *block, uint64_t offset, uint64_t len)
+static int request_page(void *opaque, void *block_opaque, const char *block, uint64_t offset,
+                        uint64_t len)
 {
     struct vmm *vmm = opaque;
+    (void)block_opaque;
     (void)block;
     unsigned char *page = pcr_get_tmp_page(vmm->mis);
     memset(page, (int)(offset / 4096) & 0xff, len);

@@ -28,6 +28,17 @@
 #include <sys/types.h>
 
 /**
+ * Largest vCPU index + 1 that `pcr_incoming_register_vcpu` accepts.
+ */
+#define PCR_MAX_VCPUS 1024
+
+/**
+ * Buckets of `PcrBlocktime.latency_buckets`: bucket i counts latencies in
+ * [2^i, 2^(i+1)) nanoseconds (bucket 0 also counts 0).
+ */
+#define PCR_LATENCY_BUCKETS 40
+
+/**
  * Most ranges QEMU puts in one POSTCOPY_RAM_DISCARD command.
  */
 #define PCR_MAX_DISCARDS_PER_COMMAND 12
@@ -237,6 +248,11 @@ typedef struct PcrRamBlock {
    * Whether the block is mapped MAP_SHARED.
    */
   bool shared;
+  /**
+   * The hypervisor's own pointer for this block (QEMU: its `RAMBlock *`), handed back to
+   * `request_page` as `block_opaque`. The library never dereferences it; NULL is fine.
+   */
+  void *opaque;
 } PcrRamBlock;
 
 /**
@@ -257,11 +273,14 @@ typedef uint32_t PcrState;
  *
  * Threads: `foreach_ram_block`, `discard_range`, `state_changed`, `shut`,
  * `balloon_inhibit` and `mlock` run on the thread that called the library function that
- * needs them. `request_page` runs on the library's fault thread ("postcopy/fault"); it may
- * call `pcr_place_page`, `pcr_place_page_zero`, `pcr_place_pages*`,
- * `pcr_incoming_get_stats` and `pcr_state_get`, but never
- * `pcr_incoming_cleanup`, `pcr_incoming_enable_notify` or
- * `pcr_incoming_free` (they wait for the fault thread). No callback may unwind.
+ * needs them. `request_page`, `fault_thread_started` and `fault_thread_stopping` run on
+ * the library's fault thread ("postcopy/fault"); from there a callback may call
+ * `pcr_place_page`, `pcr_place_page_zero`, `pcr_place_pages*`, `pcr_incoming_get_stats`,
+ * `pcr_state_get`, `pcr_incoming_pause_requests` and `pcr_incoming_abort`, but never
+ * `pcr_incoming_cleanup`, `pcr_incoming_enable_notify`, `pcr_incoming_resend_pending` or
+ * `pcr_incoming_free` (they wait for the fault thread: -EDEADLK). No callback may unwind.
+ *
+ * A zero-initialised table keeps every optional behaviour off.
  */
 typedef struct PcrIncomingOps {
   /**
@@ -274,11 +293,18 @@ typedef struct PcrIncomingOps {
   /**
    * Asks the source for `length` bytes at `offset` of block `block_name`
    * (NULL: the same block as the previous successful request; the source's REQ_PAGES
-   * without id). Returns 0, or a negative errno: the failure is counted and logged and
-   * the page is requested again on its next fault. Runs on the fault thread. Required
-   * unless `write_return_path` is given.
+   * without id). `block_opaque` is the block's `PcrRamBlock.opaque`, given whether the
+   * name is or not. Returns 0, or a negative errno: the failure is counted and logged,
+   * the page stays pending, and requests pause (faults are still read and recorded
+   * pending) until `pcr_incoming_resend_pending`. Returning -EAGAIN while the host's
+   * return path is down is the intended use. Runs on the fault thread. Required unless
+   * `write_return_path` is given.
    */
-  int (*request_page)(void *opaque, const char *block_name, uint64_t offset, uint64_t length);
+  int (*request_page)(void *opaque,
+                      void *block_opaque,
+                      const char *block_name,
+                      uint64_t offset,
+                      uint64_t length);
   /**
    * Optional. Drops `[start, start + length)` (bytes) of `block`; returns 0 or a negative
    * errno. NULL: the library drops the pages itself (MADV_DONTNEED for private anonymous
@@ -295,8 +321,10 @@ typedef struct PcrIncomingOps {
    */
   void (*state_changed)(void *opaque, PcrState old_state, PcrState new_state);
   /**
-   * Optional. Postcopy ended (`pcr_incoming_cleanup`); `failed` tells whether
-   * something went wrong. QEMU sends the return-path SHUT message here.
+   * Optional. Postcopy ended (`pcr_incoming_cleanup`); `failed` is true when cleanup
+   * failed, postcopy was aborted, or pages were still pending (a failed request that a
+   * re-send recovered does not count). QEMU 2.x sends the return-path SHUT message here;
+   * see `never_send_shut`.
    */
   void (*shut)(void *opaque, bool failed);
   /**
@@ -321,7 +349,18 @@ typedef struct PcrIncomingOps {
    */
   int (*write_return_path)(void *opaque, const uint8_t *bytes, size_t length);
   /**
-   * The guest's target page size in bytes (discard ranges count in it); 0 means 4096.
+   * Optional. Runs on the fault thread, first thing, before any other callback there
+   * (QEMU: `rcu_register_thread`).
+   */
+  void (*fault_thread_started)(void *opaque);
+  /**
+   * Optional. Runs on the fault thread, last thing, also when it ends on an error
+   * (QEMU: `rcu_unregister_thread`).
+   */
+  void (*fault_thread_stopping)(void *opaque);
+  /**
+   * The guest's target page size in bytes (discard ranges and received bitmaps count in
+   * it); 0 means 4096.
    */
   size_t target_page_size;
   /**
@@ -334,6 +373,26 @@ typedef struct PcrIncomingOps {
    * latency, one core busy while faults keep coming).
    */
   uint32_t spin_wait_us;
+  /**
+   * The library never calls `shut` and never sends SHUT itself: the host sends it after
+   * completion (QEMU 7.2 does, after COMPLETED; a SHUT marked failed makes its source
+   * fail).
+   */
+  bool never_send_shut;
+  /**
+   * Registers for UFFD_FEATURE_EVENT_REMOVE (Linux 4.11): MADV_DONTNEED / MADV_REMOVE
+   * on received pages (a balloon, virtio-mem) clears their received bits, so that their
+   * next fault is requested again. Off by default: with it, the kernel holds every such
+   * madvise until the fault thread has read the event (QEMU 7.2 never asks for it).
+   * Without it, such a fault is "late" and its thread is not served.
+   */
+  bool track_remove;
+  /**
+   * Accounts blocktime and fault latency (`pcr_incoming_get_blocktime`; QEMU's
+   * postcopy-blocktime capability). The kernel's UFFD_FEATURE_THREAD_ID (Linux 4.14) is
+   * requested whenever offered, to attribute faults to vCPUs.
+   */
+  bool blocktime;
 } PcrIncomingOps;
 
 /**
@@ -348,9 +407,10 @@ typedef struct PcrStats {
    */
   uint64_t faults;
   /**
-   * Page requests the request callback accepted (returned success). A failed request
-   * is counted in `request_errors` only, so after cleanup `faults == requests +
-   * request_errors + duplicate_faults + late_faults + faults_outside`.
+   * Page requests for faults that the request callback accepted (`request_errors` counts
+   * the ones it refused; re-sends are counted apart, in `resent`). Every fault is counted
+   * once: faults = requests + request_errors + duplicate_faults + late_faults +
+   * faults_outside + paused_faults.
    */
   uint64_t requests;
   /**
@@ -366,7 +426,8 @@ typedef struct PcrStats {
    */
   uint64_t faults_outside;
   /**
-   * Requests whose callback returned an error.
+   * Requests for faults whose callback returned an error (the page stays pending and
+   * requests pause).
    */
   uint64_t request_errors;
   /**
@@ -382,13 +443,47 @@ typedef struct PcrStats {
    */
   uint64_t already_present;
   /**
-   * userfaultfd messages other than page faults.
+   * userfaultfd messages other than page faults (and, with `track_remove`, REMOVE
+   * events).
    */
   uint64_t unexpected_events;
+  /**
+   * Host pages requested (or recorded while requests were paused) and not yet received:
+   * the pending set, at the snapshot.
+   */
+  uint64_t pending_pages;
+  /**
+   * Faults on new pages read while requests were paused (recorded pending, not sent).
+   */
+  uint64_t paused_faults;
+  /**
+   * Requests re-sent by `resend_pending` that the callback accepted.
+   */
+  uint64_t resent;
+  /**
+   * Re-sends the callback refused (requests paused again).
+   */
+  uint64_t resend_errors;
+  /**
+   * Placements that failed with an error other than EEXIST (their pages stay pending).
+   */
+  uint64_t placement_errors;
+  /**
+   * UFFD_EVENT_REMOVE messages handled (only with `track_remove`).
+   */
+  uint64_t remove_events;
+  /**
+   * Host pages given up by an abort (poisoned, or zero-filled without UFFDIO_POISON).
+   */
+  uint64_t pages_lost;
   /**
    * errno (positive) of the last failed page request, 0 if none.
    */
   int32_t last_request_errno;
+  /**
+   * errno (positive) of the last failed placement, 0 if none.
+   */
+  int32_t last_placement_errno;
   /**
    * Empty discard ranges (length 0) accepted and skipped: QEMU 2.6-2.9 sources send
    * `(block_length, 0)` after a block whose last page is clean.
@@ -401,6 +496,75 @@ typedef struct PcrStats {
  * newline, valid during the call only.
  */
 typedef void (*PcrLogCallback)(void *opaque, int level, const char *message);
+
+/**
+ * What `pcr_incoming_abort` did.
+ */
+typedef struct PcrAbortResult {
+  /**
+   * Host pages that never arrived and were given up.
+   */
+  uint64_t pages_lost;
+  /**
+   * Their bytes.
+   */
+  uint64_t bytes_lost;
+  /**
+   * true: every lost page was poisoned (UFFDIO_POISON, Linux 6.6): any access raises
+   * SIGBUS, and a KVM vCPU gets a memory-failure SIGBUS (BUS_MCEERR_AR) inside KVM_RUN.
+   * false: the kernel lacks UFFDIO_POISON and the pages were filled with zeros, which is
+   * silent data loss for the guest (logged as such); or nothing was lost.
+   */
+  bool poisoned;
+} PcrAbortResult;
+
+/**
+ * Blocktime and fault latency of a destination (`pcr_incoming_get_blocktime`), with QEMU
+ * 7.2's definitions.
+ */
+typedef struct PcrBlocktime {
+  /**
+   * Whether accounting is on (`PcrIncomingOps.blocktime`).
+   */
+  bool enabled;
+  /**
+   * Whether the kernel reports faulting thread ids (UFFD_FEATURE_THREAD_ID, Linux 4.14).
+   * Without them no fault is attributed to a vCPU: `total_ms` and the per-vCPU figures
+   * stay 0 (QEMU then reports no blocktime); the latency figures still count.
+   */
+  bool thread_id_available;
+  /**
+   * Time during which all registered vCPUs were blocked at once, in ms (QEMU's
+   * postcopy-blocktime).
+   */
+  uint32_t total_ms;
+  /**
+   * Registered vCPUs.
+   */
+  uint32_t vcpus;
+  /**
+   * Faults whose latency was measured: from the read of the fault message to the
+   * placement of its host page, for every faulting thread, vCPU or not.
+   */
+  uint64_t faults_timed;
+  /**
+   * Median latency in ns: the upper bound of its log2 bucket (at most 2x high), capped
+   * at the maximum.
+   */
+  uint64_t latency_p50_ns;
+  /**
+   * 99th percentile latency in ns, as `latency_p50_ns`.
+   */
+  uint64_t latency_p99_ns;
+  /**
+   * Largest latency in ns (exact).
+   */
+  uint64_t latency_max_ns;
+  /**
+   * The histogram: bucket i counts latencies in [2^i, 2^(i+1)) ns.
+   */
+  uint64_t latency_buckets[PCR_LATENCY_BUCKETS];
+} PcrBlocktime;
 
 /**
  * Callbacks and settings of a source, given to `pcr_source_new` (copied). Callbacks run on
@@ -611,12 +775,15 @@ int pcr_incoming_prepare_discard(struct PcrIncoming *mis);
 
 /**
  * Drops `[start, start + length)` (bytes) of block `block_name` (QEMU's
- * `ram_discard_range`), through the `discard_range` callback or the library default.
- * Allowed in ADVISE and DISCARD; in ADVISE it first does `pcr_incoming_prepare_discard`
- * (no discard runs while THP is on). The range must be aligned to the block's page size
- * and inside the block (checked arithmetic: -EINVAL if `start + length` wraps). An empty
- * range (aligned, at most the block length) is skipped and counted in
- * `PcrStats.discard_ranges_empty`. Returns 0 or a negative errno.
+ * `ram_discard_range`), through the `discard_range` callback or the library default, and
+ * clears the range's received bits. Allowed in ADVISE and DISCARD (in ADVISE it first does
+ * `pcr_incoming_prepare_discard`: no discard runs while THP is on), and after LISTEN
+ * (LISTENING, RUNNING: a balloon or virtio-mem dropping received pages), where the next
+ * fault on those pages is requested again. The range must be aligned to the block's page
+ * size and inside the block (checked arithmetic: -EINVAL if `start + length` wraps). An
+ * empty range (aligned, at most the block length) is skipped and counted in
+ * `PcrStats.discard_ranges_empty`. -EDEADLK from a callback on the fault thread when
+ * `track_remove` is on. Returns 0 or a negative errno.
  */
 int pcr_incoming_discard_range(struct PcrIncoming *mis,
                                const char *block_name,
@@ -717,6 +884,88 @@ ptrdiff_t pcr_place_pages_zero(struct PcrIncoming *mis, void *host, size_t lengt
  * before init or if it cannot be mapped.
  */
 void *pcr_get_tmp_page(struct PcrIncoming *mis);
+
+/**
+ * Pauses page requests (`paused` true): faults are still read and their pages recorded
+ * pending, but `request_page` is not called (QEMU: the return path went away). From a
+ * host thread it returns once no `request_page` call is running; from `request_page`
+ * itself it only sets the flag. `paused` false resumes: the same as
+ * `pcr_incoming_resend_pending`, whose count it returns. Returns 0 / the count, or a
+ * negative errno (-EINVAL outside LISTENING..cleanup).
+ */
+int pcr_incoming_pause_requests(struct PcrIncoming *mis, bool paused);
+
+/**
+ * Resumes page requests once the channel to the source is back: the fault thread re-sends
+ * one request for every pending page (requested, or recorded while paused, and not yet
+ * received), the first one naming its block, and this call waits until it has. Safe
+ * against the fault thread's own requests; callable from any host thread, not from a
+ * callback on the fault thread (-EDEADLK). Returns the number of requests re-sent, or a
+ * negative errno: -EINVAL outside LISTENING..cleanup, -EPIPE after `pcr_incoming_abort`,
+ * or the error of a re-send that failed (requests are paused again, the rest stay
+ * pending).
+ */
+int pcr_incoming_resend_pending(struct PcrIncoming *mis);
+
+/**
+ * Marks `[host, host + length)` received: pages the host loaded itself (precopy pages
+ * copied before LISTEN), so that the received bitmap is exact and the fault thread never
+ * requests them. `host` and `length` are whole target pages inside one block. From
+ * `pcr_incoming_init` until cleanup. Returns 0 or a negative errno.
+ */
+int pcr_incoming_mark_received(struct PcrIncoming *mis, const void *host, uint64_t length);
+
+/**
+ * Bytes `pcr_incoming_encode_recv_bitmap` writes for block `block_name`, or a negative
+ * errno. From init until cleanup.
+ */
+ptrdiff_t pcr_incoming_recv_bitmap_len(const struct PcrIncoming *mis, const char *block_name);
+
+/**
+ * Writes block `block_name`'s received bitmap in QEMU's RECV_BITMAP format (the bytes
+ * that follow the return-path RECV_BITMAP header: be64 size, the little-endian bitmap of
+ * target pages, the be64 end mark 0x0123456789abcdef) into `buf` of `buflen` bytes, for a
+ * destination answering its source's recovery. A bit is set for a target page placed
+ * through the library or marked with `pcr_incoming_mark_received`, and cleared by a
+ * discard or a REMOVE event. Returns the bytes written, or a negative errno (-ENOSPC when
+ * `buflen` is short: see `pcr_incoming_recv_bitmap_len`).
+ */
+ptrdiff_t pcr_incoming_encode_recv_bitmap(const struct PcrIncoming *mis,
+                                          const char *block_name,
+                                          uint8_t *buf,
+                                          size_t buflen);
+
+/**
+ * For a source gone for good: gives up every page not yet received, so that no thread
+ * hangs and none reads a zero page unknowingly. Where the kernel has UFFDIO_POISON (Linux
+ * 6.6) each such page is poisoned: an access raises SIGBUS, and a KVM vCPU gets a
+ * memory-failure SIGBUS (BUS_MCEERR_AR) the VMM can act on. Without it the pages are
+ * filled with zeros and the loss is logged. Threads blocked on those pages are woken
+ * either way. Requests stop for good. Callable from any thread, the fault thread
+ * included, between LISTEN and cleanup; `out` (may be NULL) says what happened. Returns
+ * 0 or a negative errno.
+ */
+int pcr_incoming_abort(struct PcrIncoming *mis, struct PcrAbortResult *out);
+
+/**
+ * Registers vCPU `cpu_index` (< PCR_MAX_VCPUS) as thread `tid` (gettid()) for blocktime:
+ * faults are attributed by the thread id the kernel reports. Any time (QEMU: at LISTEN);
+ * registrations outlive cleanup. Returns 0 or a negative errno.
+ */
+int pcr_incoming_register_vcpu(struct PcrIncoming *mis, uint32_t cpu_index, int32_t tid);
+
+/**
+ * Copies the blocktime figures into `*out` and, when `per_vcpu_ms` is not NULL, each
+ * vCPU's blocked time in ms into `per_vcpu_ms[cpu_index]` for cpu_index < `n_vcpus` (0 for
+ * unregistered indexes). QEMU 7.2's definitions: a vCPU's time grows from its fault to
+ * the placement of the host page it waits on; the total only while every registered vCPU
+ * is blocked. Readable at any time, after cleanup too, until `pcr_incoming_free`. Returns
+ * 0 or a negative errno.
+ */
+int pcr_incoming_get_blocktime(const struct PcrIncoming *mis,
+                               struct PcrBlocktime *out,
+                               uint32_t *per_vcpu_ms,
+                               size_t n_vcpus);
 
 /**
  * Creates a source with `ops` (copied) and `opaque`. NULL (logged) when `ops` is NULL,

@@ -32,10 +32,12 @@ pub mod ffi;
 pub use source::discard_walk;
 
 pub use destination::block::{Backing, BlockName, RamBlock};
+pub use destination::blocktime::BlocktimeReport;
 pub use destination::fault_thread::WaitStrategy;
 pub use destination::incoming::{
     check_host_support, Incoming, IncomingConfig, IncomingHooks, Placement, RunPlacement,
 };
+pub use destination::recovery::AbortOutcome;
 pub use error::{Error, Result};
 pub use state::State;
 pub use stats::Stats;

@@ -17,6 +17,13 @@ pub(crate) struct Counters {
     pub already_present: AtomicU64,
     pub unexpected_events: AtomicU64,
     pub discard_ranges_empty: AtomicU64,
+    pub paused_faults: AtomicU64,
+    pub resent: AtomicU64,
+    pub resend_errors: AtomicU64,
+    pub placement_errors: AtomicU64,
+    pub last_placement_errno: AtomicI32,
+    pub remove_events: AtomicU64,
+    pub pages_lost: AtomicU64,
 }
 
 /// A snapshot of the counters of a destination (`pcr_incoming_get_stats` in C, where it is
@@ -28,9 +35,10 @@ pub(crate) struct Counters {
 pub struct Stats {
     /// Page-fault messages read from the userfaultfd.
     pub faults: u64,
-    /// Page requests the request callback accepted (returned success). A failed request
-    /// is counted in `request_errors` only, so after cleanup `faults == requests +
-    /// request_errors + duplicate_faults + late_faults + faults_outside`.
+    /// Page requests for faults that the request callback accepted (`request_errors` counts
+    /// the ones it refused; re-sends are counted apart, in `resent`). Every fault is counted
+    /// once: faults = requests + request_errors + duplicate_faults + late_faults +
+    /// faults_outside + paused_faults.
     pub requests: u64,
     /// Faults on a page already requested and not yet placed (no new request).
     pub duplicate_faults: u64,
@@ -38,7 +46,8 @@ pub struct Stats {
     pub late_faults: u64,
     /// Faults outside every block (logged; the fault thread keeps serving).
     pub faults_outside: u64,
-    /// Requests whose callback returned an error.
+    /// Requests for faults whose callback returned an error (the page stays pending and
+    /// requests pause).
     pub request_errors: u64,
     /// Pages placed with data.
     pub pages_placed: u64,
@@ -46,10 +55,28 @@ pub struct Stats {
     pub zero_pages_placed: u64,
     /// Placements that found the page already present (-EEXIST; waiters woken).
     pub already_present: u64,
-    /// userfaultfd messages other than page faults.
+    /// userfaultfd messages other than page faults (and, with `track_remove`, REMOVE
+    /// events).
     pub unexpected_events: u64,
+    /// Host pages requested (or recorded while requests were paused) and not yet received:
+    /// the pending set, at the snapshot.
+    pub pending_pages: u64,
+    /// Faults on new pages read while requests were paused (recorded pending, not sent).
+    pub paused_faults: u64,
+    /// Requests re-sent by `resend_pending` that the callback accepted.
+    pub resent: u64,
+    /// Re-sends the callback refused (requests paused again).
+    pub resend_errors: u64,
+    /// Placements that failed with an error other than EEXIST (their pages stay pending).
+    pub placement_errors: u64,
+    /// UFFD_EVENT_REMOVE messages handled (only with `track_remove`).
+    pub remove_events: u64,
+    /// Host pages given up by an abort (poisoned, or zero-filled without UFFDIO_POISON).
+    pub pages_lost: u64,
     /// errno (positive) of the last failed page request, 0 if none.
     pub last_request_errno: i32,
+    /// errno (positive) of the last failed placement, 0 if none.
+    pub last_placement_errno: i32,
     /// Empty discard ranges (length 0) accepted and skipped: QEMU 2.6-2.9 sources send
     /// `(block_length, 0)` after a block whose last page is clean.
     pub discard_ranges_empty: u64,
@@ -69,6 +96,14 @@ impl Counters {
             zero_pages_placed: self.zero_pages_placed.load(Relaxed),
             already_present: self.already_present.load(Relaxed),
             unexpected_events: self.unexpected_events.load(Relaxed),
+            pending_pages: 0,
+            paused_faults: self.paused_faults.load(Relaxed),
+            resent: self.resent.load(Relaxed),
+            resend_errors: self.resend_errors.load(Relaxed),
+            placement_errors: self.placement_errors.load(Relaxed),
+            remove_events: self.remove_events.load(Relaxed),
+            pages_lost: self.pages_lost.load(Relaxed),
+            last_placement_errno: self.last_placement_errno.load(Relaxed),
             discard_ranges_empty: self.discard_ranges_empty.load(Relaxed),
         }
     }

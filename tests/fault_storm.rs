@@ -190,6 +190,7 @@ fn storm_of_faults_races_with_background_placement() {
         length: anon.len as u64,
         page_size: 4096,
         backing: b,
+        opaque: 0,
     });
     regions.push(anon);
     let (shm, b) = map_region(8 << 20, false, true).expect("memfd mapping");
@@ -200,6 +201,7 @@ fn storm_of_faults_races_with_background_placement() {
         length: shm.len as u64,
         page_size: 4096,
         backing: b,
+        opaque: 0,
     });
     regions.push(shm);
     let huge = HugePages::reserve(8);
@@ -212,6 +214,7 @@ fn storm_of_faults_races_with_background_placement() {
                 length: r.len as u64,
                 page_size: 2 << 20,
                 backing: b,
+                opaque: 0,
             });
             regions.push(r);
         }

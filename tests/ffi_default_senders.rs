@@ -40,6 +40,7 @@ unsafe extern "C" fn foreach(
             fd: -1,
             fd_offset: 0,
             shared: false,
+            opaque: std::ptr::null_mut(),
         };
         // SAFETY: the library's visitor with a block valid for the call.
         let rc = unsafe { visit(&b, ctx) };
@@ -98,6 +99,11 @@ fn library_sends_requests_and_shut_on_the_return_path() {
         target_page_size: 0,
         enable_mlock: false,
         spin_wait_us: 0,
+        fault_thread_started: None,
+        fault_thread_stopping: None,
+        never_send_shut: false,
+        track_remove: false,
+        blocktime: false,
     };
     let vmm_ptr = &*vmm as *const Vmm as *mut c_void;
     let mis = pcr_incoming_new(&ops, vmm_ptr);

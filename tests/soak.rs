@@ -121,6 +121,7 @@ fn map(name: &str, len: u64, huge: bool, memfd: bool, shared: bool) -> Option<Re
             length: len,
             page_size: if huge { HUGE } else { SMALL },
             backing,
+            opaque: 0,
         },
         _fd: fd,
     })

@@ -10,9 +10,11 @@ static int no_blocks(void *opaque, PcrRamBlockVisitor visit, void *ctx)
     return 0;
 }
 
-static int no_request(void *opaque, const char *block, uint64_t offset, uint64_t length)
+static int no_request(void *opaque, void *block_opaque, const char *block, uint64_t offset,
+                      uint64_t length)
 {
     (void)opaque;
+    (void)block_opaque;
     (void)block;
     (void)offset;
     (void)length;

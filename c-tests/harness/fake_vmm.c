@@ -164,6 +164,7 @@ int vmm_foreach_cb(void *opaque, PcrRamBlockVisitor visit, void *ctx)
             .fd = b->fd,
             .fd_offset = 0,
             .shared = b->shared,
+            .opaque = b, /* handed back to request_page as block_opaque */
         };
         int rc = visit(&d, ctx);
         if (rc != 0)
@@ -172,8 +173,8 @@ int vmm_foreach_cb(void *opaque, PcrRamBlockVisitor visit, void *ctx)
     return v->foreach_rc;
 }
 
-int vmm_request_cb(void *opaque, const char *block_name, uint64_t offset,
-                                 uint64_t length)
+int vmm_request_cb(void *opaque, void *block_opaque, const char *block_name, uint64_t offset,
+                   uint64_t length)
 {
     vmm *v = opaque;
     pthread_mutex_lock(&v->lock);
@@ -193,6 +194,8 @@ int vmm_request_cb(void *opaque, const char *block_name, uint64_t offset,
         if (bi < 0)
             vmm_anomaly(v, "request without block name before any named request");
     }
+    if (bi >= 0 && block_opaque != &v->blocks[bi])
+        vmm_anomaly(v, "request for block %d came with another block's opaque %p", bi, block_opaque);
     if (bi >= 0) {
         vmm_block *b = &v->blocks[bi];
         if (offset % b->real_page_size != 0)
@@ -263,7 +266,7 @@ void vmm_balloon_cb(void *opaque, bool inhibit)
 /* A discard_range callback that does what the library's default does for the block kinds
  * used here, and counts. */
 int vmm_discard_cb(void *opaque, const PcrRamBlock *block, uint64_t start,
-                                 uint64_t length)
+                   uint64_t length)
 {
     vmm *v = opaque;
     pthread_mutex_lock(&v->lock);
@@ -416,7 +419,7 @@ PcrStats vmm_stats(vmm *v)
     for (;;) {
         PcrStats s = vmm_stats_now(v);
         if (s.faults == s.requests + s.request_errors + s.duplicate_faults + s.late_faults +
-                            s.faults_outside ||
+                            s.faults_outside + s.paused_faults ||
             pcr_now() > end)
             return s;
         pcr_sleep_ms(1);
@@ -424,11 +427,11 @@ PcrStats vmm_stats(vmm *v)
 }
 
 /* Every fault message is exactly one of: a request made, a request that failed, a duplicate,
- * a late fault, a fault outside the blocks. */
+ * a late fault, a fault outside the blocks, a fault recorded pending while paused. */
 void vmm_check_stats_invariant(const PcrStats *s)
 {
     CHECK_EQ_U64(s->faults, s->requests + s->request_errors + s->duplicate_faults +
-                                s->late_faults + s->faults_outside);
+                                s->late_faults + s->faults_outside + s->paused_faults);
 }
 
 void vmm_destroy(vmm *v)

@@ -113,7 +113,8 @@ int vmm_block_index(const vmm *v, const char *name);
 
 /* ---- the callbacks (for tests that build their own PcrIncomingOps) ---- */
 int vmm_foreach_cb(void *opaque, PcrRamBlockVisitor visit, void *ctx);
-int vmm_request_cb(void *opaque, const char *block_name, uint64_t offset, uint64_t length);
+int vmm_request_cb(void *opaque, void *block_opaque, const char *block_name, uint64_t offset,
+                   uint64_t length);
 void vmm_state_cb(void *opaque, PcrState old_state, PcrState new_state);
 void vmm_shut_cb(void *opaque, bool failed);
 void vmm_balloon_cb(void *opaque, bool inhibit);
@@ -138,7 +139,8 @@ void vmm_check_no_anomaly(vmm *v);
 PcrStats vmm_stats_now(vmm *v);
 PcrStats vmm_stats(vmm *v);
 /* Every fault message is exactly one of: a request made, a request that failed, a
- * duplicate, a late fault, a fault outside the blocks. */
+ * duplicate, a late fault, a fault outside the blocks, a fault recorded pending while
+ * requests were paused. */
 void vmm_check_stats_invariant(const PcrStats *s);
 /* Checks that page `off` of block `bi` (present) holds its content, or zeros if it was
  * served as a zero page. */

@@ -1,17 +1,20 @@
 //! The destination process of the demo migration.
 
 use std::io::{BufReader, Write};
-use std::net::TcpStream;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::net::{TcpListener, TcpStream};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::thread;
 use std::time::Instant;
 
 use parking_lot::Mutex;
-use postcopy_ram::destination::return_path_sender::ReturnPathSender;
-use postcopy_ram::wire::{self, CommandMsg, MessageWriter};
+use postcopy_ram::destination::return_path_sender::{
+    encode_page_request, encode_shut, MAX_MESSAGE,
+};
+use postcopy_ram::wire::{self, CommandMsg};
 use postcopy_ram::{
-    BlockName, Incoming, IncomingConfig, IncomingHooks, Placement, RamBlock, State,
+    AbortOutcome, BlockName, BlocktimeReport, Incoming, IncomingConfig, IncomingHooks, Placement,
+    RamBlock, State,
 };
 
 use crate::checksum::{checksum, dest_marker, mix};
@@ -40,6 +43,15 @@ pub struct DestOptions {
     pub kind: Kind,
     pub size: usize,
     pub workload: Workload,
+    /// A broken channel while postcopy runs is a network failure: pause and wait for the
+    /// source to reconnect (QEMU's migrate-recover). Without it, the source is gone for
+    /// good and postcopy is aborted.
+    pub recover: bool,
+    /// Failure test: the first placement of data at or after the Nth placement after
+    /// LISTEN (1-based) is made from an unreadable
+    /// buffer, so it fails (EFAULT) as a placement can in production (ENOMEM when the
+    /// huge page pool shrinks).
+    pub inject_placement_failure: Option<u64>,
 }
 
 /// What the destination measured.
@@ -56,52 +68,112 @@ pub struct DestReport {
     pub already_present: u64,
     pub pages_received_urgent: u64,
     pub request_failed: bool,
+    /// Recoveries served (reconnects), received bitmaps sent, pending requests re-sent.
+    pub recoveries: u64,
+    pub bitmaps_sent: u64,
+    pub resent_requests: u64,
+    /// The library's blocktime and latency figures.
+    pub blocktime: BlocktimeReport,
 }
 
-/// Places the pages that arrive on the urgent connection (answers to page requests).
-fn serve_urgent(stream: TcpStream, incoming: &Incoming, mem: &GuestMemory) -> Result<u64, String> {
+/// Every placement after LISTEN goes through here: one check of the frame, the failure
+/// injection of `--inject-placement-failure`, and the count.
+struct Placer {
+    incoming: Arc<Incoming>,
+    mem: Arc<GuestMemory>,
+    placements: AtomicU64,
+    inject: Option<u64>,
+    injected: std::sync::atomic::AtomicBool,
+    /// An unreadable page (the injected failure's source).
+    bad: GuestMemory,
+}
+
+impl Placer {
+    fn check(&self, name: &str, offset: u64, length: u32) -> Result<usize, String> {
+        let host_page = self.mem.kind().page_size() as u64;
+        if name != BLOCK
+            || offset % host_page != 0
+            || length as u64 != host_page
+            || offset + host_page > self.mem.len() as u64
+        {
+            return Err(format!(
+                "bad page frame {name} +{offset:#x} ({length} bytes)"
+            ));
+        }
+        Ok(self.mem.addr() as usize + offset as usize)
+    }
+
+    /// Places a page with data (`Some`) or a zero page.
+    fn place(&self, host: usize, data: Option<&[u8]>, length: u32) -> Result<Placement, String> {
+        let n = self.placements.fetch_add(1, Ordering::Relaxed) + 1;
+        let r = match data {
+            Some(data) => {
+                let due = self.inject.is_some_and(|at| n >= at);
+                let src = if due && !self.injected.swap(true, Ordering::Relaxed) {
+                    eprintln!("[dest] injecting a placement failure (placement #{n})");
+                    self.bad.addr() as *const u8
+                } else {
+                    data.as_ptr()
+                };
+                // SAFETY: `src` is `length` bytes: the frame's data, or the unreadable
+                // mapping of the injection, which the kernel reports as EFAULT.
+                unsafe { self.incoming.place_page(host, src, length as u64) }
+            }
+            None => self.incoming.place_page_zero(host, length as u64),
+        };
+        r.map_err(|e| {
+            format!(
+                "placing the page at +{:#x}: {e}",
+                host - self.mem.addr() as usize
+            )
+        })
+    }
+}
+
+/// The first failure of the migration: what it was and when, set once.
+#[derive(Default)]
+struct Failure(Mutex<Option<(String, Instant)>>);
+
+impl Failure {
+    fn set(&self, why: String) {
+        self.0.lock().get_or_insert((why, Instant::now()));
+    }
+}
+
+/// Places the pages that arrive on the urgent connection (answers to page requests). A
+/// failed placement is recorded and the main connection shut down, so that the main loop
+/// stops at once and aborts (a read error here is only the channel going away).
+fn serve_urgent(stream: TcpStream, placer: &Placer, failure: &Failure, main: &TcpStream) -> u64 {
     stream.set_nodelay(true).ok();
     let mut reader = BufReader::with_capacity(64 << 10, stream);
     let mut data = Vec::new();
-    let host_page = mem.kind().page_size() as u64;
     let mut placed = 0;
     loop {
-        match read_item(&mut reader, &mut data) {
-            Ok(Item::End) => return Ok(placed),
+        let r = match read_item(&mut reader, &mut data) {
+            Ok(Item::End) | Err(_) => return placed,
             Ok(Item::Page {
                 name,
                 offset,
                 length,
-            })
-            | Ok(Item::Zero {
+            }) => placer
+                .check(&name, offset, length)
+                .and_then(|host| placer.place(host, Some(&data), length)),
+            Ok(Item::Zero {
                 name,
                 offset,
                 length,
-            }) if name != BLOCK
-                || offset % host_page != 0
-                || length as u64 != host_page
-                || offset + host_page > mem.len() as u64 =>
-            {
-                return Err(format!(
-                    "bad page frame {name} +{offset:#x} ({length} bytes)"
-                ));
+            }) => placer
+                .check(&name, offset, length)
+                .and_then(|host| placer.place(host, None, length)),
+            Ok(Item::Command(_)) => Err("command on the urgent channel".into()),
+        };
+        match r {
+            Ok(_) => placed += 1,
+            Err(e) => {
+                failure.set(format!("urgent channel: {e}"));
+                let _ = main.shutdown(std::net::Shutdown::Both);
+                return placed;
             }
-            Ok(Item::Page { offset, length, .. }) => {
-                let host = mem.addr() as usize + offset as usize;
-                // SAFETY: `data` holds `length` bytes.
-                unsafe { incoming.place_page(host, data.as_ptr(), length as u64) }
-                    .map_err(|e| e.to_string())?;
-                placed += 1;
-            }
-            Ok(Item::Zero { offset, length, .. }) => {
-                let host = mem.addr() as usize + offset as usize;
-                incoming
-                    .place_page_zero(host, length as u64)
-                    .map_err(|e| e.to_string())?;
-                placed += 1;
-            }
-            Ok(Item::Command(_)) => return Err("command on the urgent channel".into()),
-            Err(e) => return Err(e.to_string()),
         }
     }
 }
@@ -117,21 +189,22 @@ pub fn now_ns() -> u64 {
     ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64
 }
 
-/// The return-path connection, one whole message per write.
-struct StreamWriter(Mutex<TcpStream>);
-
-impl MessageWriter for StreamWriter {
-    fn write_message(&self, bytes: &[u8]) -> Result<(), i32> {
-        self.0
-            .lock()
-            .write_all(bytes)
-            .map_err(|e| e.raw_os_error().unwrap_or(libc::EPIPE))
-    }
-}
-
 struct DestHooks {
     block: RamBlock,
-    return_path: ReturnPathSender<StreamWriter>,
+    /// None while the channel is down (a recovery): requests fail and the library keeps
+    /// them pending until `resend_pending`.
+    return_path: Mutex<Option<TcpStream>>,
+}
+
+impl DestHooks {
+    fn send(&self, bytes: &[u8]) -> Result<(), i32> {
+        let mut rp = self.return_path.lock();
+        let stream = rp.as_mut().ok_or(libc::ENOTCONN)?;
+        stream.write_all(bytes).map_err(|e| {
+            *rp = None;
+            e.raw_os_error().unwrap_or(libc::EPIPE)
+        })
+    }
 }
 
 impl IncomingHooks for DestHooks {
@@ -140,12 +213,17 @@ impl IncomingHooks for DestHooks {
     }
 
     fn request_page(&self, block: Option<&BlockName>, offset: u64, length: u64) -> Result<(), i32> {
-        self.return_path.request_page(block, offset, length)
+        let mut buf = [0u8; MAX_MESSAGE];
+        let n = encode_page_request(&mut buf, block, offset, length)?;
+        self.send(&buf[..n])
     }
 
     fn shut(&self, failed: bool) {
-        if let Err(e) = self.return_path.shut(failed) {
-            log::warn!("sending SHUT: errno {e}");
+        let mut buf = [0u8; MAX_MESSAGE];
+        if let Ok(n) = encode_shut(&mut buf, failed) {
+            if let Err(e) = self.send(&buf[..n]) {
+                log::warn!("sending SHUT: errno {e}");
+            }
         }
     }
 }
@@ -159,13 +237,18 @@ fn is_resident(addr: usize, page_size: usize) -> bool {
     rc == 0 && vec[0] & 1 != 0
 }
 
-fn thread_workload(mem: &GuestMemory, threads: usize) -> Vec<u64> {
+fn thread_workload(mem: &GuestMemory, incoming: &Arc<Incoming>, threads: usize) -> Vec<u64> {
     let pages = mem.len() / 4096;
     let page_size = mem.kind().page_size();
     let base = mem.addr() as usize;
     let handles: Vec<_> = (0..threads)
         .map(|t| {
+            let incoming = incoming.clone();
             thread::spawn(move || {
+                // The workload threads stand for vCPUs: blocktime is accounted per thread.
+                // SAFETY: gettid has no preconditions.
+                let _ = incoming.register_vcpu(t as u32, unsafe { libc::gettid() });
+                drop(incoming);
                 let mut mine: Vec<usize> = (t..pages).step_by(threads).collect();
                 // Fisher-Yates with a fixed seed per thread.
                 let mut x = mix(t as u64 + 1);
@@ -202,39 +285,91 @@ fn thread_workload(mem: &GuestMemory, threads: usize) -> Vec<u64> {
         .collect()
 }
 
-/// Serves one migration on `stream`; returns the report.
+/// Serves one migration on `stream` (and `urgent`; `listener` takes the connections of a
+/// recovery); returns the report. A failure while postcopy runs (the source gone, a
+/// placement failed) aborts postcopy at once: the pages that never arrived are poisoned,
+/// the loss is reported, and this returns its error without waiting for the workload
+/// (threads that touch a lost page are stopped by SIGBUS, see `sigbus`).
 pub fn run_dest(
+    listener: &TcpListener,
     stream: TcpStream,
     urgent: TcpStream,
     opts: &DestOptions,
 ) -> Result<DestReport, String> {
     stream.set_nodelay(true).ok();
+    crate::sigbus::install();
     let mem = Arc::new(
         GuestMemory::new(opts.kind, opts.size).map_err(|e| format!("mapping guest memory: {e}"))?,
     );
     let block = mem.block(BLOCK);
     let hooks = Arc::new(DestHooks {
         block: block.clone(),
-        return_path: ReturnPathSender::new(StreamWriter(Mutex::new(
-            stream.try_clone().map_err(|e| e.to_string())?,
-        ))),
+        return_path: Mutex::new(Some(stream.try_clone().map_err(|e| e.to_string())?)),
     });
-    let incoming =
-        Arc::new(Incoming::new(hooks, IncomingConfig::default()).map_err(|e| e.to_string())?);
-    // Requested pages arrive on their own connection, ahead of the background stream.
-    let urgent_reader = {
-        let (incoming, mem) = (incoming.clone(), mem.clone());
-        thread::spawn(move || serve_urgent(urgent, &incoming, &mem))
+    let config = IncomingConfig {
+        blocktime: true,
+        ..Default::default()
     };
+    let incoming = Arc::new(Incoming::new(hooks.clone(), config).map_err(|e| e.to_string())?);
+    let bad = GuestMemory::new(Kind::Anon, opts.kind.page_size()).map_err(|e| e.to_string())?;
+    // SAFETY: our own mapping; made unreadable for the injected failure.
+    unsafe { libc::mprotect(bad.addr().cast(), bad.len(), libc::PROT_NONE) };
+    let placer = Arc::new(Placer {
+        incoming: incoming.clone(),
+        mem: mem.clone(),
+        placements: AtomicU64::new(0),
+        inject: opts.inject_placement_failure,
+        injected: Default::default(),
+        bad,
+    });
+    let failure = Arc::new(Failure::default());
+    let mut urgent_readers = Vec::new();
+    let spawn_urgent = |urgent: TcpStream, main: &TcpStream| {
+        let (placer, failure) = (placer.clone(), failure.clone());
+        let main = main.try_clone().map_err(|e| e.to_string())?;
+        Ok::<_, String>(thread::spawn(move || {
+            serve_urgent(urgent, &placer, &failure, &main)
+        }))
+    };
+    // Requested pages arrive on their own connection, ahead of the background stream.
+    urgent_readers.push(spawn_urgent(urgent, &stream)?);
     let mut reader = BufReader::with_capacity(1 << 20, stream);
     let mut data = Vec::new();
     let mut report = DestReport::default();
     let mut workload: Option<thread::JoinHandle<WorkloadResult>> = None;
     let host_page = opts.kind.page_size() as u64;
-    let done = Arc::new(AtomicBool::new(false));
     let outcome: Result<(), String> = (|| loop {
-        let item =
-            read_item(&mut reader, &mut data).map_err(|e| format!("migration stream: {e}"))?;
+        let item = match read_item(&mut reader, &mut data) {
+            Ok(item) => item,
+            Err(e)
+                if opts.recover
+                    && failure.0.lock().is_none()
+                    && incoming.state() == State::Running =>
+            {
+                // A network failure: park requests, wait for the source to reconnect.
+                let t0 = Instant::now();
+                *hooks.return_path.lock() = None;
+                incoming.pause_requests(true).map_err(|e| e.to_string())?;
+                eprintln!("[dest] channel failed ({e}); page requests paused ({} pending), waiting for the source", incoming.stats().pending_pages);
+                let (main, urgent) = crate::recovery::accept_pair(listener)?;
+                main.set_nodelay(true).ok();
+                urgent_readers.push(spawn_urgent(urgent, &main)?);
+                let rp = main.try_clone().map_err(|e| e.to_string())?;
+                reader = BufReader::with_capacity(1 << 20, main);
+                let (bitmaps, resent) =
+                    crate::recovery::dest_resume(&mut reader, rp, &hooks.return_path, &incoming)?;
+                report.recoveries += 1;
+                report.bitmaps_sent += bitmaps;
+                report.resent_requests += resent;
+                eprintln!(
+                    "[dest] recovered in {:.1} ms: {bitmaps} received bitmap(s) sent, {resent} pending requests re-sent",
+                    t0.elapsed().as_secs_f64() * 1e3
+                );
+                continue;
+            }
+            Err(e) => return Err(format!("migration stream: {e}")),
+        };
+        let is_data = matches!(item, Item::Page { .. });
         match item {
             Item::Command(bytes) => {
                 let (msg, _) =
@@ -265,11 +400,15 @@ pub fn run_dest(
                             .set_state(State::Running)
                             .map_err(|e| e.to_string())?;
                         report.t_run_ns = now_ns();
-                        let mem = mem.clone();
+                        let (mem, incoming) = (mem.clone(), incoming.clone());
                         let wl = opts.workload;
                         workload = Some(thread::spawn(move || match wl {
-                            Workload::Threads(n) => Ok((thread_workload(&mem, n), None)),
+                            Workload::Threads(n) => Ok((thread_workload(&mem, &incoming, n), None)),
                             Workload::Kvm => {
+                                // KVM_RUN runs on this thread: it is vCPU 0.
+                                // SAFETY: gettid has no preconditions.
+                                let _ = incoming.register_vcpu(0, unsafe { libc::gettid() });
+                                drop(incoming);
                                 // SAFETY: the guest memory stays mapped (the Arc is held) until the
                                 // guest is done; the host side touches it only after the join.
                                 let r = unsafe {
@@ -296,72 +435,53 @@ pub fn run_dest(
                 name,
                 offset,
                 length,
-            } if name != BLOCK
-                || offset % host_page != 0
-                || length as u64 != host_page
-                || offset + host_page > mem.len() as u64 =>
-            {
-                return Err(format!(
-                    "bad page frame {name} +{offset:#x} ({length} bytes)"
-                ));
+            } if incoming.state() < State::Listening => {
+                let host = placer.check(&name, offset, length)?;
+                // SAFETY: checked inside the mapping; not registered yet (precopy).
+                let page =
+                    unsafe { std::slice::from_raw_parts_mut(host as *mut u8, length as usize) };
+                if is_data {
+                    page.copy_from_slice(&data);
+                } else if page.iter().any(|&b| b != 0) {
+                    page.fill(0);
+                }
+                // The library counts it received: a recovery's bitmap stays exact.
+                incoming
+                    .mark_received(host, length as u64)
+                    .map_err(|e| e.to_string())?;
             }
-            Item::Page { offset, length, .. } => {
-                let host = mem.addr() as usize + offset as usize;
-                if incoming.state() < State::Listening {
-                    // Precopy: plain copy.
-                    // SAFETY: checked inside the mapping; not registered yet.
-                    unsafe {
-                        std::ptr::copy_nonoverlapping(
-                            data.as_ptr(),
-                            host as *mut u8,
-                            length as usize,
-                        )
-                    };
-                } else {
-                    // SAFETY: `data` holds `length` bytes.
-                    match unsafe { incoming.place_page(host, data.as_ptr(), length as u64) } {
-                        Ok(Placement::Placed) => report.pages_received_post += 1,
-                        Ok(Placement::AlreadyPresent) => report.already_present += 1,
-                        Err(e) => return Err(format!("placing a page: {e}")),
-                    }
+            Item::Page {
+                name,
+                offset,
+                length,
+            } => {
+                let host = placer.check(&name, offset, length)?;
+                match placer.place(host, Some(&data), length)? {
+                    Placement::Placed => report.pages_received_post += 1,
+                    Placement::AlreadyPresent => report.already_present += 1,
                 }
             }
-            Item::Zero { offset, length, .. } => {
-                let host = mem.addr() as usize + offset as usize;
-                if incoming.state() < State::Listening {
-                    // SAFETY: checked inside the mapping; not registered yet.
-                    let page =
-                        unsafe { std::slice::from_raw_parts_mut(host as *mut u8, length as usize) };
-                    if page.iter().any(|&b| b != 0) {
-                        page.fill(0);
-                    }
-                } else {
-                    match incoming.place_page_zero(host, length as u64) {
-                        Ok(Placement::Placed) => report.zero_received_post += 1,
-                        Ok(Placement::AlreadyPresent) => report.already_present += 1,
-                        Err(e) => return Err(format!("placing a zero page: {e}")),
-                    }
+            Item::Zero {
+                name,
+                offset,
+                length,
+            } => {
+                let host = placer.check(&name, offset, length)?;
+                match placer.place(host, None, length)? {
+                    Placement::Placed => report.zero_received_post += 1,
+                    Placement::AlreadyPresent => report.already_present += 1,
                 }
             }
             Item::End => return Ok(()),
         }
     })();
-    done.store(true, Ordering::Release);
-    if let Err(e) = &outcome {
-        eprintln!("[dest] migration failed: {e}");
-    }
-    // With a failed stream, cleanup unregisters memory: blocked workload threads wake up and
-    // read whatever the kernel maps there (zero pages for anonymous memory).
-    if outcome.is_err() {
-        report.stats = incoming.stats();
-        let _ = incoming.cleanup();
-        eprintln!(
-            "[dest] postcopy ended early (state {:?}, {} pages placed, {} request errors); threads \
-             blocked on pages that never arrived were woken by cleanup and read zero-filled pages",
-            incoming.state(),
-            report.stats.pages_placed + report.stats.zero_pages_placed,
-            report.stats.request_errors
-        );
+    if let Err(e) = outcome {
+        let (cause, since) = failure
+            .0
+            .lock()
+            .clone()
+            .unwrap_or_else(|| (e, Instant::now()));
+        return Err(abort_now(&incoming, &cause, since));
     }
     if let Some(handle) = workload {
         let (latencies, guest) = handle
@@ -371,17 +491,46 @@ pub fn run_dest(
         report.guest_checksum = guest;
     }
     report.t_end_ns = now_ns();
-    if outcome.is_ok() {
-        report.stats = incoming.stats();
-        incoming.cleanup().map_err(|e| e.to_string())?;
-    }
-    match urgent_reader.join() {
-        Ok(Ok(n)) => report.pages_received_urgent = n,
-        Ok(Err(e)) => eprintln!("[dest] urgent page channel: {e}"),
-        Err(_) => eprintln!("[dest] urgent page reader panicked"),
+    report.stats = incoming.stats();
+    incoming.cleanup().map_err(|e| e.to_string())?;
+    report.blocktime = incoming.blocktime();
+    for h in urgent_readers {
+        match h.join() {
+            Ok(n) => report.pages_received_urgent += n,
+            Err(_) => eprintln!("[dest] urgent page reader panicked"),
+        }
     }
     report.request_failed = report.stats.request_errors > 0;
-    // SAFETY: every page has arrived (or the migration failed) and the workload is over.
+    // SAFETY: every page has arrived and the workload is over.
     report.checksum = checksum(unsafe { mem.as_slice() });
-    outcome.map(|()| report)
+    Ok(report)
+}
+
+/// Aborts postcopy after `cause` (noticed at `since`): pages that never arrived are
+/// poisoned (or zero-filled and reported as data loss). Returns the error to exit with.
+fn abort_now(incoming: &Incoming, cause: &str, since: Instant) -> String {
+    if incoming.state() < State::Listening {
+        let _ = incoming.cleanup();
+        return format!("migration failed before postcopy: {cause}");
+    }
+    let outcome: Result<AbortOutcome, _> = incoming.abort();
+    let stats = incoming.stats();
+    let what = match &outcome {
+        Ok(o) if o.poisoned => format!(
+            "{} pages ({:.1} MiB) never arrived and were poisoned (a touch raises SIGBUS, no thread reads a zero page)",
+            o.pages_lost,
+            o.bytes_lost as f64 / 1048576.0
+        ),
+        Ok(o) => format!(
+            "{} pages ({:.1} MiB) never arrived and were filled with zeros: DATA LOSS (no UFFDIO_POISON, Linux < 6.6)",
+            o.pages_lost,
+            o.bytes_lost as f64 / 1048576.0
+        ),
+        Err(e) => format!("the abort itself failed: {e}"),
+    };
+    format!(
+        "postcopy aborted: {cause}; {what}; {} pages had been placed; exiting {:.0} ms after the failure",
+        stats.pages_placed + stats.zero_pages_placed,
+        since.elapsed().as_secs_f64() * 1e3
+    )
 }

@@ -5,4 +5,6 @@ pub mod dest;
 pub mod kvm;
 pub mod memory;
 pub mod proto;
+pub mod recovery;
+pub mod sigbus;
 pub mod source;

@@ -164,6 +164,7 @@ impl GuestMemory {
                     shared: true,
                 },
             },
+            opaque: 0,
         }
     }
 }

@@ -30,6 +30,11 @@ pub struct SourceOptions {
     pub postcopy_bandwidth: u64,
     /// For failure testing: drop both connections after this many postcopy pages.
     pub abort_after_pages: Option<u64>,
+    /// Recovery test: cut both connections after this many postcopy pages, then
+    /// reconnect to `port` and resume (RECV_BITMAP, re-send, POSTCOPY_RESUME).
+    pub fail_channel_after: Option<u64>,
+    /// The destination's port (for a recovery's reconnect).
+    pub port: u16,
 }
 
 /// What the source measured.
@@ -49,6 +54,11 @@ pub struct SourceReport {
     pub t_stop_ns: u64,
     pub t_done_ns: u64,
     pub shut_failed: Option<bool>,
+    /// Recoveries, their duration, and the host pages the destination's received bitmaps
+    /// said it lacked (sent again).
+    pub recoveries: u64,
+    pub recovery_ns: u64,
+    pub recovery_missing_pages: u64,
 }
 
 /// Atomic dirty bitmap, one bit per 4 KiB target page (software dirty logging: the
@@ -353,10 +363,11 @@ pub fn run_source(
     // Postcopy: requested pages first, the rest pushed in the background.
     let (tx, rx) = mpsc::channel();
     let shut = Arc::new(Mutex::new(None));
-    let reader = {
-        let shut = shut.clone();
+    let spawn_reader = |rp: TcpStream| {
+        let (shut, tx) = (shut.clone(), tx.clone());
         thread::spawn(move || return_path_reader(rp, tx, shut))
     };
+    let mut reader = spawn_reader(rp);
     let post_start = out.bytes;
     let post_clock = Instant::now();
     let mut cursor = 0usize;
@@ -417,6 +428,62 @@ pub fn run_source(
         }
         if cursor >= host_pages {
             background_done = true;
+        }
+        if let Some(limit) = opts.fail_channel_after {
+            if report.recoveries == 0 && report.pages_pushed + report.pages_requested >= limit {
+                let t0 = Instant::now();
+                out.out.flush().map_err(io)?;
+                let _ = out.out.get_ref().shutdown(std::net::Shutdown::Both);
+                let _ = fast.out.get_ref().shutdown(std::net::Shutdown::Both);
+                let _ = reader.join();
+                if opts.progress {
+                    eprintln!(
+                        "[source] cut both connections after {limit} postcopy pages; reconnecting"
+                    );
+                }
+                let connect = || {
+                    TcpStream::connect(("127.0.0.1", opts.port))
+                        .map_err(|e| format!("reconnecting: {e}"))
+                };
+                let (main, urgent) = (connect()?, connect()?);
+                main.set_nodelay(true).ok();
+                urgent.set_nodelay(true).ok();
+                let mut rp = main.try_clone().map_err(|e| e.to_string())?;
+                out.out = BufWriter::with_capacity(1 << 20, main);
+                fast.out = BufWriter::with_capacity(64 << 10, urgent);
+                let received = crate::recovery::source_fetch_bitmap(
+                    &mut out.out,
+                    &mut rp,
+                    BLOCK,
+                    target_pages,
+                )?;
+                // What the destination lacks is sent again: in flight at the cut, or
+                // never sent. What it has is never sent again.
+                let mut missing = 0;
+                for hp in 0..host_pages {
+                    let lacks = (hp * ratio..(hp + 1) * ratio)
+                        .any(|p| received[p / 64] & (1 << (p % 64)) == 0);
+                    for p in hp * ratio..(hp + 1) * ratio {
+                        if lacks {
+                            unsent[p / 64] |= 1 << (p % 64);
+                        } else {
+                            unsent[p / 64] &= !(1 << (p % 64));
+                        }
+                    }
+                    missing += lacks as u64;
+                }
+                cursor = 0;
+                background_done = false;
+                crate::recovery::source_resume(&mut out.out, &mut rp)?;
+                reader = spawn_reader(rp);
+                report.recoveries += 1;
+                report.recovery_missing_pages = missing;
+                report.recovery_ns = t0.elapsed().as_nanos() as u64;
+                if opts.progress {
+                    eprintln!("[source] resumed: the destination lacks {missing} pages");
+                }
+                continue;
+            }
         }
         if let Some(limit) = opts.abort_after_pages {
             if report.pages_pushed + report.pages_requested >= limit {

@@ -112,8 +112,35 @@ fn kvm_guest_runs_on_migrating_memory() {
     assert!(faults > 0, "no vCPU fault reached the library:\n{t}");
 }
 
+/// The destination's abort line: lost pages, and how soon after the failure it exits.
+fn assert_aborted_fast(t: &str) {
+    let line = t
+        .lines()
+        .find(|l| l.contains("[dest] postcopy aborted:"))
+        .unwrap_or_else(|| panic!("no abort report:\n{t}"));
+    assert!(
+        line.contains("never arrived and were poisoned")
+            || line.contains("never arrived and were filled with zeros"),
+        "{line}"
+    );
+    let lost: u64 = line
+        .split("; ")
+        .nth(1)
+        .and_then(|p| p.split(' ').next())
+        .and_then(|n| n.parse().ok())
+        .unwrap_or(0);
+    assert!(lost > 0, "the lost page count is reported: {line}");
+    let ms: f64 = line
+        .rsplit("exiting ")
+        .next()
+        .and_then(|p| p.split(' ').next())
+        .and_then(|n| n.parse().ok())
+        .expect("exit delay");
+    assert!(ms < 1000.0, "exits within a second of the failure: {line}");
+}
+
 #[test]
-fn source_failure_is_reported_and_nothing_hangs() {
+fn source_death_aborts_postcopy_reports_lost_pages_and_exits_within_a_second() {
     if !uffd_available() {
         return;
     }
@@ -127,6 +154,111 @@ fn source_failure_is_reported_and_nothing_hangs() {
     ]);
     let t = text(&out);
     assert!(!out.status.success(), "{t}");
-    assert!(t.contains("postcopy ended early (state End"), "{t}");
     assert!(t.contains("the peer closed the connection"), "{t}");
+    assert!(t.contains("destination exit status: exit status: 1"), "{t}");
+    assert_aborted_fast(&t);
+}
+
+#[test]
+fn a_failed_placement_aborts_within_a_second_naming_the_cause() {
+    if !uffd_available() {
+        return;
+    }
+    let out = migrate(&[
+        "--size",
+        "32M",
+        "--precopy-rounds",
+        "0",
+        "--inject-placement-failure",
+        "200",
+    ]);
+    let t = text(&out);
+    assert!(!out.status.success(), "{t}");
+    let line = t
+        .lines()
+        .find(|l| l.contains("[dest] postcopy aborted:"))
+        .unwrap_or("");
+    assert!(
+        line.contains("placing the page") && line.contains("Bad address"),
+        "the cause is named: {t}"
+    );
+    assert_aborted_fast(&t);
+}
+
+#[test]
+fn recovery_after_both_channels_are_cut_completes_with_match() {
+    if !uffd_available() {
+        return;
+    }
+    let out = migrate(&[
+        "--size",
+        "32M",
+        "--precopy-rounds",
+        "1",
+        "--fail-channel-after",
+        "400",
+    ]);
+    assert_ok(&out);
+    let t = text(&out);
+    let line = t
+        .lines()
+        .find(|l| l.starts_with("recovery "))
+        .unwrap_or_else(|| panic!("no recovery line:\n{t}"));
+    assert!(line.contains("received bitmap lacked"), "{line}");
+    assert!(t.contains("blocktime              total"), "{t}");
+}
+
+#[test]
+fn kvm_guest_recovery_and_per_vcpu_blocktime() {
+    if !uffd_available() {
+        return;
+    }
+    if let Err(e) = postcopy_demo::kvm::kvm_available() {
+        eprintln!("SKIP: KVM unavailable: {e}");
+        return;
+    }
+    let out = migrate(&[
+        "--size",
+        "16M",
+        "--kvm",
+        "--precopy-rounds",
+        "0",
+        "--fail-channel-after",
+        "500",
+    ]);
+    assert_ok(&out);
+    let t = text(&out);
+    assert!(
+        t.contains("KVM guest checksum") && !t.contains("MISMATCH"),
+        "{t}"
+    );
+    assert!(t.lines().any(|l| l.starts_with("recovery ")), "{t}");
+    let bt = t
+        .lines()
+        .find(|l| l.starts_with("blocktime"))
+        .unwrap_or_else(|| panic!("no blocktime line:\n{t}"));
+    assert!(bt.contains("per vCPU: ["), "{bt}");
+}
+
+#[test]
+fn kvm_guest_abort_reports_lost_pages() {
+    if !uffd_available() {
+        return;
+    }
+    if let Err(e) = postcopy_demo::kvm::kvm_available() {
+        eprintln!("SKIP: KVM unavailable: {e}");
+        return;
+    }
+    let out = migrate(&[
+        "--size",
+        "16M",
+        "--kvm",
+        "--precopy-rounds",
+        "0",
+        "--abort-postcopy-after",
+        "500",
+    ]);
+    let t = text(&out);
+    assert!(!out.status.success(), "{t}");
+    assert_aborted_fast(&t);
 }

@@ -48,6 +48,7 @@ fn guest() -> &'static Guest {
                     length: pages * PAGE,
                     page_size: PAGE,
                     backing: Backing::Anonymous { shared: false },
+                    opaque: 0,
                 }
             })
             .collect();

@@ -41,6 +41,9 @@ pub struct RamBlock {
     pub page_size: u64,
     /// What backs it.
     pub backing: Backing,
+    /// The hypervisor's own value for this block (QEMU: its `RAMBlock *`), handed back by
+    /// [`crate::IncomingHooks::request_page_in`] (and to C callbacks). 0 if unused.
+    pub opaque: usize,
 }
 
 /// A block's name in both forms, so that the fault thread never allocates.
@@ -90,11 +93,6 @@ impl PageBitmap {
         self.0.get(usize::try_from(page / 64).ok()?)
     }
 
-    pub(crate) fn test(&self, page: u64) -> bool {
-        self.word(page)
-            .is_some_and(|w| w.load(Ordering::SeqCst) & (1 << (page % 64)) != 0)
-    }
-
     /// Sets the bit; returns whether it was already set (false past the end: nothing set).
     pub(crate) fn test_and_set(&self, page: u64) -> bool {
         let bit = 1 << (page % 64);
@@ -112,6 +110,16 @@ impl PageBitmap {
         if word.load(Ordering::SeqCst) & bit != 0 {
             word.fetch_and(!bit, Ordering::SeqCst);
         }
+    }
+
+    /// The bits of word `index` (pages `64 * index ..`); 0 past the end.
+    pub(crate) fn word_bits(&self, index: usize) -> u64 {
+        self.0.get(index).map_or(0, |w| w.load(Ordering::SeqCst))
+    }
+
+    /// Number of words.
+    pub(crate) fn words(&self) -> usize {
+        self.0.len()
     }
 
     pub(crate) fn clear_all(&self) {
@@ -132,8 +140,12 @@ pub struct BlockEntry {
     pub page_shift: u32,
     /// Whether UFFDIO_REGISTER advertised UFFDIO_ZEROPAGE for this block.
     pub(crate) zeropage_ok: AtomicBool,
-    /// Pages placed since registration.
-    pub(crate) received: PageBitmap,
+    /// Whether UFFDIO_REGISTER advertised UFFDIO_POISON for this block.
+    pub(crate) poison_ok: AtomicBool,
+    /// Target pages received (placed, or marked by the host) since init.
+    pub(crate) received: crate::destination::received::ReceivedMap,
+    /// log2 of the target page size.
+    pub target_shift: u32,
     /// Pages requested from the source and not yet placed.
     pub(crate) requested: PageBitmap,
 }
@@ -144,10 +156,10 @@ impl BlockEntry {
         self.block.host + self.block.length as usize
     }
 
-    /// Whether the page at `offset` (bytes into the block) has been placed; false for an
-    /// offset outside the block.
+    /// Whether the host page at `offset` (bytes into the block) has been received (placed,
+    /// or every target page of it marked).
     pub fn is_received(&self, offset: u64) -> bool {
-        self.received.test(offset >> self.page_shift)
+        self.received.host_page_received(offset >> self.page_shift)
     }
 }
 
@@ -181,7 +193,17 @@ impl BlockTable {
     /// name, a duplicate name, a page size that is not a power of two at least the host page
     /// size, a host address not aligned to the page size, a length that is zero or not a
     /// multiple of the page size, overlapping blocks.
-    pub fn new(mut blocks: Vec<RamBlock>) -> Result<BlockTable, Error> {
+    pub fn new(blocks: Vec<RamBlock>) -> Result<BlockTable, Error> {
+        Self::with_target_page(blocks, 4096.min(host_page_size()))
+    }
+
+    /// As [`BlockTable::new`], with received maps in target pages of `target_page_size`
+    /// (a power of two no bigger than the host page size).
+    pub fn with_target_page(
+        mut blocks: Vec<RamBlock>,
+        target_page_size: u64,
+    ) -> Result<BlockTable, Error> {
+        let target_shift = target_page_size.trailing_zeros();
         let host_page = host_page_size();
         for b in &blocks {
             if b.name.is_empty() || b.name.len() > 255 || b.name.contains('\0') {
@@ -254,11 +276,17 @@ impl BlockTable {
             .into_iter()
             .map(|block| {
                 let pages = block.length / block.page_size;
+                let page_shift = block.page_size.trailing_zeros();
                 BlockEntry {
                     name: BlockName::new(&block.name).expect("checked: no NUL"),
-                    page_shift: block.page_size.trailing_zeros(),
+                    page_shift,
+                    target_shift,
                     zeropage_ok: AtomicBool::new(false),
-                    received: PageBitmap::new(pages),
+                    poison_ok: AtomicBool::new(false),
+                    received: crate::destination::received::ReceivedMap::new(
+                        block.length >> target_shift,
+                        page_shift - target_shift,
+                    ),
                     requested: PageBitmap::new(pages),
                     block,
                 }
@@ -320,6 +348,7 @@ mod tests {
             length,
             page_size: 4096,
             backing: Backing::Anonymous { shared: false },
+            opaque: 0,
         }
     }
 

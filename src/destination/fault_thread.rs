@@ -1,10 +1,12 @@
 //! The fault thread: reads missing-page faults from the userfaultfd and asks the source for
 //! each page, once.
 //!
-//! Hot path rules: no allocation, no lock, messages read in batches, block lookup by binary
+//! Hot path rules: no allocation, no lock across a syscall (the blocktime accounting, when
+//! on, takes a short lock with no syscall inside), messages read in batches, block lookup by binary
 //! search in the immutable sorted table, per-page "requested"/"received" bits updated with
 //! atomics so that a page that many threads fault on is requested once.
 
+use std::cell::Cell;
 use std::os::fd::{AsFd, AsRawFd, FromRawFd, OwnedFd};
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -13,10 +15,12 @@ use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use crate::destination::block::BlockTable;
+use crate::destination::blocktime::Blocktime;
 use crate::destination::incoming::IncomingHooks;
+use crate::destination::pending::{Control, Outcome};
 use crate::error::{Error, Result};
 use crate::stats::Counters;
-use crate::sys::uffd::{Uffd, UffdMsg, EVENT_PAGEFAULT};
+use crate::sys::uffd::{Uffd, UffdMsg, EVENT_PAGEFAULT, EVENT_REMOVE};
 
 /// How many messages one read takes at most.
 const BATCH: usize = 64;
@@ -32,17 +36,58 @@ pub enum WaitStrategy {
     Spin(Duration),
 }
 
+/// The fault thread's state beyond the table, hooks and counters: the pause flag and the
+/// host's commands, the blocktime accounting, the "name the next request" flag.
+pub(crate) struct FaultState {
+    /// Pause flag and the host's commands.
+    pub control: Arc<Control>,
+    /// Blocktime accounting (used when enabled).
+    pub blocktime: Arc<Blocktime>,
+    /// Set to make the next request name its block (after a return-path reset).
+    pub name_next_request: AtomicBool,
+    /// Whether UFFD_EVENT_REMOVE was registered for.
+    pub track_remove: bool,
+    /// Identity of the owning destination, for [`on_fault_thread_of`].
+    pub owner: usize,
+}
+
 /// What the fault thread shares with its owner.
 pub(crate) struct FaultShared {
     pub uffd: Arc<Uffd>,
     pub table: Arc<BlockTable>,
     pub hooks: Arc<dyn IncomingHooks>,
     pub counters: Arc<Counters>,
-    /// Set to make the next request name its block (after a return-path reset).
-    pub name_next_request: AtomicBool,
+    pub state: FaultState,
     pub quit: AtomicBool,
     pub wake: OwnedFd,
     pub wait: WaitStrategy,
+}
+
+thread_local! {
+    /// The owner id of the fault thread running on this thread (0: not a fault thread).
+    static FAULT_OWNER: Cell<usize> = const { Cell::new(0) };
+}
+
+/// Whether the calling thread is the fault thread of destination `owner` (a callback
+/// running on it). Independent of the destination's state, so it holds while cleanup
+/// runs too.
+pub(crate) fn on_fault_thread_of(owner: usize) -> bool {
+    FAULT_OWNER.with(|o| o.get()) == owner
+}
+
+impl FaultShared {
+    /// Wakes the thread from poll (for quit and for commands).
+    pub(crate) fn wake(&self) {
+        let one: u64 = 1;
+        // SAFETY: writes 8 bytes from a live u64 to the eventfd the thread polls.
+        let n = unsafe { libc::write(self.wake.as_raw_fd(), (&one as *const u64).cast(), 8) };
+        if n != 8 {
+            log::error!(
+                "postcopy: waking the fault thread failed: {}",
+                std::io::Error::last_os_error()
+            );
+        }
+    }
 }
 
 /// A running fault thread. Dropped without [`FaultThread::stop`], it is told to quit but
@@ -60,6 +105,7 @@ impl FaultThread {
         table: Arc<BlockTable>,
         hooks: Arc<dyn IncomingHooks>,
         counters: Arc<Counters>,
+        state: FaultState,
         wait: WaitStrategy,
     ) -> Result<FaultThread> {
         // SAFETY: eventfd takes no pointers; the result is checked before it is owned.
@@ -76,7 +122,7 @@ impl FaultThread {
             table,
             hooks,
             counters,
-            name_next_request: AtomicBool::new(false),
+            state,
             quit: AtomicBool::new(false),
             wake,
             wait,
@@ -85,12 +131,26 @@ impl FaultThread {
         let handle = std::thread::Builder::new()
             .name("postcopy/fault".into())
             .spawn(move || {
-                if let Err(payload) = catch_unwind(AssertUnwindSafe(|| run(&thread_shared))) {
+                let s = &thread_shared;
+                FAULT_OWNER.with(|o| o.set(s.state.owner));
+                if let Err(payload) = catch_unwind(AssertUnwindSafe(|| {
+                    s.hooks.fault_thread_started();
+                    run(s);
+                })) {
                     log::error!(
                         "postcopy fault thread: internal panic, faults are no longer served: {}",
                         crate::panic::panic_text(payload.as_ref())
                     );
                 }
+                if let Err(payload) =
+                    catch_unwind(AssertUnwindSafe(|| s.hooks.fault_thread_stopping()))
+                {
+                    log::error!(
+                        "postcopy fault thread: fault_thread_stopping panicked: {}",
+                        crate::panic::panic_text(payload.as_ref())
+                    );
+                }
+                s.state.control.thread_exited();
             })
             .map_err(|e| Error::os(&e, "starting the fault thread"))?;
         Ok(FaultThread {
@@ -99,25 +159,9 @@ impl FaultThread {
         })
     }
 
-    /// Whether the calling thread is this fault thread (a callback running on it).
-    pub(crate) fn is_current(&self) -> bool {
-        self.handle
-            .as_ref()
-            .is_some_and(|h| h.thread().id() == std::thread::current().id())
-    }
-
     fn signal_quit(&self) {
         self.shared.quit.store(true, Ordering::Release);
-        let one: u64 = 1;
-        // SAFETY: writes 8 bytes from a live u64 to the eventfd the thread polls.
-        let n =
-            unsafe { libc::write(self.shared.wake.as_raw_fd(), (&one as *const u64).cast(), 8) };
-        if n != 8 {
-            log::error!(
-                "postcopy: waking the fault thread failed: {}",
-                std::io::Error::last_os_error()
-            );
-        }
+        self.shared.wake();
     }
 
     pub(crate) fn shared(&self) -> &Arc<FaultShared> {
@@ -176,11 +220,28 @@ fn run(shared: &FaultShared) {
     let mut msgs = [UffdMsg::default(); BATCH];
     // Index of the block named by the last request; usize::MAX = none yet.
     let mut last_block = usize::MAX;
+    let mut seen_command = 0u64;
     let mut spin_until: Option<Instant> = None;
     log::debug!("postcopy fault thread: serving faults");
     loop {
         if shared.quit.load(Ordering::Acquire) {
             break;
+        }
+        let control = &shared.state.control;
+        if let Some(seq) = control.wanted_after(seen_command) {
+            let outcome = if control.take_resend() {
+                resend(
+                    &shared.table,
+                    &*shared.hooks,
+                    &shared.counters,
+                    &shared.state,
+                    &mut last_block,
+                )
+            } else {
+                Ok(0)
+            };
+            control.complete(seq, outcome);
+            seen_command = seq;
         }
         let n = match shared.uffd.read_messages(&mut msgs) {
             Ok(n) => n,
@@ -204,14 +265,12 @@ fn run(shared: &FaultShared) {
             continue;
         }
         spin_until = None;
-        if shared.name_next_request.swap(false, Ordering::AcqRel) {
-            last_block = usize::MAX;
-        }
         for msg in &msgs[..n] {
             handle_message(
                 &shared.table,
                 &*shared.hooks,
                 &shared.counters,
+                &shared.state,
                 msg,
                 &mut last_block,
             );
@@ -225,26 +284,57 @@ fn run(shared: &FaultShared) {
     log::debug!("postcopy fault thread: exiting");
 }
 
-/// The bookkeeping of one userfaultfd message: count it, and request its page unless it
-/// is outside every block, already received, or already requested. `last_block` is the
-/// index of the block the previous successful request named (`usize::MAX`: none), so that
-/// a request names its block only when it changes.
+/// The bookkeeping of one userfaultfd message: a page fault is counted and its page
+/// requested unless it is outside every block, already received, already requested
+/// (pending), or requests are paused (then it is recorded pending); a REMOVE event (with
+/// `track_remove`) clears the received bits of its range. `last_block` is the index of the
+/// block the previous successful request named (`usize::MAX`: none), so that a request
+/// names its block only when it changes.
 #[inline]
 fn handle_message(
     table: &BlockTable,
     hooks: &dyn IncomingHooks,
     c: &Counters,
+    st: &FaultState,
     msg: &UffdMsg,
     last_block: &mut usize,
 ) {
-    if msg.event != EVENT_PAGEFAULT {
-        c.unexpected_events.fetch_add(1, Ordering::Relaxed);
-        log::warn!(
-            "postcopy fault thread: unexpected userfaultfd event {:#x}, ignored",
-            msg.event
-        );
-        return;
+    match msg.event {
+        EVENT_PAGEFAULT => handle_fault(table, hooks, c, st, msg, last_block),
+        EVENT_REMOVE if st.track_remove => handle_remove(table, c, msg.flags, msg.address),
+        other => {
+            c.unexpected_events.fetch_add(1, Ordering::Relaxed);
+            log::warn!("postcopy fault thread: unexpected userfaultfd event {other:#x}, ignored");
+        }
     }
+}
+
+/// MADV_DONTNEED / MADV_REMOVE dropped `[start, end)`: its pages are no longer received,
+/// so their next fault is requested again.
+fn handle_remove(table: &BlockTable, c: &Counters, start: u64, end: u64) {
+    c.remove_events.fetch_add(1, Ordering::Relaxed);
+    let (start, end) = (start as usize, end as usize);
+    for entry in table.entries() {
+        let from = start.max(entry.block.host);
+        let to = end.min(entry.end());
+        if from >= to {
+            continue;
+        }
+        let first = ((from - entry.block.host) as u64) >> entry.target_shift;
+        let last = ((to - entry.block.host) as u64).div_ceil(1 << entry.target_shift);
+        entry.received.clear_range(first, last - first);
+    }
+}
+
+#[inline]
+fn handle_fault(
+    table: &BlockTable,
+    hooks: &dyn IncomingHooks,
+    c: &Counters,
+    st: &FaultState,
+    msg: &UffdMsg,
+    last_block: &mut usize,
+) {
     c.faults.fetch_add(1, Ordering::Relaxed);
     let addr = msg.address as usize;
     let Some(index) = table.index_of(addr) else {
@@ -256,8 +346,20 @@ fn handle_message(
     };
     let entry = &table.entries()[index];
     let page = ((addr - entry.block.host) as u64) >> entry.page_shift;
-    if entry.received.test(page) {
+    // Blocktime begins before the "received" test, as in QEMU, so that a placement between
+    // the two is either seen here (undo) or ends the fault it began.
+    let begun = st.blocktime.enabled().then(|| {
+        let page_addr = entry.block.host + (page << entry.page_shift) as usize;
+        (st.blocktime.begin(msg.ptid, page_addr), page_addr)
+    });
+    let late = || {
         c.late_faults.fetch_add(1, Ordering::Relaxed);
+        if let Some((b, a)) = begun {
+            st.blocktime.undo(b, a);
+        }
+    };
+    if entry.received.host_page_received(page) {
+        late();
         return;
     }
     if entry.requested.test_and_set(page) {
@@ -266,47 +368,117 @@ fn handle_message(
     }
     // The page may have been placed between the two tests; a request then is harmless
     // (the placer sees EEXIST) but wasteful, so look once more.
-    if entry.received.test(page) {
+    if entry.received.host_page_received(page) {
         entry.requested.clear(page);
-        c.late_faults.fetch_add(1, Ordering::Relaxed);
+        late();
         return;
     }
-    let name = if *last_block == index {
-        None
-    } else {
-        Some(&entry.name)
-    };
+    if st.control.paused.load(Ordering::Acquire) {
+        // Pending: re-sent by resend_pending.
+        c.paused_faults.fetch_add(1, Ordering::Relaxed);
+        return;
+    }
+    let _ = send_request(table, hooks, c, st, index, page, false, last_block);
+}
+
+/// Asks for host page `page` of block `index` (`resend`: for `resend_pending`, counted
+/// apart, so that every fault is counted once). A failure keeps the page pending (its
+/// requested bit stays set) and pauses requests until the host re-sends them.
+#[allow(clippy::too_many_arguments)]
+fn send_request(
+    table: &BlockTable,
+    hooks: &dyn IncomingHooks,
+    c: &Counters,
+    st: &FaultState,
+    index: usize,
+    page: u64,
+    resend: bool,
+    last_block: &mut usize,
+) -> std::result::Result<(), i32> {
+    // Read per request, not per batch: a reset made while a batch is being served (even
+    // by the previous request's callback) names the very next request.
+    if st.name_next_request.load(Ordering::Acquire)
+        && st.name_next_request.swap(false, Ordering::AcqRel)
+    {
+        *last_block = usize::MAX;
+    }
+    let entry = &table.entries()[index];
+    let named = *last_block != index;
     let offset = page << entry.page_shift;
     let len = entry.block.page_size;
-    let result = catch_unwind(AssertUnwindSafe(|| hooks.request_page(name, offset, len)));
-    match result {
+    let result = catch_unwind(AssertUnwindSafe(|| {
+        hooks.request_page_in(entry, named, offset, len)
+    }));
+    let (errno, panic) = match result {
         Ok(Ok(())) => {
             *last_block = index;
-            c.requests.fetch_add(1, Ordering::Relaxed);
+            let counter = if resend { &c.resent } else { &c.requests };
+            counter.fetch_add(1, Ordering::Relaxed);
+            return Ok(());
         }
-        Ok(Err(errno)) => {
-            entry.requested.clear(page);
-            // The peer may not have seen the block name: name it again next time.
-            *last_block = usize::MAX;
-            c.request_errors.fetch_add(1, Ordering::Relaxed);
-            c.last_request_errno.store(errno, Ordering::Relaxed);
-            log::error!(
-                "postcopy fault thread: page request {} +{offset:#x} ({len} bytes) failed: {}",
-                entry.name.as_str(),
-                std::io::Error::from_raw_os_error(errno)
-            );
-        }
-        Err(payload) => {
-            entry.requested.clear(page);
-            *last_block = usize::MAX;
-            c.request_errors.fetch_add(1, Ordering::Relaxed);
-            c.last_request_errno.store(libc::EFAULT, Ordering::Relaxed);
-            log::error!(
-                "postcopy fault thread: page-request callback panicked: {}",
-                crate::panic::panic_text(payload.as_ref())
-            );
+        Ok(Err(errno)) => (errno, None),
+        Err(payload) => (libc::EFAULT, Some(payload)),
+    };
+    // Count and pause first, then log: a host that sees the log line sees the counters.
+    st.control.paused.store(true, Ordering::Release);
+    // The peer may not have seen the block name: name it again next time.
+    *last_block = usize::MAX;
+    let counter = if resend {
+        &c.resend_errors
+    } else {
+        &c.request_errors
+    };
+    counter.fetch_add(1, Ordering::Relaxed);
+    c.last_request_errno.store(errno, Ordering::Relaxed);
+    match panic {
+        None => log::error!(
+            "postcopy fault thread: page request {} +{offset:#x} ({len} bytes) failed: {}; the page stays pending and requests pause until resend_pending",
+            entry.name.as_str(),
+            std::io::Error::from_raw_os_error(errno)
+        ),
+        Some(payload) => log::error!(
+            "postcopy fault thread: page-request callback panicked: {}; the page stays pending and requests pause until resend_pending",
+            crate::panic::panic_text(payload.as_ref())
+        ),
+    }
+    Err(errno)
+}
+
+/// Re-sends one request for every pending page (requested, not received), the first
+/// naming its block; clears the pause first. Stops at a failed request (requests pause
+/// again, the rest stay pending) or when the host pauses again meanwhile.
+fn resend(
+    table: &BlockTable,
+    hooks: &dyn IncomingHooks,
+    c: &Counters,
+    st: &FaultState,
+    last_block: &mut usize,
+) -> Outcome {
+    if st.control.aborted.load(Ordering::Acquire) {
+        return Err(libc::EPIPE);
+    }
+    st.control.paused.store(false, Ordering::Release);
+    *last_block = usize::MAX;
+    let mut sent = 0u64;
+    for (index, entry) in table.entries().iter().enumerate() {
+        for w in 0..entry.requested.words() {
+            let mut bits = entry.requested.word_bits(w);
+            while bits != 0 {
+                let page = (w as u64) * 64 + bits.trailing_zeros() as u64;
+                bits &= bits - 1;
+                if entry.received.host_page_received(page) {
+                    continue;
+                }
+                if st.control.paused.load(Ordering::Acquire) {
+                    return Ok(sent);
+                }
+                send_request(table, hooks, c, st, index, page, true, last_block)?;
+                sent += 1;
+            }
         }
     }
+    log::debug!("postcopy fault thread: re-sent {sent} pending page requests");
+    Ok(sent)
 }
 
 impl Drop for FaultThread {
@@ -318,175 +490,5 @@ impl Drop for FaultThread {
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-    use crate::destination::block::{Backing, BlockName, RamBlock};
-    use crate::sys::uffd::PAGEFAULT_FLAG_WRITE;
-    use parking_lot::Mutex;
-    use std::sync::atomic::Ordering::Relaxed;
-
-    /// Records requests; fails them with `fail` (an errno) or panics when `panic` is set.
-    #[derive(Default)]
-    struct Recorder {
-        requests: Mutex<Vec<(Option<String>, u64, u64)>>,
-        fail: Mutex<Option<i32>>,
-        panic: AtomicBool,
-    }
-
-    impl IncomingHooks for Recorder {
-        fn ram_blocks(&self) -> crate::Result<Vec<RamBlock>> {
-            Ok(Vec::new())
-        }
-
-        fn request_page(
-            &self,
-            block: Option<&BlockName>,
-            offset: u64,
-            length: u64,
-        ) -> std::result::Result<(), i32> {
-            if self.panic.load(Relaxed) {
-                panic!("request hook panics");
-            }
-            self.requests
-                .lock()
-                .push((block.map(|b| b.as_str().to_owned()), offset, length));
-            self.fail.lock().map_or(Ok(()), Err)
-        }
-    }
-
-    /// The host page size (the blocks' page size).
-    fn page() -> usize {
-        crate::destination::block::host_page_size() as usize
-    }
-
-    const A: usize = 0x10_0000_0000;
-    const B: usize = 0x20_0000_0000;
-
-    fn table() -> BlockTable {
-        let block = |name: &str, host| RamBlock {
-            name: name.into(),
-            host,
-            offset: 0,
-            length: 8 * page() as u64,
-            page_size: page() as u64,
-            backing: Backing::Anonymous { shared: false },
-        };
-        BlockTable::new(vec![block("a", A), block("b", B)]).unwrap()
-    }
-
-    fn fault(addr: usize) -> UffdMsg {
-        UffdMsg::for_test(EVENT_PAGEFAULT, PAGEFAULT_FLAG_WRITE, addr as u64)
-    }
-
-    struct Rig {
-        table: BlockTable,
-        hooks: Recorder,
-        counters: Counters,
-        last: usize,
-    }
-
-    impl Rig {
-        fn new() -> Rig {
-            Rig {
-                table: table(),
-                hooks: Recorder::default(),
-                counters: Counters::default(),
-                last: usize::MAX,
-            }
-        }
-
-        fn deliver(&mut self, msg: UffdMsg) {
-            handle_message(
-                &self.table,
-                &self.hooks,
-                &self.counters,
-                &msg,
-                &mut self.last,
-            );
-        }
-
-        fn requests(&self) -> Vec<(Option<String>, u64, u64)> {
-            std::mem::take(&mut *self.hooks.requests.lock())
-        }
-    }
-
-    #[test]
-    fn a_request_names_its_block_only_when_the_block_changes() {
-        let mut r = Rig::new();
-        r.deliver(fault(A + 2 * page() + 123));
-        r.deliver(fault(A + 5 * page()));
-        r.deliver(fault(B));
-        r.deliver(fault(A + page()));
-        assert_eq!(
-            r.requests(),
-            vec![
-                (Some("a".into()), 2 * page() as u64, page() as u64),
-                (None, 5 * page() as u64, page() as u64),
-                (Some("b".into()), 0, page() as u64),
-                (Some("a".into()), page() as u64, page() as u64),
-            ]
-        );
-        let s = r.counters.snapshot();
-        assert_eq!((s.faults, s.requests), (4, 4));
-    }
-
-    #[test]
-    fn duplicate_late_outside_and_foreign_messages_send_no_request() {
-        let mut r = Rig::new();
-        r.deliver(fault(A));
-        r.deliver(fault(A + 8)); // same page, still requested
-        let entry = &r.table.entries()[0];
-        assert!(!entry.received.test_and_set(3));
-        r.deliver(fault(A + 3 * page())); // already placed
-        r.deliver(fault(A + 8 * page())); // just past block a
-        r.deliver(UffdMsg::for_test(0x15, 0, 0)); // UFFD_EVENT_REMOVE
-        assert_eq!(r.requests().len(), 1);
-        let s = r.counters.snapshot();
-        assert_eq!(s.faults, 4);
-        assert_eq!(s.requests, 1);
-        assert_eq!(s.duplicate_faults, 1);
-        assert_eq!(s.late_faults, 1);
-        assert_eq!(s.faults_outside, 1);
-        assert_eq!(s.unexpected_events, 1);
-        // The invariant the C tests check after every run.
-        assert_eq!(
-            s.faults,
-            s.requests + s.request_errors + s.duplicate_faults + s.late_faults + s.faults_outside
-        );
-    }
-
-    #[test]
-    fn a_failed_request_is_counted_and_asked_again_with_its_block_named() {
-        let mut r = Rig::new();
-        r.deliver(fault(A));
-        *r.hooks.fail.lock() = Some(libc::EPIPE);
-        r.deliver(fault(A + page()));
-        *r.hooks.fail.lock() = None;
-        r.deliver(fault(A + page()));
-        let reqs = r.requests();
-        assert_eq!(reqs.len(), 3);
-        assert_eq!(reqs[1], (None, page() as u64, page() as u64));
-        // After a failure the peer may have missed the name: the retry names the block.
-        assert_eq!(reqs[2], (Some("a".into()), page() as u64, page() as u64));
-        let s = r.counters.snapshot();
-        assert_eq!((s.requests, s.request_errors), (2, 1));
-        assert_eq!(s.last_request_errno, libc::EPIPE);
-        assert_eq!(s.duplicate_faults, 0);
-    }
-
-    #[test]
-    fn a_panicking_request_hook_is_a_failed_request() {
-        let mut r = Rig::new();
-        r.hooks.panic.store(true, Relaxed);
-        r.deliver(fault(B + page()));
-        r.hooks.panic.store(false, Relaxed);
-        r.deliver(fault(B + page()));
-        let s = r.counters.snapshot();
-        assert_eq!((s.requests, s.request_errors), (1, 1));
-        assert_eq!(s.last_request_errno, libc::EFAULT);
-        assert_eq!(
-            r.requests(),
-            vec![(Some("b".into()), page() as u64, page() as u64)]
-        );
-    }
-}
+#[path = "fault_thread_tests.rs"]
+mod tests;

@@ -7,27 +7,26 @@
 //! from any thread (placement.rs), while the fault thread requests missing pages ->
 //! [`Incoming::cleanup`].
 
-use std::sync::atomic::Ordering;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
 use parking_lot::{Mutex, RwLock};
 
-use crate::destination::block::{BlockName, BlockTable, RamBlock};
+use crate::destination::block::{BlockEntry, BlockName, BlockTable, RamBlock};
+use crate::destination::blocktime::Blocktime;
 use crate::destination::discard;
-use crate::destination::fault_thread::{FaultThread, WaitStrategy};
-use crate::destination::registration::Registration;
+use crate::destination::fault_thread::{on_fault_thread_of, FaultThread, WaitStrategy};
+use crate::destination::pending::Control;
 use crate::error::{Error, Result};
 use crate::state::State;
 use crate::stats::{Counters, Stats};
 use crate::sys::mapping::AnonMapping;
 
 pub use super::host_support::check_host_support;
-use super::host_support::{
-    check_ram_pages, feature_names, features_needed, mlockall_checked, munlockall_checked,
-};
+use super::host_support::{check_ram_pages, mlockall_checked, munlockall_checked};
 
 pub use super::placement::{Placement, RunPlacement};
-use crate::sys::uffd::{self, feature, Uffd};
+use crate::sys::uffd::Uffd;
 
 /// What the library needs from the hypervisor on the destination. Every method but
 /// [`IncomingHooks::ram_blocks`] and [`IncomingHooks::request_page`] has a default.
@@ -38,14 +37,34 @@ pub trait IncomingHooks: Send + Sync {
 
     /// Asks the source for `length` bytes at `offset` in `block` (`None`: the same block as
     /// the previous successful request). Runs on the fault thread; it may call
-    /// [`Incoming::place_page`]. An `Err(errno)` is counted, logged, and the page is
-    /// requested again when it next faults.
+    /// [`Incoming::place_page`]. An `Err(errno)` is counted and logged; the page stays
+    /// pending and requests pause (faults are still read and recorded pending) until
+    /// [`Incoming::resend_pending`].
     fn request_page(
         &self,
         block: Option<&BlockName>,
         offset: u64,
         length: u64,
     ) -> std::result::Result<(), i32>;
+
+    /// As [`IncomingHooks::request_page`], with the block's table entry (its
+    /// [`RamBlock::opaque`] among others) even when the name is not sent (`named` false).
+    /// The default calls [`IncomingHooks::request_page`].
+    fn request_page_in(
+        &self,
+        entry: &BlockEntry,
+        named: bool,
+        offset: u64,
+        length: u64,
+    ) -> std::result::Result<(), i32> {
+        self.request_page(named.then_some(&entry.name), offset, length)
+    }
+
+    /// Runs on the fault thread, first thing (QEMU registers the thread with its RCU here).
+    fn fault_thread_started(&self) {}
+
+    /// Runs on the fault thread, last thing, also when it ends on an error.
+    fn fault_thread_stopping(&self) {}
 
     /// Drops `[start, start+length)` of `block`. `None` (the default) lets the library do
     /// it (see [`crate::destination::discard::drop_range`]).
@@ -83,6 +102,19 @@ pub struct IncomingConfig {
     pub enable_mlock: bool,
     /// How the fault thread waits.
     pub wait: WaitStrategy,
+    /// The library never calls [`IncomingHooks::shut`] (so never sends SHUT itself): the
+    /// host sends it after completion (QEMU 7.2 does, after COMPLETED).
+    pub never_send_shut: bool,
+    /// Register for `UFFD_EVENT_REMOVE` (Linux 4.11): MADV_DONTNEED / MADV_REMOVE on
+    /// received pages clears their received bits, so their next fault is requested again.
+    /// Off by default: the kernel then makes every such madvise wait until the fault
+    /// thread has read the event.
+    pub track_remove: bool,
+    /// Account blocktime and fault latency ([`Incoming::blocktime`]).
+    pub blocktime: bool,
+    /// [`Incoming::abort`] poisons lost pages where the kernel has UFFDIO_POISON (the
+    /// default); `false` always wakes them with zero pages (data loss, logged).
+    pub abort_poison: bool,
 }
 
 impl Default for IncomingConfig {
@@ -91,6 +123,10 @@ impl Default for IncomingConfig {
             target_page_size: 4096,
             enable_mlock: false,
             wait: WaitStrategy::Block,
+            never_send_shut: false,
+            track_remove: false,
+            blocktime: false,
+            abort_poison: true,
         }
     }
 }
@@ -100,20 +136,24 @@ pub(super) struct Active {
     pub(super) uffd: Arc<Uffd>,
     pub(super) table: Arc<BlockTable>,
     pub(super) zero_page: AnonMapping,
-    fault_thread: Mutex<Option<FaultThread>>,
+    pub(super) fault_thread: Mutex<Option<FaultThread>>,
+    pub(super) control: Arc<Control>,
 }
 
 /// The destination of a postcopy migration (QEMU's `MigrationIncomingState`, RAM part).
 pub struct Incoming {
-    hooks: Arc<dyn IncomingHooks>,
-    config: IncomingConfig,
+    pub(super) hooks: Arc<dyn IncomingHooks>,
+    pub(super) config: IncomingConfig,
     state: crate::state::StateCell,
     /// Serialises init / prepare_discard / enable_notify / cleanup.
-    control: Mutex<()>,
-    table: RwLock<Option<Arc<BlockTable>>>,
-    active: RwLock<Option<Arc<Active>>>,
+    pub(super) control: Mutex<()>,
+    pub(super) table: RwLock<Option<Arc<BlockTable>>>,
+    pub(super) active: RwLock<Option<Arc<Active>>>,
     tmp_page: Mutex<Option<AnonMapping>>,
     pub(super) counters: Arc<Counters>,
+    pub(super) blocktime: Arc<Blocktime>,
+    /// Set by abort, cleared by init.
+    pub(super) aborted: AtomicBool,
     /// Blocks whose transparent huge pages prepare_discard turned off (back on at cleanup).
     thp: super::thp::ThpOff,
 }
@@ -138,6 +178,8 @@ impl Incoming {
             tmp_page: Mutex::new(None),
             thp: Default::default(),
             counters: Default::default(),
+            blocktime: Default::default(),
+            aborted: AtomicBool::new(false),
         })
     }
 
@@ -170,7 +212,9 @@ impl Incoming {
 
     /// A snapshot of the counters.
     pub fn stats(&self) -> Stats {
-        self.counters.snapshot()
+        let mut stats = self.counters.snapshot();
+        stats.pending_pages = self.pending_pages();
+        stats
     }
 
     /// The block table built by [`Incoming::init`], if any.
@@ -184,7 +228,12 @@ impl Incoming {
         check_host_support(self.hooks.ram_blocks()?, self.config.target_page_size)
     }
 
-    fn discard_with_hook(&self, block: &RamBlock, start: u64, length: u64) -> Result<()> {
+    pub(super) fn discard_with_hook(
+        &self,
+        block: &RamBlock,
+        start: u64,
+        length: u64,
+    ) -> Result<()> {
         match self.hooks.discard_range(block, start, length) {
             Some(result) => result,
             None => discard::drop_range(block, start, length),
@@ -210,7 +259,8 @@ impl Incoming {
         if !matches!(state, State::None | State::Advise | State::End) {
             return Err(Error::invalid(format!("incoming_init in state {state:?}")));
         }
-        let table = BlockTable::new(self.hooks.ram_blocks()?)?;
+        let table =
+            BlockTable::with_target_page(self.hooks.ram_blocks()?, self.config.target_page_size)?;
         check_ram_pages(&table, ram_pages, self.config.target_page_size)?;
         // Locked memory refuses MADV_DONTNEED: unlock before the first discard (QEMU
         // unlocks in its host check, before init); cleanup locks again.
@@ -227,11 +277,13 @@ impl Incoming {
             self.set_state(State::None)?;
         }
         self.set_state(State::Advise)?;
+        self.blocktime.reset(self.config.blocktime);
+        self.aborted.store(false, Ordering::Release);
         *self.table.write() = Some(Arc::new(table));
         Ok(())
     }
 
-    fn require_table(&self, what: &str) -> Result<Arc<BlockTable>> {
+    pub(super) fn require_table(&self, what: &str) -> Result<Arc<BlockTable>> {
         self.table.read().clone().ok_or_else(|| {
             Error::invalid(format!("{what} before incoming_init (or after cleanup)"))
         })
@@ -254,16 +306,21 @@ impl Incoming {
         Ok(())
     }
 
-    /// Drops `[start, start+length)` (bytes) of block `name`: allowed in ADVISE and DISCARD;
-    /// the first one in ADVISE calls [`Incoming::prepare_discard`] (THP off, state
-    /// DISCARD) before dropping anything, as the first discard command does. The range must
-    /// be aligned to the block's page size and inside it. An empty range
-    /// (aligned start at most the block length) is skipped and counted
-    /// ([`Stats::discard_ranges_empty`]).
+    /// Drops `[start, start+length)` (bytes) of block `name` and clears its received bits:
+    /// allowed in ADVISE and DISCARD (the first one in ADVISE calls
+    /// [`Incoming::prepare_discard`], THP off, state DISCARD, before dropping anything, as
+    /// the first discard command does), and after LISTEN (LISTENING, RUNNING: a balloon or
+    /// virtio-mem dropping received pages), where their next fault is then requested again
+    /// (QEMU's ram_discard_range clears its receivedmap the same way). The range must be
+    /// aligned to the block's page size and inside it. An empty range (aligned start at
+    /// most the block length) is skipped and counted ([`Stats::discard_ranges_empty`]).
+    /// After LISTEN, a placement of the same pages racing the discard is the caller's to
+    /// avoid.
     pub fn discard_range(&self, name: &str, start: u64, length: u64) -> Result<()> {
         let table = self.require_table("discard_range")?;
         let state = self.state();
-        if !matches!(state, State::Advise | State::Discard) {
+        let live = matches!(state, State::Listening | State::Running);
+        if !live && !matches!(state, State::Advise | State::Discard) {
             return Err(Error::invalid(format!("discard_range in state {state:?}")));
         }
         let entry = table
@@ -279,6 +336,20 @@ impl Incoming {
             // the hole before registration, leaving a present zero page that never faults.
             self.prepare_discard()?;
         }
+        if live && self.config.track_remove {
+            // The kernel holds the madvise until the fault thread reads the REMOVE event:
+            // from the fault thread itself that would never return.
+            self.refuse_on_fault_thread("discard_range with track_remove")?;
+        }
+        self.discard_received(entry, start, length)
+    }
+
+    /// Clears the received bits of a range (QEMU's ram_discard_range clears its
+    /// receivedmap too), then drops its pages.
+    fn discard_received(&self, entry: &BlockEntry, start: u64, length: u64) -> Result<()> {
+        entry
+            .received
+            .clear_range(start >> entry.target_shift, length >> entry.target_shift);
         self.discard_with_hook(&entry.block, start, length)
     }
 
@@ -341,66 +412,19 @@ impl Incoming {
                 self.count_empty_discard();
                 continue;
             }
-            self.discard_with_hook(&entry.block, range.start, range.length)?;
+            self.discard_received(entry, range.start, range.length)?;
             dropped += 1;
         }
         Ok(dropped)
     }
 
-    fn set_mlock(&self, lock: bool) -> Result<()> {
+    pub(super) fn set_mlock(&self, lock: bool) -> Result<()> {
         match self.hooks.mlock(lock) {
             Some(result) => result,
             None if !self.config.enable_mlock => Ok(()),
             None if lock => mlockall_checked(),
             None => munlockall_checked(),
         }
-    }
-
-    /// Opens a userfaultfd, registers every block for missing-page faults, starts the fault
-    /// thread, inhibits ballooning; state -> LISTENING.
-    pub fn enable_notify(&self) -> Result<()> {
-        self.refuse_on_fault_thread("enable_notify")?;
-        let _control = self.control.lock();
-        let table = self.require_table("enable_notify")?;
-        if self.active.read().is_some() {
-            return Err(Error::new(libc::EBUSY, "enable_notify called twice"));
-        }
-        let state = self.state();
-        if !matches!(state, State::Advise | State::Discard | State::Listening) {
-            return Err(Error::invalid(format!("enable_notify in state {state:?}")));
-        }
-        let caps = uffd::probe()?;
-        let needed = features_needed(&table);
-        if needed & !caps.features != 0 {
-            return Err(Error::new(
-                libc::ENOTSUP,
-                format!(
-                    "userfaultfd on this kernel lacks {}",
-                    feature_names(needed & !caps.features)
-                ),
-            ));
-        }
-        let uffd = Arc::new(Uffd::open(needed | (caps.features & feature::THREAD_ID))?);
-        let zero_page = AnonMapping::new(table.largest_page() as usize)
-            .map_err(|e| Error::os(&e, "mapping the zero page"))?;
-        let registration = Registration::register(&uffd, &table)?;
-        let thread = FaultThread::spawn(
-            uffd.clone(),
-            table.clone(),
-            self.hooks.clone(),
-            self.counters.clone(),
-            self.config.wait,
-        )?;
-        registration.keep();
-        *self.active.write() = Some(Arc::new(Active {
-            uffd,
-            table,
-            zero_page,
-            fault_thread: Mutex::new(Some(thread)),
-        }));
-        self.hooks.balloon_inhibit(true);
-        self.set_state(State::Listening)?;
-        Ok(())
     }
 
     /// Makes the next page request name its block again (call after the return path to the
@@ -410,6 +434,7 @@ impl Incoming {
             if let Some(thread) = active.fault_thread.lock().as_ref() {
                 thread
                     .shared()
+                    .state
                     .name_next_request
                     .store(true, Ordering::Release);
             }
@@ -417,20 +442,20 @@ impl Incoming {
     }
 
     /// Refuses calls that would wait for the fault thread when made from it (a callback).
-    fn refuse_on_fault_thread(&self, what: &str) -> Result<()> {
-        let on_it = self.active.read().as_ref().is_some_and(|a| {
-            a.fault_thread
-                .lock()
-                .as_ref()
-                .is_some_and(|t| t.is_current())
-        });
-        if on_it {
+    /// Independent of the active state, so it also holds while cleanup runs.
+    pub(super) fn refuse_on_fault_thread(&self, what: &str) -> Result<()> {
+        if on_fault_thread_of(self.owner_id()) {
             return Err(Error::new(
                 libc::EDEADLK,
                 format!("{what} called from the fault thread (a request_page callback); it would wait for itself"),
             ));
         }
         Ok(())
+    }
+
+    /// This destination's identity for [`on_fault_thread_of`].
+    pub(super) fn owner_id(&self) -> usize {
+        Arc::as_ptr(&self.counters) as usize
     }
 
     pub(super) fn active(&self, what: &str) -> Result<Arc<Active>> {
@@ -494,9 +519,15 @@ impl Incoming {
         }
         drop(active);
         self.thp.restore();
+        // Failed: cleanup failed, postcopy was aborted, or pages are still pending (a request
+        // failed and was never recovered). A request that failed and was re-sent with
+        // success does not count.
+        let failed =
+            failure.is_some() || self.aborted.load(Ordering::Acquire) || self.pending_pages() != 0;
         let _ = self.set_state(State::End);
-        let failed = failure.is_some() || self.counters.request_errors.load(Ordering::Relaxed) != 0;
-        self.hooks.shut(failed);
+        if !self.config.never_send_shut {
+            self.hooks.shut(failed);
+        }
         *self.tmp_page.lock() = None;
         *self.table.write() = None;
         failure.map_or(Ok(()), Err)

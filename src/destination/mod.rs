@@ -3,11 +3,16 @@
 
 pub mod block;
 mod block_probe;
+pub mod blocktime;
 pub mod discard;
 pub mod fault_thread;
 pub mod host_support;
 pub mod incoming;
+mod listen;
+mod pending;
 pub mod placement;
+pub mod received;
+pub mod recovery;
 mod registration;
 pub mod return_path_sender;
 pub(crate) mod thp;

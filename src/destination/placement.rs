@@ -71,12 +71,17 @@ impl Incoming {
         Ok(entry)
     }
 
-    fn mark_received(&self, entry: &BlockEntry, host: usize, len: usize) {
+    fn mark_placed(&self, entry: &BlockEntry, host: usize, len: usize) {
+        if len == 0 {
+            return;
+        }
         let first = ((host - entry.block.host) as u64) >> entry.page_shift;
-        for page in first..first + (len as u64 >> entry.page_shift) {
-            entry.received.test_and_set(page);
+        let count = len as u64 >> entry.page_shift;
+        entry.received.set_host_pages(first, count);
+        for page in first..first + count {
             entry.requested.clear(page);
         }
+        self.blocktime.end(host, len);
     }
 
     /// Places the whole pages of `[host, host+len)` in `entry` with `fill(offset, bytes)`,
@@ -102,12 +107,17 @@ impl Incoming {
             let (placed, present) = match fill(off, len - off) {
                 Ok(n) => (n, false),
                 Err(PlaceError::AlreadyPresent { placed }) => (placed - placed % page, true),
-                Err(PlaceError::Os(errno)) => {
+                Err(PlaceError::Os { errno, placed }) => {
+                    // Keep what the calls before the error placed (and woke).
+                    let placed = placed - placed % page;
+                    self.mark_placed(entry, host + off, placed);
+                    run.placed += (placed / page) as u64;
+                    off += placed;
                     failure = Some(errno);
                     break;
                 }
             };
-            self.mark_received(entry, host + off, placed);
+            self.mark_placed(entry, host + off, placed);
             run.placed += (placed / page) as u64;
             off += placed;
             if present {
@@ -116,7 +126,7 @@ impl Incoming {
                     host + off,
                     entry.block.name
                 );
-                self.mark_received(entry, host + off, page);
+                self.mark_placed(entry, host + off, page);
                 run.already_present += 1;
                 off += page;
             }
@@ -134,23 +144,33 @@ impl Incoming {
         }
         match failure {
             None => Ok(run),
-            Some(errno) => Err(Error::new(
-                errno,
-                format!(
-                    "{what}: {} bytes at {:#x} in {}: {}",
-                    len - off,
-                    host + off,
-                    entry.block.name,
-                    std::io::Error::from_raw_os_error(errno)
-                ),
-            )),
+            Some(errno) => {
+                self.counters
+                    .placement_errors
+                    .fetch_add(1, Ordering::Relaxed);
+                self.counters
+                    .last_placement_errno
+                    .store(errno, Ordering::Relaxed);
+                let e = Error::new(
+                    errno,
+                    format!(
+                        "{what}: {} bytes at {:#x} in {}: {}",
+                        len - off,
+                        host + off,
+                        entry.block.name,
+                        std::io::Error::from_raw_os_error(errno)
+                    ),
+                );
+                log::error!("{e}; the page stays pending (resend_pending, abort or give up)");
+                Err(e)
+            }
         }
     }
 
     /// Zero-fills with UFFDIO_ZEROPAGE where the block's registration offered it (the whole
     /// rest of the run in one call), else by copying the zero page (one page a call:
     /// hugetlbfs has no UFFDIO_ZEROPAGE).
-    fn zero_fill(
+    pub(super) fn zero_fill(
         active: &Active,
         entry: &BlockEntry,
         dst: usize,
@@ -312,6 +332,7 @@ mod tests {
             length: 16 * page() as u64,
             page_size: page() as u64,
             backing: Backing::Anonymous { shared: false },
+            opaque: 0,
         }])
         .unwrap()
     }
@@ -382,6 +403,35 @@ mod tests {
     }
 
     #[test]
+    fn pages_placed_by_the_failing_call_itself_are_kept() {
+        // Issue 9 item 9: a partial UFFDIO_COPY, then EFAULT: the ioctl placed two pages.
+        let t = table();
+        let entry = &t.entries()[0];
+        entry.requested.test_and_set(1);
+        let inc = incoming();
+        let pg = page();
+        let err = inc
+            .place_run("place_pages", entry, HOST, 4 * pg, false, |_, _| {
+                Err(PlaceError::Os {
+                    errno: libc::EFAULT,
+                    placed: 2 * pg,
+                })
+            })
+            .unwrap_err();
+        assert_eq!(err.errno(), libc::EFAULT);
+        assert!(entry.is_received(0) && entry.is_received(pg as u64));
+        assert!(!entry.is_received(2 * pg as u64));
+        assert_eq!(
+            entry.requested.word_bits(0) & 2,
+            0,
+            "page 1 no longer pending"
+        );
+        let s = inc.stats();
+        assert_eq!((s.pages_placed, s.placement_errors), (2, 1));
+        assert_eq!(s.last_placement_errno, libc::EFAULT);
+    }
+
+    #[test]
     fn an_os_error_stops_the_run_and_keeps_what_was_placed() {
         let t = table();
         let entry = &t.entries()[0];
@@ -393,7 +443,10 @@ mod tests {
                 if std::mem::take(&mut first) {
                     Ok(pg)
                 } else {
-                    Err(PlaceError::Os(libc::ENOMEM))
+                    Err(PlaceError::Os {
+                        errno: libc::ENOMEM,
+                        placed: 0,
+                    })
                 }
             })
             .unwrap_err();

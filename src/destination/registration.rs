@@ -43,7 +43,10 @@ impl<'a> Registration<'a> {
             entry
                 .zeropage_ok
                 .store(ioctls & ioctl_bit::ZEROPAGE != 0, Ordering::Release);
-            entry.received.clear_all();
+            entry
+                .poison_ok
+                .store(ioctls & ioctl_bit::POISON != 0, Ordering::Release);
+            // The received bits stay: they count the pages the host loaded before LISTEN.
             entry.requested.clear_all();
         }
         Ok(reg)

@@ -61,6 +61,10 @@ pub extern "C" fn pcr_incoming_new(
                 0 => WaitStrategy::Block,
                 us => WaitStrategy::Spin(Duration::from_micros(us as u64)),
             },
+            never_send_shut: ops.never_send_shut,
+            track_remove: ops.track_remove,
+            blocktime: ops.blocktime,
+            ..Default::default()
         };
         let incoming = Arc::new(Incoming::new(Arc::new(COps { ops, opaque }), config)?);
         #[cfg(feature = "seed-abi")]
@@ -151,12 +155,15 @@ pub extern "C" fn pcr_incoming_prepare_discard(mis: *mut PcrIncoming) -> c_int {
 }
 
 /// Drops `[start, start + length)` (bytes) of block `block_name` (QEMU's
-/// `ram_discard_range`), through the `discard_range` callback or the library default.
-/// Allowed in ADVISE and DISCARD; in ADVISE it first does `pcr_incoming_prepare_discard`
-/// (no discard runs while THP is on). The range must be aligned to the block's page size
-/// and inside the block (checked arithmetic: -EINVAL if `start + length` wraps). An empty
-/// range (aligned, at most the block length) is skipped and counted in
-/// `PcrStats.discard_ranges_empty`. Returns 0 or a negative errno.
+/// `ram_discard_range`), through the `discard_range` callback or the library default, and
+/// clears the range's received bits. Allowed in ADVISE and DISCARD (in ADVISE it first does
+/// `pcr_incoming_prepare_discard`: no discard runs while THP is on), and after LISTEN
+/// (LISTENING, RUNNING: a balloon or virtio-mem dropping received pages), where the next
+/// fault on those pages is requested again. The range must be aligned to the block's page
+/// size and inside the block (checked arithmetic: -EINVAL if `start + length` wraps). An
+/// empty range (aligned, at most the block length) is skipped and counted in
+/// `PcrStats.discard_ranges_empty`. -EDEADLK from a callback on the fault thread when
+/// `track_remove` is on. Returns 0 or a negative errno.
 #[no_mangle]
 pub extern "C" fn pcr_incoming_discard_range(
     mis: *mut PcrIncoming,

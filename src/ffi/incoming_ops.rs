@@ -5,7 +5,7 @@ use std::ffi::{c_char, c_int, c_void, CStr, CString};
 use std::panic::{catch_unwind, AssertUnwindSafe};
 
 use super::types::{errno_of, PcrRamBlock, PcrRamBlockVisitor, PcrState};
-use crate::destination::block::{Backing, BlockName, RamBlock};
+use crate::destination::block::{Backing, BlockEntry, BlockName, RamBlock};
 use crate::destination::incoming::IncomingHooks;
 use crate::destination::return_path_sender::ReturnPathSender;
 use crate::error::{Error, Result};
@@ -16,11 +16,14 @@ use crate::state::State;
 ///
 /// Threads: `foreach_ram_block`, `discard_range`, `state_changed`, `shut`,
 /// `balloon_inhibit` and `mlock` run on the thread that called the library function that
-/// needs them. `request_page` runs on the library's fault thread ("postcopy/fault"); it may
-/// call `pcr_place_page`, `pcr_place_page_zero`, `pcr_place_pages*`,
-/// `pcr_incoming_get_stats` and `pcr_state_get`, but never
-/// `pcr_incoming_cleanup`, `pcr_incoming_enable_notify` or
-/// `pcr_incoming_free` (they wait for the fault thread). No callback may unwind.
+/// needs them. `request_page`, `fault_thread_started` and `fault_thread_stopping` run on
+/// the library's fault thread ("postcopy/fault"); from there a callback may call
+/// `pcr_place_page`, `pcr_place_page_zero`, `pcr_place_pages*`, `pcr_incoming_get_stats`,
+/// `pcr_state_get`, `pcr_incoming_pause_requests` and `pcr_incoming_abort`, but never
+/// `pcr_incoming_cleanup`, `pcr_incoming_enable_notify`, `pcr_incoming_resend_pending` or
+/// `pcr_incoming_free` (they wait for the fault thread: -EDEADLK). No callback may unwind.
+///
+/// A zero-initialised table keeps every optional behaviour off.
 #[repr(C)]
 #[derive(Debug, Clone, Copy)]
 pub struct PcrIncomingOps {
@@ -37,12 +40,16 @@ pub struct PcrIncomingOps {
     >,
     /// Asks the source for `length` bytes at `offset` of block `block_name`
     /// (NULL: the same block as the previous successful request; the source's REQ_PAGES
-    /// without id). Returns 0, or a negative errno: the failure is counted and logged and
-    /// the page is requested again on its next fault. Runs on the fault thread. Required
-    /// unless `write_return_path` is given.
+    /// without id). `block_opaque` is the block's `PcrRamBlock.opaque`, given whether the
+    /// name is or not. Returns 0, or a negative errno: the failure is counted and logged,
+    /// the page stays pending, and requests pause (faults are still read and recorded
+    /// pending) until `pcr_incoming_resend_pending`. Returning -EAGAIN while the host's
+    /// return path is down is the intended use. Runs on the fault thread. Required unless
+    /// `write_return_path` is given.
     pub request_page: Option<
         unsafe extern "C" fn(
             opaque: *mut c_void,
+            block_opaque: *mut c_void,
             block_name: *const c_char,
             offset: u64,
             length: u64,
@@ -64,8 +71,10 @@ pub struct PcrIncomingOps {
     /// Optional. The state changed from `old_state` to `new_state`.
     pub state_changed:
         Option<unsafe extern "C" fn(opaque: *mut c_void, old_state: PcrState, new_state: PcrState)>,
-    /// Optional. Postcopy ended (`pcr_incoming_cleanup`); `failed` tells whether
-    /// something went wrong. QEMU sends the return-path SHUT message here.
+    /// Optional. Postcopy ended (`pcr_incoming_cleanup`); `failed` is true when cleanup
+    /// failed, postcopy was aborted, or pages were still pending (a failed request that a
+    /// re-send recovered does not count). QEMU 2.x sends the return-path SHUT message here;
+    /// see `never_send_shut`.
     pub shut: Option<unsafe extern "C" fn(opaque: *mut c_void, failed: bool)>,
     /// Optional. `true` at enable_notify: stop ballooning (it would drop pages and cause
     /// false faults); `false` at cleanup.
@@ -83,7 +92,14 @@ pub struct PcrIncomingOps {
     /// (requests) and on the cleanup caller's thread (SHUT).
     pub write_return_path:
         Option<unsafe extern "C" fn(opaque: *mut c_void, bytes: *const u8, length: usize) -> c_int>,
-    /// The guest's target page size in bytes (discard ranges count in it); 0 means 4096.
+    /// Optional. Runs on the fault thread, first thing, before any other callback there
+    /// (QEMU: `rcu_register_thread`).
+    pub fault_thread_started: Option<unsafe extern "C" fn(opaque: *mut c_void)>,
+    /// Optional. Runs on the fault thread, last thing, also when it ends on an error
+    /// (QEMU: `rcu_unregister_thread`).
+    pub fault_thread_stopping: Option<unsafe extern "C" fn(opaque: *mut c_void)>,
+    /// The guest's target page size in bytes (discard ranges and received bitmaps count in
+    /// it); 0 means 4096.
     pub target_page_size: usize,
     /// Whether guest memory is kept mlocked outside postcopy (see `mlock`).
     pub enable_mlock: bool,
@@ -91,6 +107,20 @@ pub struct PcrIncomingOps {
     /// userfaultfd for up to N microseconds after each fault before sleeping (lower fault
     /// latency, one core busy while faults keep coming).
     pub spin_wait_us: u32,
+    /// The library never calls `shut` and never sends SHUT itself: the host sends it after
+    /// completion (QEMU 7.2 does, after COMPLETED; a SHUT marked failed makes its source
+    /// fail).
+    pub never_send_shut: bool,
+    /// Registers for UFFD_FEATURE_EVENT_REMOVE (Linux 4.11): MADV_DONTNEED / MADV_REMOVE
+    /// on received pages (a balloon, virtio-mem) clears their received bits, so that their
+    /// next fault is requested again. Off by default: with it, the kernel holds every such
+    /// madvise until the fault thread has read the event (QEMU 7.2 never asks for it).
+    /// Without it, such a fault is "late" and its thread is not served.
+    pub track_remove: bool,
+    /// Accounts blocktime and fault latency (`pcr_incoming_get_blocktime`; QEMU's
+    /// postcopy-blocktime capability). The kernel's UFFD_FEATURE_THREAD_ID (Linux 4.14) is
+    /// requested whenever offered, to attribute faults to vCPUs.
+    pub blocktime: bool,
 }
 
 /// The C callbacks of one destination, with the opaque pointer they all receive.
@@ -121,6 +151,7 @@ fn c_block(block: &RamBlock, name: &CStr) -> PcrRamBlock {
         fd,
         fd_offset,
         shared,
+        opaque: block.opaque as *mut c_void,
     }
 }
 
@@ -155,6 +186,7 @@ fn rust_block(b: &PcrRamBlock) -> Result<RamBlock> {
         length: b.length,
         page_size: b.page_size,
         backing,
+        opaque: b.opaque as usize,
     })
 }
 
@@ -241,15 +273,43 @@ impl IncomingHooks for COps {
         offset: u64,
         length: u64,
     ) -> std::result::Result<(), i32> {
+        // Only reached without a C request_page (request_page_in below handles it).
+        self.return_path().request_page(block, offset, length)
+    }
+
+    fn request_page_in(
+        &self,
+        entry: &BlockEntry,
+        named: bool,
+        offset: u64,
+        length: u64,
+    ) -> std::result::Result<(), i32> {
+        let block = named.then_some(&entry.name);
         let Some(request) = self.ops.request_page else {
             return self.return_path().request_page(block, offset, length);
         };
         let name: *const c_char = block.map_or(std::ptr::null(), |b| b.as_c_str().as_ptr());
-        // SAFETY: a callback of the table with its opaque pointer and a name that is NULL or
-        // a NUL-terminated string owned by the block table, alive during the call.
-        match unsafe { request(self.opaque, name, offset, length) } {
+        let block_opaque = entry.block.opaque as *mut c_void;
+        // SAFETY: a callback of the table with its opaque pointer, the block's opaque
+        // pointer (the host's, passed back untouched) and a name that is NULL or a
+        // NUL-terminated string owned by the block table, alive during the call.
+        match unsafe { request(self.opaque, block_opaque, name, offset, length) } {
             0 => Ok(()),
             rc => Err(errno_of(rc)),
+        }
+    }
+
+    fn fault_thread_started(&self) {
+        if let Some(cb) = self.ops.fault_thread_started {
+            // SAFETY: a callback of the table with its opaque pointer.
+            unsafe { cb(self.opaque) };
+        }
+    }
+
+    fn fault_thread_stopping(&self) {
+        if let Some(cb) = self.ops.fault_thread_stopping {
+            // SAFETY: a callback of the table with its opaque pointer.
+            unsafe { cb(self.opaque) };
         }
     }
 

@@ -15,6 +15,7 @@ pub mod incoming;
 pub mod incoming_ops;
 pub mod misc;
 pub mod placement;
+pub mod recovery;
 pub(crate) mod ret;
 pub mod source;
 pub mod state;

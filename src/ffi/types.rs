@@ -75,6 +75,9 @@ pub struct PcrRamBlock {
     pub fd_offset: u64,
     /// Whether the block is mapped MAP_SHARED.
     pub shared: bool,
+    /// The hypervisor's own pointer for this block (QEMU: its `RAMBlock *`), handed back to
+    /// `request_page` as `block_opaque`. The library never dereferences it; NULL is fine.
+    pub opaque: *mut c_void,
 }
 
 /// Visitor the library passes to `PcrIncomingOps::foreach_ram_block`: call it once per

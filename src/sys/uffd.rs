@@ -19,8 +19,12 @@ pub mod feature {
     pub const MISSING_HUGETLBFS: u64 = 1 << 4;
     /// Missing-page faults on shmem (memfd, shared anonymous) mappings.
     pub const MISSING_SHMEM: u64 = 1 << 5;
+    /// `UFFD_EVENT_REMOVE` messages for MADV_REMOVE / MADV_DONTNEED on registered ranges.
+    pub const EVENT_REMOVE: u64 = 1 << 3;
     /// The faulting thread's id is reported in each message.
     pub const THREAD_ID: u64 = 1 << 8;
+    /// `UFFDIO_POISON` (Linux 6.6).
+    pub const POISON: u64 = 1 << 14;
 }
 
 /// Bit numbers of the ioctls reported in `uffdio_api.ioctls` / `uffdio_register.ioctls`.
@@ -35,10 +39,14 @@ pub mod ioctl_bit {
     pub const COPY: u64 = 1 << 0x03;
     /// UFFDIO_ZEROPAGE.
     pub const ZEROPAGE: u64 = 1 << 0x04;
+    /// UFFDIO_POISON.
+    pub const POISON: u64 = 1 << 0x08;
 }
 
 /// `UFFD_EVENT_PAGEFAULT`.
 pub const EVENT_PAGEFAULT: u8 = 0x12;
+/// `UFFD_EVENT_REMOVE`: `flags` holds `arg.remove.start`, `address` holds `arg.remove.end`.
+pub const EVENT_REMOVE: u8 = 0x15;
 /// `UFFD_PAGEFAULT_FLAG_WRITE`.
 pub const PAGEFAULT_FLAG_WRITE: u64 = 1 << 0;
 const REGISTER_MODE_MISSING: u64 = 1;
@@ -89,6 +97,15 @@ struct UffdioZeropage {
     zeropage: i64,
 }
 
+/// `struct uffdio_poison`.
+#[repr(C)]
+#[derive(Debug, Default, Clone, Copy)]
+struct UffdioPoison {
+    range: UffdioRange,
+    mode: u64,
+    updated: i64,
+}
+
 /// `struct uffd_msg`, page-fault view of its union (the only event registered for here).
 #[repr(C)]
 #[derive(Debug, Default, Clone, Copy)]
@@ -127,6 +144,7 @@ const _: () = assert!(size_of::<UffdioRegister>() == 32);
 const _: () = assert!(size_of::<UffdioCopy>() == 40);
 const _: () = assert!(size_of::<UffdioZeropage>() == 32);
 const _: () = assert!(size_of::<UffdMsg>() == 32);
+const _: () = assert!(size_of::<UffdioPoison>() == 32);
 
 const IOC_WRITE: u64 = 1;
 const IOC_READ: u64 = 2;
@@ -139,6 +157,7 @@ const UFFDIO_UNREGISTER: u64 = ioc(IOC_READ, 0x01, size_of::<UffdioRange>());
 const UFFDIO_WAKE: u64 = ioc(IOC_READ, 0x02, size_of::<UffdioRange>());
 const UFFDIO_COPY: u64 = ioc(IOC_READ | IOC_WRITE, 0x03, size_of::<UffdioCopy>());
 const UFFDIO_ZEROPAGE: u64 = ioc(IOC_READ | IOC_WRITE, 0x04, size_of::<UffdioZeropage>());
+const UFFDIO_POISON: u64 = ioc(IOC_READ | IOC_WRITE, 0x08, size_of::<UffdioPoison>());
 const USERFAULTFD_IOC_NEW: u64 = ioc(0, 0x00, 0);
 
 // The values of linux/userfaultfd.h, as a cross-check of the encoding above.
@@ -269,8 +288,14 @@ pub enum PlaceError {
         /// Bytes placed before the present page.
         placed: usize,
     },
-    /// Any other failure, as a positive errno.
-    Os(i32),
+    /// Any other failure, as a positive errno, after `placed` bytes of the range were placed
+    /// (and woken) by the calls before it.
+    Os {
+        /// The positive errno.
+        errno: i32,
+        /// Bytes placed before the failure.
+        placed: usize,
+    },
 }
 
 /// An open, API-handshaken userfaultfd.
@@ -452,7 +477,12 @@ impl Uffd {
                     let _ = self.wake(dst, len);
                     return Err(PlaceError::AlreadyPresent { placed: done });
                 }
-                e => return Err(PlaceError::Os(e)),
+                e => {
+                    return Err(PlaceError::Os {
+                        errno: e,
+                        placed: done,
+                    })
+                }
             }
         }
         Ok(())
@@ -496,6 +526,26 @@ impl Uffd {
             // zero pages into the registered range, which is not Rust-owned memory.
             let rc = unsafe { libc::ioctl(self.raw_fd(), UFFDIO_ZEROPAGE as _, &mut arg) };
             (rc, if rc == 0 { 0 } else { last_errno() }, arg.zeropage)
+        })
+    }
+
+    /// Poisons `[dst, dst+len)` (UFFDIO_POISON, Linux 6.6): any later access there raises
+    /// SIGBUS (a KVM vCPU gets a memory-failure signal); threads blocked there are woken.
+    /// EAGAIN is retried as for [`Uffd::copy`]; EEXIST reports the present page.
+    pub fn poison(&self, dst: usize, len: usize) -> Result<(), PlaceError> {
+        self.place_loop(dst, len, |done| {
+            let mut arg = UffdioPoison {
+                range: UffdioRange {
+                    start: (dst + done) as u64,
+                    len: (len - done) as u64,
+                },
+                mode: 0,
+                updated: 0,
+            };
+            // SAFETY: UFFDIO_POISON reads and writes one `uffdio_poison` and only installs
+            // poison markers in the registered range, which is not Rust-owned memory.
+            let rc = unsafe { libc::ioctl(self.raw_fd(), UFFDIO_POISON as _, &mut arg) };
+            (rc, if rc == 0 { 0 } else { last_errno() }, arg.updated)
         })
     }
 

@@ -52,6 +52,7 @@ impl GuestMem {
             length: self.len as u64,
             page_size: 4096,
             backing: Backing::Anonymous { shared: false },
+            opaque: 0,
         }
     }
 
@@ -199,6 +200,44 @@ impl Rng {
     }
 }
 
+pub mod hooks;
+
+/// Joins `h`, failing the test if it has not finished within `secs` seconds (a stranded
+/// thread would otherwise hang the test run).
+pub fn join_within<T>(h: std::thread::JoinHandle<T>, secs: u64, what: &str) -> T {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(secs);
+    while !h.is_finished() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "{what}: still blocked after {secs} s"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(5));
+    }
+    h.join().expect("thread panicked")
+}
+
+/// Waits up to `secs` seconds for `cond`, failing the test with `what` otherwise.
+pub fn wait_for(secs: u64, what: &str, mut cond: impl FnMut() -> bool) {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(secs);
+    while !cond() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "timed out waiting for {what}"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(2));
+    }
+}
+
+/// Reads the page at `addr` (faulting through userfaultfd if missing) and compares it with
+/// the pattern of `name` at `offset`.
+pub fn check_page(addr: usize, name: &str, offset: u64) -> bool {
+    let mut want = vec![0u8; 4096];
+    page_pattern(name, offset, &mut want);
+    // SAFETY: the caller passes a live page of guest memory.
+    let got = unsafe { std::slice::from_raw_parts(addr as *const u8, 4096) };
+    got == &want[..]
+}
+
 /// Raises `vm.nr_hugepages` so that `n` more 2 MiB pages are free, and puts the old value
 /// back on drop. `None` when the host cannot give them (no hugetlb, not root, no memory).
 /// Tests that use it must hold `/tmp/pcr-test.lock` (scripts/test.sh does) and serialise
@@ -272,6 +311,7 @@ impl GuestMem {
             length: len as u64,
             page_size,
             backing: Backing::Anonymous { shared: false },
+            opaque: 0,
         }
     }
 }

@@ -20,7 +20,8 @@ use postcopy_demo::source::{run_source, SourceOptions};
 const USAGE: &str =
     "usage: postcopy-migrate [--size BYTES[K|M|G]] [--kind anon|memfd|hugetlb] [--threads N]
                         [--kvm] [--precopy-rounds N] [--dirty-threads N] [--bandwidth MiB/s]
-                        [--seed N] [--quiet]
+                        [--fail-channel-after N] [--abort-postcopy-after N]
+                        [--inject-placement-failure N] [--seed N] [--quiet]
 
   --size            guest RAM to migrate (default 256M)
   --kind            backing of the destination's guest RAM (default anon)
@@ -31,8 +32,17 @@ const USAGE: &str =
   --dirty-threads   source threads dirtying memory during precopy (default 1)
   --bandwidth       rate of the postcopy background push in MiB/s, 0 = unlimited (default 256);
                     requested pages travel on a second connection, ahead of it
+  --fail-channel-after N  recovery test: both connections are cut after N postcopy
+                    pages; the source reconnects, the destination answers with its
+                    received bitmap (RECV_BITMAP), the source re-sends what it lacks, the
+                    destination re-sends its pending page requests, and the migration
+                    completes (QEMU's postcopy recovery)
   --abort-postcopy-after N  failure test: the source drops its connections after N
-                    postcopy pages; the destination must report the failure and exit
+                    postcopy pages and never comes back; the destination aborts postcopy
+                    (lost pages poisoned), reports how many pages were lost and exits
+                    non-zero within a second
+  --inject-placement-failure N  failure test: the destination's Nth placement after
+                    LISTEN fails (EFAULT); it aborts and exits non-zero within a second
   --seed            seed of the initial memory content (default 1)
   --quiet           no progress lines
 Environment: POSTCOPY_LOG=debug for the library's log.";
@@ -50,6 +60,9 @@ struct Args {
     role_dest: bool,
     bandwidth_mib: u64,
     abort_after: Option<u64>,
+    fail_channel_after: Option<u64>,
+    inject_placement_failure: Option<u64>,
+    recover: bool,
 }
 
 fn parse_size(s: &str) -> Option<usize> {
@@ -75,6 +88,9 @@ fn parse_args() -> Result<Args, String> {
         role_dest: false,
         bandwidth_mib: 256,
         abort_after: None,
+        fail_channel_after: None,
+        inject_placement_failure: None,
+        recover: false,
     };
     let mut it = std::env::args().skip(1);
     while let Some(arg) = it.next() {
@@ -105,6 +121,21 @@ fn parse_args() -> Result<Args, String> {
                         .map_err(|_| "bad --abort-postcopy-after")?,
                 )
             }
+            "--fail-channel-after" => {
+                a.fail_channel_after = Some(
+                    value("--fail-channel-after")?
+                        .parse()
+                        .map_err(|_| "bad --fail-channel-after")?,
+                )
+            }
+            "--inject-placement-failure" => {
+                a.inject_placement_failure = Some(
+                    value("--inject-placement-failure")?
+                        .parse()
+                        .map_err(|_| "bad --inject-placement-failure")?,
+                )
+            }
+            "--recover" => a.recover = true,
             "--bandwidth" => {
                 a.bandwidth_mib = value("--bandwidth")?
                     .parse()
@@ -155,8 +186,10 @@ fn dest_main(args: &Args) -> ExitCode {
         } else {
             Workload::Threads(args.threads)
         },
+        recover: args.recover,
+        inject_placement_failure: args.inject_placement_failure,
     };
-    match run_dest(stream, urgent, &opts) {
+    match run_dest(&listener, stream, urgent, &opts) {
         Ok(r) => {
             let mut lat = r.fault_latencies_ns.clone();
             lat.sort_unstable();
@@ -168,6 +201,21 @@ fn dest_main(args: &Args) -> ExitCode {
                 }
             };
             let s = r.stats;
+            let b = &r.blocktime;
+            println!(
+                "BLOCKTIME thread_id={} total_ms={} vcpus={} lib_faults_timed={} lib_lat_p50={} lib_lat_p99={} lib_lat_max={}",
+                b.thread_id_available as u8,
+                b.total_ms,
+                b.per_vcpu_ms.iter().map(|v| v.to_string()).collect::<Vec<_>>().join(","),
+                b.faults_timed,
+                b.latency_p50_ns,
+                b.latency_p99_ns,
+                b.latency_max_ns
+            );
+            println!(
+                "RECOVERY recoveries={} bitmaps={} resent={} paused_faults={}",
+                r.recoveries, r.bitmaps_sent, r.resent_requests, s.paused_faults
+            );
             println!(
                 "REPORT checksum={:x} guest_checksum={} t_run={} t_end={} faulted_touches={} lat_p50={} lat_p99={} lat_max={} \
                  faults={} requests={} duplicate_faults={} late_faults={} placed={} zero_placed={} already_present={} request_errors={}",
@@ -228,6 +276,16 @@ fn source_main(args: &Args) -> Result<bool, String> {
         ])
         .args(["--threads", &args.threads.to_string()])
         .args(if args.kvm { &["--kvm"][..] } else { &[][..] })
+        .args(if args.fail_channel_after.is_some() {
+            &["--recover"][..]
+        } else {
+            &[][..]
+        })
+        .args(
+            args.inject_placement_failure
+                .map(|n| vec!["--inject-placement-failure".to_string(), n.to_string()])
+                .unwrap_or_default(),
+        )
         .stdout(Stdio::piped())
         .spawn()
         .map_err(|e| format!("starting the destination: {e}"))?;
@@ -252,6 +310,8 @@ fn source_main(args: &Args) -> Result<bool, String> {
         progress: !args.quiet,
         postcopy_bandwidth: args.bandwidth_mib << 20,
         abort_after_pages: args.abort_after,
+        fail_channel_after: args.fail_channel_after,
+        port,
     };
     if !args.quiet {
         eprintln!(
@@ -266,7 +326,15 @@ fn source_main(args: &Args) -> Result<bool, String> {
         );
     }
     let result = run_source(stream, urgent, &opts);
-    let report_line = lines.find_map(|l| l.ok().filter(|l| l.starts_with("REPORT ")));
+    let mut extra: Vec<String> = Vec::new();
+    let report_line = lines.find_map(|l| {
+        let l = l.ok()?;
+        if l.starts_with("REPORT ") {
+            return Some(l);
+        }
+        extra.push(l);
+        None
+    });
     let status = child.wait().map_err(|e| e.to_string())?;
     let (src, mem) = match result {
         Ok(r) => r,
@@ -276,10 +344,12 @@ fn source_main(args: &Args) -> Result<bool, String> {
         }
     };
     let line = report_line.ok_or_else(|| format!("the destination failed ({status})"))?;
-    let dest: HashMap<&str, &str> = line["REPORT ".len()..]
-        .split(' ')
-        .filter_map(|kv| kv.split_once('='))
-        .collect();
+    let mut dest: HashMap<&str, &str> = HashMap::new();
+    for l in extra.iter().chain(std::iter::once(&line)) {
+        if let Some((_, kvs)) = l.split_once(' ') {
+            dest.extend(kvs.split(' ').filter_map(|kv| kv.split_once('=')));
+        }
+    }
     let num = |k: &str| dest.get(k).and_then(|v| v.parse::<u64>().ok()).unwrap_or(0);
 
     // What the destination's memory must be: the source's final memory plus the
@@ -338,6 +408,43 @@ fn source_main(args: &Args) -> Result<bool, String> {
             us(num("lat_max")),
             num("faulted_touches")
         );
+    }
+    let vcpus = dest.get("vcpus").copied().unwrap_or("");
+    println!(
+        "blocktime              total {} ms (all {} {} blocked at once), per {}: [{}] ms{}",
+        num("total_ms"),
+        if args.kvm {
+            "vCPUs"
+        } else {
+            "faulting threads"
+        },
+        vcpus.split(',').filter(|v| !v.is_empty()).count(),
+        if args.kvm { "vCPU" } else { "thread" },
+        vcpus.replace(',', ", "),
+        if num("thread_id") == 1 {
+            ""
+        } else {
+            " (kernel without UFFD_FEATURE_THREAD_ID: not attributed)"
+        }
+    );
+    println!(
+        "library fault latency  p50 {}  p99 {}  max {}  ({} faults, fault read -> page placed, log2 buckets)",
+        us(num("lib_lat_p50")),
+        us(num("lib_lat_p99")),
+        us(num("lib_lat_max")),
+        num("lib_faults_timed")
+    );
+    if src.recoveries > 0 {
+        println!(
+            "recovery               {} (channels cut after {} postcopy pages): resumed in {}, received bitmap lacked {} pages (re-sent), {} pending requests re-sent, {} faults while paused",
+            src.recoveries,
+            args.fail_channel_after.unwrap_or(0),
+            ms(src.recovery_ns),
+            src.recovery_missing_pages,
+            num("resent"),
+            num("paused_faults")
+        );
+        ok &= num("recoveries") == src.recoveries;
     }
     println!(
         "downtime               {} (source stopped -> destination running)",

@@ -277,6 +277,12 @@ pub struct GuestOptions {
     /// emulated about 200 times slower (see the module docs). Use it if
     /// your KVM rejects the CPL 3 start state.
     pub supervisor_mode: bool,
+    /// If set, the vCPU thread stores its thread id here before the guest starts, then
+    /// waits until it reads non-zero in [`GuestOptions::start_gate`] (if that is set too):
+    /// a VMM registers the thread for postcopy blocktime before the first fault.
+    pub vcpu_tid: Option<Arc<std::sync::atomic::AtomicI32>>,
+    /// See [`GuestOptions::vcpu_tid`]: the guest starts once this is non-zero.
+    pub start_gate: Option<Arc<std::sync::atomic::AtomicU32>>,
 }
 
 impl Default for GuestOptions {
@@ -288,6 +294,8 @@ impl Default for GuestOptions {
             progress: None,
             report_page_hashes: false,
             supervisor_mode: false,
+            vcpu_tid: None,
+            start_gate: None,
         }
     }
 }

@@ -288,6 +288,13 @@ fn run_loop(vm: &Vm, npages: u32, stride: u32, opts: &GuestOptions) -> Result<Gu
         if r < 0 {
             let e = io::Error::last_os_error();
             if matches!(e.raw_os_error(), Some(libc::EINTR) | Some(libc::EAGAIN)) {
+                if let Some((addr, code)) = crate::sigbus::take_vcpu_failure() {
+                    return Err(format!(
+                        "memory failure: the vCPU touched a poisoned page (SIGBUS si_code {code}{}) at host address {addr:#x}, after {} exits",
+                        if code == crate::sigbus::BUS_MCEERR_AR { ", BUS_MCEERR_AR" } else { "" },
+                        res.exits
+                    ));
+                }
                 res.interrupted += 1;
                 continue;
             }
@@ -411,8 +418,22 @@ fn run_checksum_guest_impl(
     opts: &GuestOptions,
 ) -> Result<GuestResult, String> {
     let t0 = Instant::now();
+    // A postcopy abort poisons lost pages: KVM then signals this thread (see `sigbus`).
+    crate::sigbus::mark_vcpu_thread();
     let (npages, stride) = validate(ram, ram_len, opts)?;
     let vm = setup_vm(ram, ram_len, opts, npages, stride)?;
+    if let Some(tid) = &opts.vcpu_tid {
+        // SAFETY: gettid has no preconditions.
+        tid.store(
+            unsafe { libc::gettid() },
+            std::sync::atomic::Ordering::SeqCst,
+        );
+    }
+    if let Some(gate) = &opts.start_gate {
+        while gate.load(std::sync::atomic::Ordering::SeqCst) == 0 {
+            std::thread::sleep(Duration::from_micros(200));
+        }
+    }
     let result = run_loop(&vm, npages, stride, opts);
     drop(vm); // closes every fd and unmaps the run area and the code slot
     result.map(|mut r| {
