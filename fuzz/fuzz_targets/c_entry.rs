@@ -108,6 +108,7 @@ unsafe extern "C" fn foreach_block(
             fd: -1,
             fd_offset: 0,
             shared: false,
+            opaque: std::ptr::null_mut(),
         };
         // SAFETY: the visitor and ctx the library passed, with a block valid during the call.
         let rc = unsafe { visit(&block, ctx) };
@@ -118,7 +119,13 @@ unsafe extern "C" fn foreach_block(
     0
 }
 
-unsafe extern "C" fn request_page(_: *mut c_void, _: *const c_char, _: u64, _: u64) -> c_int {
+unsafe extern "C" fn request_page(
+    _: *mut c_void,
+    _: *mut c_void,
+    _: *const c_char,
+    _: u64,
+    _: u64,
+) -> c_int {
     // Nothing here touches a missing page, so no fault can happen.
     -libc::EIO
 }
@@ -573,6 +580,11 @@ fuzz_target!(|data: &[u8]| {
                         target_page_size: 0,
                         enable_mlock: false,
                         spin_wait_us: 0,
+                        fault_thread_started: None,
+                        fault_thread_stopping: None,
+                        never_send_shut: false,
+                        track_remove: false,
+                        blocktime: false,
                     };
                     mis = pcr_incoming_new(&ops, g as *const Guest as *mut c_void);
                     assert!(!mis.is_null());
