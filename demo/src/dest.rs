@@ -14,7 +14,7 @@ use postcopy_ram::destination::return_path_sender::{
 use postcopy_ram::wire::{self, CommandMsg};
 use postcopy_ram::{
     AbortOutcome, BlockName, BlocktimeReport, Incoming, IncomingConfig, IncomingHooks, Placement,
-    RamBlock, State,
+    RamBlock, RunPlacement, State,
 };
 
 use crate::checksum::{checksum, dest_marker, mix};
@@ -89,12 +89,15 @@ struct Placer {
 }
 
 impl Placer {
+    /// Checks a frame of whole host pages (one page on the urgent connection, a run of
+    /// them on the main one) inside the block; returns its host address.
     fn check(&self, name: &str, offset: u64, length: u32) -> Result<usize, String> {
         let host_page = self.mem.kind().page_size() as u64;
         if name != BLOCK
             || offset % host_page != 0
-            || length as u64 != host_page
-            || offset + host_page > self.mem.len() as u64
+            || length == 0
+            || length as u64 % host_page != 0
+            || offset + length as u64 > self.mem.len() as u64
         {
             return Err(format!(
                 "bad page frame {name} +{offset:#x} ({length} bytes)"
@@ -103,23 +106,31 @@ impl Placer {
         Ok(self.mem.addr() as usize + offset as usize)
     }
 
-    /// Places a page with data (`Some`) or a zero page.
-    fn place(&self, host: usize, data: Option<&[u8]>, length: u32) -> Result<Placement, String> {
+    /// Places a run of pages with data (`Some`) or of zero pages, one call each.
+    fn place(&self, host: usize, data: Option<&[u8]>, length: u32) -> Result<RunPlacement, String> {
         let n = self.placements.fetch_add(1, Ordering::Relaxed) + 1;
         let r = match data {
-            Some(data) => {
-                let due = self.inject.is_some_and(|at| n >= at);
-                let src = if due && !self.injected.swap(true, Ordering::Relaxed) {
-                    eprintln!("[dest] injecting a placement failure (placement #{n})");
-                    self.bad.addr() as *const u8
-                } else {
-                    data.as_ptr()
-                };
-                // SAFETY: `src` is `length` bytes: the frame's data, or the unreadable
-                // mapping of the injection, which the kernel reports as EFAULT.
-                unsafe { self.incoming.place_page(host, src, length as u64) }
+            Some(_)
+                if self.inject.is_some_and(|at| n >= at)
+                    && !self.injected.swap(true, Ordering::Relaxed) =>
+            {
+                eprintln!("[dest] injecting a placement failure (placement #{n})");
+                let page = self.bad.len() as u64;
+                // SAFETY: the unreadable one-page mapping of the injection, which the
+                // kernel reports as EFAULT.
+                unsafe { self.incoming.place_page(host, self.bad.addr(), page) }.map(|p| {
+                    RunPlacement {
+                        placed: (p == Placement::Placed) as u64,
+                        already_present: (p == Placement::AlreadyPresent) as u64,
+                    }
+                })
             }
-            None => self.incoming.place_page_zero(host, length as u64),
+            // SAFETY: `data` holds the frame's `length` bytes.
+            Some(data) => unsafe {
+                self.incoming
+                    .place_pages(host, data.as_ptr(), length as u64)
+            },
+            None => self.incoming.place_pages_zero(host, length as u64),
         };
         r.map_err(|e| {
             format!(
@@ -393,7 +404,10 @@ pub fn run_dest(
                             .map_err(|e| e.to_string())?;
                     }
                     CommandMsg::PostcopyListen => {
-                        incoming.enable_notify().map_err(|e| e.to_string())?
+                        incoming.enable_notify().map_err(|e| e.to_string())?;
+                        // This thread now moves the bulk of the pages: it yields the CPU
+                        // to the request path (fault thread, urgent reader).
+                        crate::push::lower_bulk_priority();
                     }
                     CommandMsg::PostcopyRun => {
                         incoming
@@ -456,10 +470,9 @@ pub fn run_dest(
                 length,
             } => {
                 let host = placer.check(&name, offset, length)?;
-                match placer.place(host, Some(&data), length)? {
-                    Placement::Placed => report.pages_received_post += 1,
-                    Placement::AlreadyPresent => report.already_present += 1,
-                }
+                let run = placer.place(host, Some(&data), length)?;
+                report.pages_received_post += run.placed;
+                report.already_present += run.already_present;
             }
             Item::Zero {
                 name,
@@ -467,10 +480,9 @@ pub fn run_dest(
                 length,
             } => {
                 let host = placer.check(&name, offset, length)?;
-                match placer.place(host, None, length)? {
-                    Placement::Placed => report.zero_received_post += 1,
-                    Placement::AlreadyPresent => report.already_present += 1,
-                }
+                let run = placer.place(host, None, length)?;
+                report.zero_received_post += run.placed;
+                report.already_present += run.already_present;
             }
             Item::End => return Ok(()),
         }

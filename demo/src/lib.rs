@@ -5,6 +5,7 @@ pub mod dest;
 pub mod kvm;
 pub mod memory;
 pub mod proto;
+pub mod push;
 pub mod recovery;
 pub mod sigbus;
 pub mod source;

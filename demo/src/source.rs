@@ -1,21 +1,24 @@
 //! The source process of the demo migration.
 
-use std::io::{BufWriter, Read, Write};
+use std::io::{BufWriter, Write};
 use std::net::TcpStream;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{mpsc, Arc};
+use std::sync::Arc;
 use std::thread;
 use std::time::{Duration, Instant};
 
 use parking_lot::Mutex;
 use postcopy_ram::discard_walk::discard_walk;
 use postcopy_ram::source::{DiscardCommandWriter, Source};
-use postcopy_ram::wire::{self, Advise, CommandMsg, ReturnPathMsg};
+use postcopy_ram::wire::{Advise, CommandMsg};
 
 use crate::checksum::{fill_initial, mix};
 use crate::dest::{now_ns, BLOCK};
 use crate::memory::{GuestMemory, Kind};
 use crate::proto::{write_command, write_page_header, TAG_END};
+use crate::push::{
+    end_urgent, lower_bulk_priority, serve_requests, Pusher, RequestCount, UnsentMap,
+};
 
 /// Options of the source.
 #[derive(Debug, Clone)]
@@ -51,6 +54,8 @@ pub struct SourceReport {
     pub discarded_pages: u64,
     pub dirtied_writes: u64,
     pub t_start_ns: u64,
+    /// The source's memory is mapped and filled: the migration starts.
+    pub t_migrate_ns: u64,
     pub t_stop_ns: u64,
     pub t_done_ns: u64,
     pub shut_failed: Option<bool>,
@@ -122,72 +127,6 @@ impl Stream {
     }
 }
 
-/// A page request from the destination, in bytes within the block.
-struct PageRequest {
-    start: u64,
-    len: u64,
-}
-
-fn return_path_reader(
-    mut rp: TcpStream,
-    requests: mpsc::Sender<PageRequest>,
-    shut: Arc<Mutex<Option<bool>>>,
-) {
-    let mut buf = vec![0u8; 4 + 512];
-    let mut last_block: Option<Vec<u8>> = None;
-    loop {
-        if rp.read_exact(&mut buf[..4]).is_err() {
-            return;
-        }
-        let header = match wire::decode_return_path_header(&buf[..4]) {
-            Ok(h) => h,
-            Err(e) => {
-                eprintln!("[source] bad return-path message: {e}");
-                return;
-            }
-        };
-        let total = header.total_len();
-        if rp.read_exact(&mut buf[4..total]).is_err() {
-            return;
-        }
-        match wire::decode_return_path(&buf[..total]) {
-            Ok((ReturnPathMsg::ReqPagesId { start, len, id }, _)) => {
-                last_block = Some(id.to_vec());
-                if id != BLOCK.as_bytes() {
-                    eprintln!(
-                        "[source] request for unknown block {:?}",
-                        String::from_utf8_lossy(id)
-                    );
-                    continue;
-                }
-                let _ = requests.send(PageRequest {
-                    start,
-                    len: len as u64,
-                });
-            }
-            Ok((ReturnPathMsg::ReqPages { start, len }, _)) => {
-                if last_block.is_none() {
-                    eprintln!("[source] REQ_PAGES before any block was named");
-                    continue;
-                }
-                let _ = requests.send(PageRequest {
-                    start,
-                    len: len as u64,
-                });
-            }
-            Ok((ReturnPathMsg::Shut { failed }, _)) => {
-                *shut.lock() = Some(failed != 0);
-                return;
-            }
-            Ok((other, _)) => eprintln!("[source] ignoring return-path {:?}", other.rp_type()),
-            Err(e) => {
-                eprintln!("[source] bad return-path message: {e}");
-                return;
-            }
-        }
-    }
-}
-
 fn mib(b: u64) -> f64 {
     b as f64 / (1024.0 * 1024.0)
 }
@@ -221,6 +160,8 @@ pub fn run_source(
             fill_initial(opts.seed, p as u64, chunk);
         }
     }
+    // The guest's memory exists before a migration starts: the migration is timed from here.
+    report.t_migrate_ns = now_ns();
     let dirty = Arc::new(DirtyMap::all_set(target_pages));
     let stop = Arc::new(AtomicBool::new(false));
     let writes = Arc::new(AtomicU64::new(0));
@@ -266,12 +207,7 @@ pub fn run_source(
 
     let rp = stream.try_clone().map_err(|e| e.to_string())?;
     urgent.set_nodelay(true).ok();
-    let mut fast = Stream {
-        out: BufWriter::with_capacity(64 << 10, urgent),
-        mem: mem.clone(),
-        page_size,
-        bytes: 0,
-    };
+    let fast = BufWriter::with_capacity(64 << 10, urgent);
     let mut out = Stream {
         out: BufWriter::with_capacity(1 << 20, stream),
         mem: mem.clone(),
@@ -360,164 +296,105 @@ pub fn run_source(
         );
     }
 
-    // Postcopy: requested pages first, the rest pushed in the background.
-    let (tx, rx) = mpsc::channel();
-    let shut = Arc::new(Mutex::new(None));
-    let spawn_reader = |rp: TcpStream| {
-        let (shut, tx) = (shut.clone(), tx.clone());
-        thread::spawn(move || return_path_reader(rp, tx, shut))
+    // Postcopy: the return-path reader answers each page request itself, on the urgent
+    // connection; this thread pushes the rest in runs (push.rs).
+    let unsent = Arc::new(UnsentMap::new(unsent, ratio));
+    let requested: RequestCount = Arc::default();
+    let spawn_server = |rp: TcpStream, urgent: &Arc<Mutex<BufWriter<TcpStream>>>| {
+        let (urgent, mem, unsent, requested) = (
+            urgent.clone(),
+            mem.clone(),
+            unsent.clone(),
+            requested.clone(),
+        );
+        thread::spawn(move || serve_requests(rp, urgent, mem, page_size, unsent, requested))
     };
-    let mut reader = spawn_reader(rp);
-    let post_start = out.bytes;
-    let post_clock = Instant::now();
-    let mut cursor = 0usize;
-    let mut background_done = false;
-    let mut pending_front: Option<PageRequest> = None;
+    let mut urgent = Arc::new(Mutex::new(fast));
+    let mut server = spawn_server(rp, &urgent);
+    let mut served = Vec::new();
+    // This thread moves the bulk of the pages: it yields the CPU to the request path.
+    lower_bulk_priority();
+    let mut pusher = Pusher::new(page_size, opts.postcopy_bandwidth);
     loop {
-        let mut served_urgent = false;
-        while let Some(req) = pending_front.take().or_else(|| rx.try_recv().ok()) {
-            let first = (req.start / page_size as u64) as usize;
-            let last = ((req.start + req.len).div_ceil(page_size as u64) as usize).min(host_pages);
-            for hp in first..last {
-                if host_page_dirty(&unsent, hp, ratio) {
-                    fast.send_page(hp).map_err(io)?;
-                    for p in hp * ratio..(hp + 1) * ratio {
-                        unsent[p / 64] &= !(1 << (p % 64));
-                    }
-                    report.pages_requested += 1;
-                    served_urgent = true;
-                } else {
-                    report.requests_already_sent += 1;
-                }
-            }
-        }
-        if served_urgent {
-            fast.out.flush().map_err(io)?;
-        }
-        if background_done {
-            break;
-        }
-        if opts.postcopy_bandwidth > 0 {
-            let allowed = post_clock.elapsed().as_secs_f64() * opts.postcopy_bandwidth as f64;
-            if (out.bytes - post_start) as f64 > allowed {
-                // Over budget: let the socket drain, keep serving requests.
-                out.out.flush().map_err(io)?;
-                match rx.recv_timeout(Duration::from_micros(200)) {
-                    Ok(req) => {
-                        // Put it back in front for the loop above.
-                        pending_front = Some(req);
-                    }
-                    Err(mpsc::RecvTimeoutError::Timeout) => {}
-                    Err(mpsc::RecvTimeoutError::Disconnected) => {}
-                }
-                continue;
-            }
-        }
-        // A burst of background pages, then look at requests again.
-        let mut burst = 0;
-        while cursor < host_pages && burst < 16 {
-            if host_page_dirty(&unsent, cursor, ratio) {
-                out.send_page(cursor).map_err(io)?;
-                for p in cursor * ratio..(cursor + 1) * ratio {
-                    unsent[p / 64] &= !(1 << (p % 64));
-                }
-                report.pages_pushed += 1;
-                burst += 1;
-            }
-            cursor += 1;
-        }
-        if cursor >= host_pages {
-            background_done = true;
-        }
-        if let Some(limit) = opts.fail_channel_after {
-            if report.recoveries == 0 && report.pages_pushed + report.pages_requested >= limit {
-                let t0 = Instant::now();
-                out.out.flush().map_err(io)?;
-                let _ = out.out.get_ref().shutdown(std::net::Shutdown::Both);
-                let _ = fast.out.get_ref().shutdown(std::net::Shutdown::Both);
-                let _ = reader.join();
-                if opts.progress {
+        let cut = opts.fail_channel_after.filter(|_| report.recoveries == 0);
+        let limit = match (cut, opts.abort_after_pages) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        };
+        let progress = opts.progress;
+        let finished = pusher
+            .push(&mut out.out, &mem, &unsent, &mut |pushed| {
+                if progress && last_progress.elapsed() > Duration::from_millis(500) {
+                    last_progress = Instant::now();
                     eprintln!(
-                        "[source] cut both connections after {limit} postcopy pages; reconnecting"
+                        "[source] postcopy: {pushed} pages pushed, {} requested",
+                        requested.load(Ordering::Relaxed)
                     );
                 }
-                let connect = || {
-                    TcpStream::connect(("127.0.0.1", opts.port))
-                        .map_err(|e| format!("reconnecting: {e}"))
-                };
-                let (main, urgent) = (connect()?, connect()?);
-                main.set_nodelay(true).ok();
-                urgent.set_nodelay(true).ok();
-                let mut rp = main.try_clone().map_err(|e| e.to_string())?;
-                out.out = BufWriter::with_capacity(1 << 20, main);
-                fast.out = BufWriter::with_capacity(64 << 10, urgent);
-                let received = crate::recovery::source_fetch_bitmap(
-                    &mut out.out,
-                    &mut rp,
-                    BLOCK,
-                    target_pages,
-                )?;
-                // What the destination lacks is sent again: in flight at the cut, or
-                // never sent. What it has is never sent again.
-                let mut missing = 0;
-                for hp in 0..host_pages {
-                    let lacks = (hp * ratio..(hp + 1) * ratio)
-                        .any(|p| received[p / 64] & (1 << (p % 64)) == 0);
-                    for p in hp * ratio..(hp + 1) * ratio {
-                        if lacks {
-                            unsent[p / 64] |= 1 << (p % 64);
-                        } else {
-                            unsent[p / 64] &= !(1 << (p % 64));
-                        }
-                    }
-                    missing += lacks as u64;
-                }
-                cursor = 0;
-                background_done = false;
-                crate::recovery::source_resume(&mut out.out, &mut rp)?;
-                reader = spawn_reader(rp);
-                report.recoveries += 1;
-                report.recovery_missing_pages = missing;
-                report.recovery_ns = t0.elapsed().as_nanos() as u64;
-                if opts.progress {
-                    eprintln!("[source] resumed: the destination lacks {missing} pages");
-                }
-                continue;
+                limit.is_some_and(|l| pushed + requested.load(Ordering::Relaxed) >= l)
+            })
+            .map_err(io)?;
+        if finished {
+            break;
+        }
+        let pages = pusher.pages + requested.load(Ordering::Relaxed);
+        if cut.is_some_and(|l| pages >= l) {
+            let t0 = Instant::now();
+            out.out.flush().map_err(io)?;
+            let _ = out.out.get_ref().shutdown(std::net::Shutdown::Both);
+            let _ = urgent.lock().get_ref().shutdown(std::net::Shutdown::Both);
+            served.push(server.join().map_err(|_| "request server panicked")?);
+            if opts.progress {
+                eprintln!(
+                    "[source] cut both connections after {pages} postcopy pages; reconnecting"
+                );
             }
-        }
-        if let Some(limit) = opts.abort_after_pages {
-            if report.pages_pushed + report.pages_requested >= limit {
-                out.out.flush().map_err(io)?;
-                let _ = out.out.get_ref().shutdown(std::net::Shutdown::Both);
-                let _ = fast.out.get_ref().shutdown(std::net::Shutdown::Both);
-                let _ = reader.join();
-                return Err(format!(
-                    "aborted postcopy after {limit} pages (--abort-postcopy-after)"
-                ));
+            let connect = || {
+                TcpStream::connect(("127.0.0.1", opts.port))
+                    .map_err(|e| format!("reconnecting: {e}"))
+            };
+            let (main, urgent_conn) = (connect()?, connect()?);
+            main.set_nodelay(true).ok();
+            urgent_conn.set_nodelay(true).ok();
+            let mut rp = main.try_clone().map_err(|e| e.to_string())?;
+            out.out = BufWriter::with_capacity(1 << 20, main);
+            urgent = Arc::new(Mutex::new(BufWriter::with_capacity(64 << 10, urgent_conn)));
+            let received =
+                crate::recovery::source_fetch_bitmap(&mut out.out, &mut rp, BLOCK, target_pages)?;
+            // What the destination lacks is sent again: in flight at the cut, or never
+            // sent. What it has is never sent again.
+            let missing = unsent.reset_from_received(&received, host_pages);
+            pusher.restart();
+            crate::recovery::source_resume(&mut out.out, &mut rp)?;
+            server = spawn_server(rp, &urgent);
+            report.recoveries += 1;
+            report.recovery_missing_pages = missing;
+            report.recovery_ns = t0.elapsed().as_nanos() as u64;
+            if opts.progress {
+                eprintln!("[source] resumed: the destination lacks {missing} pages");
             }
+            continue;
         }
-        if opts.progress && last_progress.elapsed() > Duration::from_millis(500) {
-            last_progress = Instant::now();
-            eprintln!(
-                "[source] postcopy: {} pages pushed, {} requested, {:.0} MiB",
-                report.pages_pushed,
-                report.pages_requested,
-                mib(out.bytes - post_start)
-            );
-        }
+        // --abort-postcopy-after
+        out.out.flush().map_err(io)?;
+        let _ = out.out.get_ref().shutdown(std::net::Shutdown::Both);
+        let _ = urgent.lock().get_ref().shutdown(std::net::Shutdown::Both);
+        let _ = server.join();
+        return Err(format!(
+            "aborted postcopy after {} pages (--abort-postcopy-after)",
+            opts.abort_after_pages.unwrap_or(pages)
+        ));
     }
     out.out.write_all(&[TAG_END]).map_err(io)?;
     out.out.flush().map_err(io)?;
-    fast.out.write_all(&[TAG_END]).map_err(io)?;
-    fast.out.flush().map_err(io)?;
-    report.postcopy_bytes = out.bytes - post_start + fast.bytes;
+    end_urgent(&urgent).map_err(io)?;
     report.t_done_ns = now_ns();
-    // Late requests are for pages already in the stream; keep counting them until SHUT.
-    let _ = reader.join();
-    while let Ok(req) = rx.try_recv() {
-        let _ = req;
-        report.requests_already_sent += 1;
-    }
-    report.shut_failed = *shut.lock();
+    // Late requests are for pages already in the stream; they are counted until SHUT.
+    served.push(server.join().map_err(|_| "request server panicked")?);
+    report.pages_pushed = pusher.pages;
+    report.pages_requested = requested.load(Ordering::Relaxed);
+    report.requests_already_sent = served.iter().map(|s| s.requests_already_sent).sum();
+    report.postcopy_bytes = pusher.bytes + served.iter().map(|s| s.bytes).sum::<u64>() + 2;
+    report.shut_failed = served.last().and_then(|s| s.shut_failed);
     Ok((report, mem))
 }

@@ -112,6 +112,26 @@ impl PageBitmap {
         }
     }
 
+    /// Clears the bits of pages `[first, first+count)`: per word, one load, and an atomic
+    /// read-modify-write only where one of them is set. Words past the end are skipped.
+    #[inline(always)]
+    pub(crate) fn clear_range(&self, first: u64, count: u64) {
+        let end = first.saturating_add(count);
+        let mut p = first;
+        while p < end {
+            let lo = p % 64;
+            let n = (64 - lo).min(end - p);
+            let mask = (u64::MAX >> (64 - n)) << lo;
+            let Some(word) = self.word(p) else {
+                return;
+            };
+            if word.load(Ordering::SeqCst) & mask != 0 {
+                word.fetch_and(!mask, Ordering::SeqCst);
+            }
+            p += n;
+        }
+    }
+
     /// The bits of word `index` (pages `64 * index ..`); 0 past the end.
     pub(crate) fn word_bits(&self, index: usize) -> u64 {
         self.0.get(index).map_or(0, |w| w.load(Ordering::SeqCst))

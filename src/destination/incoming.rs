@@ -12,6 +12,7 @@ use std::sync::Arc;
 
 use parking_lot::{Mutex, RwLock};
 
+use super::active::{ActiveGuard, ActiveSlot};
 use crate::destination::block::{BlockEntry, BlockName, BlockTable, RamBlock};
 use crate::destination::blocktime::Blocktime;
 use crate::destination::discard;
@@ -148,7 +149,7 @@ pub struct Incoming {
     /// Serialises init / prepare_discard / enable_notify / cleanup.
     pub(super) control: Mutex<()>,
     pub(super) table: RwLock<Option<Arc<BlockTable>>>,
-    pub(super) active: RwLock<Option<Arc<Active>>>,
+    pub(super) active: ActiveSlot,
     tmp_page: Mutex<Option<AnonMapping>>,
     pub(super) counters: Arc<Counters>,
     pub(super) blocktime: Arc<Blocktime>,
@@ -174,7 +175,7 @@ impl Incoming {
             state: Default::default(),
             control: Mutex::new(()),
             table: RwLock::new(None),
-            active: RwLock::new(None),
+            active: ActiveSlot::new(),
             tmp_page: Mutex::new(None),
             thp: Default::default(),
             counters: Default::default(),
@@ -430,7 +431,7 @@ impl Incoming {
     /// Makes the next page request name its block again (call after the return path to the
     /// source was re-established).
     pub fn reset_request_block(&self) {
-        if let Some(active) = self.active.read().as_ref() {
+        if let Some(active) = self.active.enter() {
             if let Some(thread) = active.fault_thread.lock().as_ref() {
                 thread
                     .shared()
@@ -458,10 +459,20 @@ impl Incoming {
         Arc::as_ptr(&self.counters) as usize
     }
 
+    /// A counted reference to the state between enable_notify and cleanup, for control
+    /// calls that hold it across waits.
     pub(super) fn active(&self, what: &str) -> Result<Arc<Active>> {
-        self.active.read().clone().ok_or_else(|| {
-            Error::invalid(format!("{what} before enable_notify (or after cleanup)"))
-        })
+        self.active.arc().ok_or_else(|| not_active(what))
+    }
+
+    /// The state between enable_notify and cleanup, for one placement: no lock, no
+    /// reference count; cleanup waits until the guard drops.
+    #[inline(always)]
+    pub(super) fn placing(&self, what: &'static str) -> Result<ActiveGuard<'_>> {
+        match self.active.enter() {
+            Some(guard) => Ok(guard),
+            None => Err(not_active(what)),
+        }
     }
 
     /// A scratch page as large as the largest block page, for assembling a host page before
@@ -493,7 +504,8 @@ impl Incoming {
                 "incoming_cleanup without incoming_init (or called twice)",
             ));
         };
-        let active = self.active.write().take();
+        // Waits for placements in flight: none touches the state after this.
+        let active = self.active.take();
         let mut failure: Option<Error> = None;
         if let Some(active) = &active {
             if let Some(thread) = active.fault_thread.lock().take() {
@@ -532,6 +544,12 @@ impl Incoming {
         *self.table.write() = None;
         failure.map_or(Ok(()), Err)
     }
+}
+
+#[cold]
+#[inline(never)]
+fn not_active(what: &str) -> Error {
+    Error::invalid(format!("{what} before enable_notify (or after cleanup)"))
 }
 
 impl Drop for Incoming {

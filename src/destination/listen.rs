@@ -27,7 +27,7 @@ impl Incoming {
         self.refuse_on_fault_thread("enable_notify")?;
         let _control = self.control.lock();
         let old_table = self.require_table("enable_notify")?;
-        if self.active.read().is_some() {
+        if self.active.is_set() {
             return Err(Error::new(libc::EBUSY, "enable_notify called twice"));
         }
         let state = self.state();
@@ -76,7 +76,11 @@ impl Incoming {
             control: control.clone(),
         });
         *self.table.write() = Some(table.clone());
-        *self.active.write() = Some(active.clone());
+        if self.active.publish(active.clone()).is_err() {
+            // Not reachable: `control` serialises enable_notify and cleanup, and the slot
+            // was checked empty above.
+            return Err(Error::new(libc::EBUSY, "enable_notify called twice"));
+        }
         let state = FaultState {
             control,
             blocktime: self.blocktime.clone(),
@@ -94,7 +98,7 @@ impl Incoming {
         ) {
             Ok(thread) => thread,
             Err(e) => {
-                *self.active.write() = None;
+                drop(self.active.take());
                 return Err(e);
             }
         };

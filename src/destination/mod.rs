@@ -1,6 +1,7 @@
 //! The destination side: the incoming migration, its RAM blocks, page placement, the
 //! fault thread, discards, and the default return-path sender.
 
+mod active;
 pub mod block;
 mod block_probe;
 pub mod blocktime;

@@ -30,47 +30,63 @@ pub struct RunPlacement {
 impl Incoming {
     /// Checks a placement of `len` bytes at `host` against the blocks: inside one block,
     /// aligned to its page size, a non-zero multiple of it; and exactly one page when
-    /// `single` is set.
+    /// `single` is set. Why a placement is refused is worked out out of line.
+    #[inline(always)]
     fn check_place<'a>(
         table: &'a BlockTable,
-        what: &str,
+        what: &'static str,
         host: usize,
         len: u64,
         single: bool,
     ) -> Result<&'a BlockEntry> {
-        let entry = table.find(host).ok_or_else(|| {
-            Error::invalid(format!(
-                "{what}: host address {host:#x} is outside every RAM block"
-            ))
-        })?;
-        let b = &entry.block;
-        // Page sizes are powers of two (BlockTable::new): masks, not divisions.
-        let mask = b.page_size - 1;
-        if host as u64 & mask != 0 {
-            return Err(Error::invalid(format!(
-                "{what}: host address {host:#x} is not aligned to block {}'s page size {:#x}",
-                b.name, b.page_size
-            )));
+        if let Some(entry) = table.find(host) {
+            let b = &entry.block;
+            // Page sizes are powers of two (BlockTable::new): masks, not divisions.
+            let mask = b.page_size - 1;
+            let room = b.length - (host - b.host) as u64;
+            if (host as u64 | len) & mask == 0
+                && len != 0
+                && len <= room
+                && (!single || len == b.page_size)
+            {
+                return Ok(entry);
+            }
         }
-        if (single && len != b.page_size) || len == 0 || len & mask != 0 {
-            return Err(Error::invalid(format!(
-                "{what}: size {len:#x} does not match block {}'s page size {:#x}",
-                b.name, b.page_size
-            )));
-        }
-        // Checked: `len` comes from the caller and may be close to 2^64.
-        let fits = (host as u64)
-            .checked_add(len)
-            .is_some_and(|end| end <= entry.end() as u64);
-        if !fits {
-            return Err(Error::invalid(format!(
-                "{what}: {len:#x} bytes at {host:#x} run past block {}",
-                b.name
-            )));
-        }
-        Ok(entry)
+        Err(Self::refused(table, what, host, len, single))
     }
 
+    /// Why [`Incoming::check_place`] refused a placement.
+    #[cold]
+    #[inline(never)]
+    fn refused(table: &BlockTable, what: &str, host: usize, len: u64, single: bool) -> Error {
+        let Some(entry) = table.find(host) else {
+            return Error::invalid(format!(
+                "{what}: host address {host:#x} is outside every RAM block"
+            ));
+        };
+        let b = &entry.block;
+        let mask = b.page_size - 1;
+        if host as u64 & mask != 0 {
+            return Error::invalid(format!(
+                "{what}: host address {host:#x} is not aligned to block {}'s page size {:#x}",
+                b.name, b.page_size
+            ));
+        }
+        if (single && len != b.page_size) || len == 0 || len & mask != 0 {
+            return Error::invalid(format!(
+                "{what}: size {len:#x} does not match block {}'s page size {:#x}",
+                b.name, b.page_size
+            ));
+        }
+        Error::invalid(format!(
+            "{what}: {len:#x} bytes at {host:#x} run past block {}",
+            b.name
+        ))
+    }
+
+    /// Bookkeeping of placed pages: received bits set, requested bits cleared (one atomic
+    /// operation a word of each, the second only where a bit is set), blocktime ended.
+    #[inline(always)]
     fn mark_placed(&self, entry: &BlockEntry, host: usize, len: usize) {
         if len == 0 {
             return;
@@ -78,9 +94,7 @@ impl Incoming {
         let first = ((host - entry.block.host) as u64) >> entry.page_shift;
         let count = len as u64 >> entry.page_shift;
         entry.received.set_host_pages(first, count);
-        for page in first..first + count {
-            entry.requested.clear(page);
-        }
+        entry.requested.clear_range(first, count);
         self.blocktime.end(host, len);
     }
 
@@ -90,21 +104,66 @@ impl Incoming {
     /// skipped, and the fill resumes after it; every waiter in the run has been woken.
     /// An OS error stops the run and is returned (the pages placed before it stay placed,
     /// marked and counted).
-    fn place_run(
+    ///
+    /// The one placement path of every `place_*` call. Inlined into each: the first fill
+    /// and, when it placed the whole run (the common case), the bookkeeping; anything else
+    /// continues out of line in [`Incoming::place_run_rest`].
+    #[inline(always)]
+    pub(super) fn place_run(
         &self,
-        what: &str,
+        what: &'static str,
         entry: &BlockEntry,
         host: usize,
         len: usize,
         zero: bool,
         mut fill: impl FnMut(usize, usize) -> std::result::Result<usize, PlaceError>,
     ) -> Result<RunPlacement> {
+        let first = fill(0, len);
+        if let Ok(n) = first {
+            if n == len {
+                self.mark_placed(entry, host, len);
+                let placed = (len >> entry.page_shift) as u64;
+                self.count_placed(zero, placed);
+                return Ok(RunPlacement {
+                    placed,
+                    already_present: 0,
+                });
+            }
+        }
+        self.place_run_rest(what, entry, host, len, zero, first, &mut fill)
+    }
+
+    #[inline(always)]
+    fn count_placed(&self, zero: bool, placed: u64) {
+        let counter = if zero {
+            &self.counters.zero_pages_placed
+        } else {
+            &self.counters.pages_placed
+        };
+        counter.fetch_add(placed, Ordering::Relaxed);
+    }
+
+    /// [`Incoming::place_run`] after a first fill (`first`) that did not place the whole
+    /// run.
+    #[inline(never)]
+    #[allow(clippy::too_many_arguments)]
+    fn place_run_rest(
+        &self,
+        what: &str,
+        entry: &BlockEntry,
+        host: usize,
+        len: usize,
+        zero: bool,
+        first: std::result::Result<usize, PlaceError>,
+        fill: &mut dyn FnMut(usize, usize) -> std::result::Result<usize, PlaceError>,
+    ) -> Result<RunPlacement> {
         let page = entry.block.page_size as usize;
         let mut run = RunPlacement::default();
         let mut off = 0;
         let mut failure = None;
+        let mut result = Some(first);
         while off < len {
-            let (placed, present) = match fill(off, len - off) {
+            let (placed, present) = match result.take().unwrap_or_else(|| fill(off, len - off)) {
                 Ok(n) => (n, false),
                 Err(PlaceError::AlreadyPresent { placed }) => (placed - placed % page, true),
                 Err(PlaceError::Os { errno, placed }) => {
@@ -131,12 +190,7 @@ impl Incoming {
                 off += page;
             }
         }
-        let counter = if zero {
-            &self.counters.zero_pages_placed
-        } else {
-            &self.counters.pages_placed
-        };
-        counter.fetch_add(run.placed, Ordering::Relaxed);
+        self.count_placed(zero, run.placed);
         if run.already_present != 0 {
             self.counters
                 .already_present
@@ -170,6 +224,7 @@ impl Incoming {
     /// Zero-fills with UFFDIO_ZEROPAGE where the block's registration offered it (the whole
     /// rest of the run in one call), else by copying the zero page (one page a call:
     /// hugetlbfs has no UFFDIO_ZEROPAGE).
+    #[inline(always)]
     pub(super) fn zero_fill(
         active: &Active,
         entry: &BlockEntry,
@@ -179,6 +234,16 @@ impl Incoming {
         if entry.zeropage_ok.load(Ordering::Acquire) {
             return active.uffd.zeropage(dst, len).map(|()| len);
         }
+        Self::zero_copy(active, entry, dst)
+    }
+
+    /// One zero page by copy, where UFFDIO_ZEROPAGE is not offered (hugetlbfs).
+    #[inline(never)]
+    fn zero_copy(
+        active: &Active,
+        entry: &BlockEntry,
+        dst: usize,
+    ) -> std::result::Result<usize, PlaceError> {
         let page = entry.block.page_size as usize;
         // SAFETY: the zero page mapping is at least the largest block page size long and
         // stays mapped while `active` is alive.
@@ -190,6 +255,7 @@ impl Incoming {
         .map(|()| page)
     }
 
+    #[inline(always)]
     fn single(run: RunPlacement) -> Placement {
         if run.placed == 1 {
             Placement::Placed
@@ -203,16 +269,17 @@ impl Incoming {
     ///
     /// # Safety
     /// `from` must point to `pagesize` readable bytes.
+    #[inline(always)]
     pub unsafe fn place_page(
         &self,
         host: usize,
         from: *const u8,
         pagesize: u64,
     ) -> Result<Placement> {
-        let active = self.active("place_page")?;
+        let active = self.placing("place_page")?;
         let entry = Self::check_place(&active.table, "place_page", host, pagesize, true)?;
         if from.is_null() {
-            return Err(Error::invalid("place_page: source pointer is NULL"));
+            return Err(null_source("place_page"));
         }
         let run = self.place_run(
             "place_page",
@@ -231,8 +298,9 @@ impl Incoming {
 
     /// Atomically places a zero page at `host`: UFFDIO_ZEROPAGE where the block's
     /// registration offered it, otherwise a copy of a zero page (hugetlbfs).
+    #[inline(always)]
     pub fn place_page_zero(&self, host: usize, pagesize: u64) -> Result<Placement> {
-        let active = self.active("place_page_zero")?;
+        let active = self.placing("place_page_zero")?;
         let entry = Self::check_place(&active.table, "place_page_zero", host, pagesize, true)?;
         let run = self.place_run(
             "place_page_zero",
@@ -251,16 +319,17 @@ impl Incoming {
     ///
     /// # Safety
     /// `from` must point to `len` readable bytes.
+    #[inline(always)]
     pub unsafe fn place_pages(
         &self,
         host: usize,
         from: *const u8,
         len: u64,
     ) -> Result<RunPlacement> {
-        let active = self.active("place_pages")?;
+        let active = self.placing("place_pages")?;
         let entry = Self::check_place(&active.table, "place_pages", host, len, false)?;
         if from.is_null() {
-            return Err(Error::invalid("place_pages: source pointer is NULL"));
+            return Err(null_source("place_pages"));
         }
         self.place_run(
             "place_pages",
@@ -278,8 +347,9 @@ impl Incoming {
 
     /// Places a run of zero pages (`len` bytes, one block), one UFFDIO_ZEROPAGE where
     /// offered; pages already present are skipped as in [`Incoming::place_pages`].
+    #[inline(always)]
     pub fn place_pages_zero(&self, host: usize, len: u64) -> Result<RunPlacement> {
-        let active = self.active("place_pages_zero")?;
+        let active = self.placing("place_pages_zero")?;
         let entry = Self::check_place(&active.table, "place_pages_zero", host, len, false)?;
         self.place_run(
             "place_pages_zero",
@@ -290,6 +360,12 @@ impl Incoming {
             |off, rest| Self::zero_fill(&active, entry, host + off, rest),
         )
     }
+}
+
+#[cold]
+#[inline(never)]
+fn null_source(what: &str) -> Error {
+    Error::invalid(format!("{what}: source pointer is NULL"))
 }
 
 #[cfg(test)]

@@ -49,8 +49,7 @@ impl Incoming {
     /// Whether page requests are paused (a request failed, or the host paused them).
     pub fn requests_paused(&self) -> bool {
         self.active
-            .read()
-            .as_ref()
+            .enter()
             .is_some_and(|a| a.control.paused.load(Ordering::Acquire))
     }
 

@@ -197,12 +197,20 @@ pub(crate) trait IntoCReturn<C> {
     fn from_error(error: Error) -> Self;
 }
 
+/// Logs a failed export's error, out of line: exports that succeed do not carry it.
+#[cold]
+#[inline(never)]
+fn log_failure(name: &str, error: &Error) {
+    log::error!("{}: {error}", export_name(name));
+}
+
 impl<T: IntoC<C>, C: CError> IntoCReturn<C> for Result<T, Error> {
+    #[inline(always)]
     fn into_c_return(self, name: &str) -> C {
         match self {
             Ok(value) => value.into_c(),
             Err(error) => {
-                log::error!("{}: {error}", export_name(name));
+                log_failure(name, &error);
                 C::from_errno(error.errno())
             }
         }
@@ -218,7 +226,7 @@ impl<T: IntoC<C>, C: CError> IntoCReturn<C> for Result<T, ErrorWith<C>> {
         match self {
             Ok(value) => value.into_c(),
             Err(ErrorWith { error, value }) => {
-                log::error!("{}: {error}", export_name(name));
+                log_failure(name, &error);
                 value
             }
         }
@@ -232,6 +240,10 @@ impl<T: IntoC<C>, C: CError> IntoCReturn<C> for Result<T, ErrorWith<C>> {
 
 /// Runs `body` for the export whose `fn_name!()` path is `name`: panics are caught (a bug in this library; unwinding
 /// into C would be undefined behaviour) and reported as EFAULT, and the result converted.
+///
+/// Inlined into each export, with the body: a placement's ioctl then runs with the export
+/// as its only frame (see `sys::uffd::ioctl_errno`).
+#[inline(always)]
 pub(crate) fn call<C, R: IntoCReturn<C>>(name: &str, body: impl FnOnce() -> R) -> C {
     crate::logging::ensure_installed();
     let result = catch_unwind(AssertUnwindSafe(body)).unwrap_or_else(|payload| {
