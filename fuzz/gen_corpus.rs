@@ -233,11 +233,115 @@ fn discard_walk_seeds() -> Vec<(String, Vec<u8>)> {
     v
 }
 
+/// Seeds for `c_entry`: sequences of C calls in its input format (see the target: an op byte,
+/// whose top two bits choose placement / decoder / encoder / discard walk, then arguments).
+fn c_entry_seeds() -> Vec<(String, Vec<u8>)> {
+    let mut v: Vec<(String, Vec<u8>)> = Vec::new();
+    // Placement: op, host (base, pages, 1 = no byte offset), length (0 = pages, n), from
+    // (offset / 64, 1 = not NULL). Bases: 0 = block a, 1 = block b, 2 = end of b.
+    let place = |op: u8, base: u8, pages: i8, len: &[u8]| {
+        let mut s = vec![op, base, pages as u8, 1];
+        s.extend_from_slice(len);
+        s.extend_from_slice(&[3, 1]);
+        s
+    };
+    v.push(("place-page".into(), place(0, 0, 0, &[0, 1])));
+    v.push(("place-page-zero".into(), place(1, 1, 7, &[0, 1])));
+    v.push(("place-pages".into(), place(2, 1, 2, &[0, 4])));
+    v.push(("place-pages-zero".into(), place(3, 0, 0, &[0, 8])));
+    v.push(("place-past-block".into(), place(2, 0, 6, &[0, 4])));
+    v.push(("place-between".into(), place(3, 2, -1, &[0, 2])));
+    // Lengths that wrap: (size_t)-4096 from block a, (size_t)-8 pages from block b.
+    v.push(("place-wrap".into(), place(3, 0, 0, &[2, 1])));
+    v.push(("place-wrap-into-a".into(), place(3, 1, 0, &[2, 8])));
+    v.push(("place-wrap-data".into(), place(2, 1, 4, &[2, 16])));
+    let mut twice = place(0, 0, 3, &[0, 1]);
+    twice.extend(place(0, 0, 3, &[0, 1]));
+    twice.extend(place(2, 0, 2, &[0, 3]));
+    v.push(("place-twice".into(), twice));
+    // Decoders: op (64 discard, 65 bitmap, 66 command, 67 command header, 68 return path,
+    // 69 return-path header), half the length, the bytes (padded to even), then arguments.
+    let decode = |op: u8, msg: &[u8], tail: &[u8]| {
+        let mut m = msg.to_vec();
+        if m.len() % 2 == 1 {
+            m.push(0);
+        }
+        let mut s = vec![op, (m.len() / 2) as u8];
+        s.extend_from_slice(&m);
+        s.extend_from_slice(tail);
+        s
+    };
+    let twelve: Vec<(u64, u64)> = (0..12u64)
+        .map(|i| (i * 0x10000, (i + 1) * 0x1000))
+        .collect();
+    let d12 = discard(b"ram0", &twelve);
+    v.push(("decode-discard".into(), decode(64, &d12, &[12, 1, 1])));
+    v.push(("decode-discard-short".into(), decode(64, &d12, &[5, 1, 1])));
+    v.push((
+        "decode-discard-misaligned".into(),
+        decode(64, &d12, &[12, 0, 1]),
+    ));
+    v.push(("decode-discard-alias".into(), decode(64, &d12, &[12, 1, 0])));
+    let golden = [(1u64 << 63) | (1 << 9) | 0b11, (1 << 5) | 1 | (1 << 6)];
+    v.push((
+        "decode-bitmap".into(),
+        decode(65, &recv_bitmap(&golden, 70), &[8, 6]),
+    ));
+    let ping = cmd(&CommandMsg::Ping(7));
+    v.push(("decode-command".into(), decode(66, &ping, &[])));
+    v.push(("decode-command-header".into(), decode(67, &ping, &[])));
+    let req = rp(&ReturnPathMsg::ReqPagesId {
+        start: 0x20_0000,
+        len: 0x1000,
+        id: b"pc.ram",
+    });
+    v.push(("decode-rp".into(), decode(68, &req, &[])));
+    v.push(("decode-rp-header".into(), decode(69, &req, &[])));
+    v.push(("decode-null".into(), decode(80, &d12, &[12, 1, 1])));
+    // Encoders: op (128 command, 129 discard, 130 return path, 131 bitmap), buffer length,
+    // name length and bytes, then the message's fields.
+    let mut e = vec![128, 40, 6];
+    e.extend_from_slice(b"pc.ram");
+    e.extend_from_slice(&[10]);
+    e.extend_from_slice(&[0; 8]);
+    v.push(("encode-command".into(), e));
+    let mut e = vec![129, 63, 6];
+    e.extend_from_slice(b"pc.ram");
+    e.push(2);
+    // Two starts then two lengths, each a be64 and a shift (0).
+    for x in [0x1000u64, 0x3000, 0x1000, 0x2000] {
+        e.extend_from_slice(&x.to_be_bytes());
+        e.push(0);
+    }
+    v.push(("encode-discard".into(), e));
+    let mut e = vec![130, 40, 6];
+    e.extend_from_slice(b"pc.ram");
+    e.push(3);
+    e.extend_from_slice(&[0; 8]);
+    e.extend_from_slice(&0x20_0000u64.to_be_bytes());
+    e.extend_from_slice(&0x1000u64.to_be_bytes());
+    v.push(("encode-rp".into(), e));
+    v.push(("encode-bitmap".into(), vec![131, 60, 0, 40, 0xff, 0xff]));
+    // Discard walk: op, host ratio exponent, stop after, words, bits cut, words, misalign.
+    let mut w = vec![192, 2, 255, 4, 5];
+    for x in [0x0000_0000_0000_0001u64, !0, 0, 0x00f0_0000_0f00_1000] {
+        w.extend_from_slice(&x.to_be_bytes());
+    }
+    w.push(1);
+    v.push(("walk".into(), w.clone()));
+    w[2] = 1;
+    v.push(("walk-stop".into(), w.clone()));
+    *w.last_mut().unwrap() = 0;
+    v.push(("walk-misaligned".into(), w));
+    v
+}
+
 fn main() {
     let sets = [
         ("wire_decode", wire_seeds()),
         ("discard_command", discard_command_seeds()),
         ("discard_walk", discard_walk_seeds()),
+        ("c_entry", c_entry_seeds()),
     ];
     for (target, seeds) in sets {
         for (name, bytes) in &seeds {

@@ -61,7 +61,7 @@ log "cargo build --release (in $ROOT)"
 
 log "configuring the C tests in $BUILD"
 cmake -S "$ROOT" -B "$BUILD" -DPOSTCOPY_RAM_BUILD_TESTS=ON -DCMAKE_BUILD_TYPE=RelWithDebInfo \
-    -DPOSTCOPY_RAM_TEST_VALGRIND=ON -DPOSTCOPY_RAM_TEST_ASAN=ON
+    -DPOSTCOPY_RAM_TEST_VALGRIND=ON -DPOSTCOPY_RAM_TEST_ASAN=ON -DPOSTCOPY_RAM_TEST_UBSAN=ON
 
 log "building"
 cmake --build "$BUILD" -j "$JOBS"

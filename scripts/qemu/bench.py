@@ -1,6 +1,8 @@
 #!/usr/bin/env python3
 """Side by side: the same postcopy migration into the stock QEMU 7.2 destination and into
 the patched one (libpostcopy_ram), from the stock source, alternating, ROUNDS times each.
+The guest (scripts/qemu/guest.py) keeps sweeping its memory; the migration goes to
+postcopy at once, so all of its RAM arrives in postcopy, requested or pushed.
 
   python3 scripts/qemu/bench.py --stock BIN --patched BIN [--rounds 5] [--mem 128]
 

@@ -1,9 +1,10 @@
 """A KVM guest that keeps writing memory: a boot sector (our own, assembled at run time
 with binutils) that switches to 32-bit protected mode, zeroes [START, END), prints 'A' on
 the serial port, and then, pass after pass, increments the first byte of every 4 KiB page
-in [START, END), printing 'B' every 2**SHIFT passes. At any instant the first bytes read
-v+1 up to the page being written and v after it (mod 256), and every other byte of the
-range is 0: `check_memory` verifies exactly that on a memory dump.
+in [START, END) (spinning DELAY iterations after each), printing 'B' every 2**SHIFT
+passes. At any instant the first bytes read v+1 up to the page being written and v after
+it (mod 256), and every other byte of the range is 0: `check_memory` verifies exactly that
+on a memory dump.
 """
 
 import os
@@ -47,6 +48,10 @@ pass:
     mov $START, %eax
 page:
     incb (%eax)
+    mov $DELAY, %ecx
+spin:
+    dec %ecx
+    jnz spin
     add $4096, %eax
     cmp $END, %eax
     jb page
@@ -70,10 +75,11 @@ gdtdesc:
 """
 
 
-def build_bootsector(path, end, shift):
-    """Writes a 512-byte boot disk image to `path` for a guest writing [1 MiB, end)."""
+def build_bootsector(path, end, shift, delay=1):
+    """Writes a 512-byte boot disk image to `path` for a guest writing [1 MiB, end),
+    spinning `delay` iterations after each page (1: none to speak of)."""
     src = ASM.replace("START", str(START)).replace("END", str(end)).replace(
-        "MASK", str((1 << shift) - 1))
+        "MASK", str((1 << shift) - 1)).replace("DELAY", str(max(1, delay)))
     with tempfile.TemporaryDirectory() as d:
         s, o, b = (os.path.join(d, n) for n in ("boot.S", "boot.o", "boot.bin"))
         with open(s, "w") as f:

@@ -3,7 +3,7 @@
 
 QEMU_DEB_PKGS="ninja-build meson pkg-config libglib2.0-dev libpixman-1-dev libfdt-dev flex bison
   zlib1g-dev libslirp-dev libgnutls28-dev gnutls-bin seabios ipxe-qemu dpkg-dev python3 gcc make
-  cmake"
+  cmake ccache binutils"
 # Debian's own QEMU 7.2 (bookworm), the other side of the interop test, at the 7.2 version
 # (not a backport); apt brings its qemu-system-common and qemu-system-data to match.
 QEMU_DEB_BINARY_PKGS="qemu-system-x86"
@@ -95,19 +95,31 @@ qemu_build() {
   local pkgpath=""
   if [ "$side" = patched ]; then
     # The shim replaces migration/postcopy-ram.c in place; copied only when it changed, so
-    # ninja sees an unchanged file as unchanged.
-    cmp -s "$ROOT/integrations/qemu-7.2/postcopy-ram.c" "$tree/migration/postcopy-ram.c" ||
-      cp "$ROOT/integrations/qemu-7.2/postcopy-ram.c" "$tree/migration/postcopy-ram.c"
-    if [ ! -f "$tree/.pcr-meson-patched" ]; then
-      patch -d "$tree" -p1 <"$ROOT/integrations/qemu-7.2/meson.patch"
-      touch "$tree/.pcr-meson-patched"
+    # ninja sees an unchanged file as unchanged. (PCR_QEMU_SHIM: another file, to try.)
+    local shim=${PCR_QEMU_SHIM:-$ROOT/integrations/qemu-7.2/postcopy-ram.c}
+    local plumbing=$ROOT/integrations/qemu-7.2/postcopy-ram-plumbing.c
+    cmp -s "$shim" "$tree/migration/postcopy-ram.c" || cp "$shim" "$tree/migration/postcopy-ram.c"
+    cmp -s "$plumbing" "$tree/migration/postcopy-ram-plumbing.c" ||
+      cp "$plumbing" "$tree/migration/postcopy-ram-plumbing.c"
+    # The meson patch; a changed one replaces the one applied before.
+    local mp=$ROOT/integrations/qemu-7.2/meson.patch
+    if ! cmp -s "$mp" "$tree/.pcr-meson.patch"; then
+      if [ -f "$tree/.pcr-meson.patch" ]; then
+        patch -s -R -d "$tree" -p1 <"$tree/.pcr-meson.patch"
+      fi
+      patch -s -d "$tree" -p1 <"$mp"
+      cp "$mp" "$tree/.pcr-meson.patch"
     fi
     pkgpath=$CACHE/pcr-prefix/lib/pkgconfig
   fi
+  # ccache shared by both sides: the patched build differs from the stock one by two files
+  # and an -I flag, which ccache's preprocessor mode ignores, so it costs little more than
+  # the stock build. BASEDIR makes the trees' absolute paths relative (-include osdep.h).
+  export CCACHE_DIR=$CACHE/ccache CCACHE_NOHASHDIR=true CCACHE_BASEDIR=$CACHE CCACHE_MAXSIZE=5G
   if [ ! -f "$bld/build.ninja" ]; then
     rm -rf "$bld"
     mkdir -p "$bld"
-    (cd "$bld" && PKG_CONFIG_PATH=$pkgpath "$tree/configure" \
+    (cd "$bld" && PKG_CONFIG_PATH=$pkgpath "$tree/configure" --cc="ccache cc" \
       --target-list=x86_64-softmmu --disable-tcg --enable-kvm --disable-docs --disable-werror \
       --disable-tools --disable-install-blobs --meson=meson --disable-gtk --disable-sdl \
       --disable-vnc --disable-spice --disable-opengl --disable-virglrenderer --disable-curses \
@@ -140,6 +152,10 @@ qemu_link_firmware() {
 # installed into $CACHE/pcr-prefix, seed names left out.
 pcr_install_library() {
   local b=$CACHE/pcr-build
+  # A cache used from another clone: CMake's build tree is tied to its source directory.
+  if [ -f "$b/CMakeCache.txt" ] && ! grep -qx "CMAKE_HOME_DIRECTORY:INTERNAL=$ROOT" "$b/CMakeCache.txt"; then
+    rm -rf "$b"
+  fi
   CARGO_TARGET_DIR=$CACHE/pcr-target cmake -S "$ROOT" -B "$b" -DCMAKE_BUILD_TYPE=Release \
     -DPOSTCOPY_RAM_SEED_ABI=OFF -DPOSTCOPY_RAM_CARGO_TARGET_DIR="$CACHE/pcr-target" >"$CACHE/pcr-cmake.log" 2>&1 ||
     { tail -20 "$CACHE/pcr-cmake.log" >&2; return 1; }
