@@ -11,6 +11,11 @@ echo "== Rust tests (library, wire codecs, fault storm, KVM guest, end-to-end mi
 cargo test --workspace --all-targets 2>&1 | tee -a "$log"
 
 echo "== Miri: the C entry points' pointer checks and the discard walk's callback (undefined behaviour a plain run cannot see)"
+if ! cargo +nightly miri --version >/dev/null 2>&1; then
+  # A fresh machine: bring the nightly toolchain's Miri (the fuzz step needs nightly too).
+  rustup component add --toolchain nightly miri rust-src >/dev/null 2>&1 ||
+    rustup toolchain install nightly --profile minimal --component miri,rust-src >/dev/null 2>&1 || true
+fi
 if cargo +nightly miri --version >/dev/null 2>&1; then
   MIRIFLAGS=-Zmiri-disable-isolation cargo +nightly miri test --test ffi_soundness 2>&1 | tee -a "$log"
 else
