@@ -155,6 +155,7 @@ impl Failure {
 /// failed placement is recorded and the main connection shut down, so that the main loop
 /// stops at once and aborts (a read error here is only the channel going away).
 fn serve_urgent(stream: TcpStream, placer: &Placer, failure: &Failure, main: &TcpStream) -> u64 {
+    crate::sched::raise_request_path();
     stream.set_nodelay(true).ok();
     let mut reader = BufReader::with_capacity(64 << 10, stream);
     let mut data = Vec::new();
@@ -227,6 +228,10 @@ impl IncomingHooks for DestHooks {
         let mut buf = [0u8; MAX_MESSAGE];
         let n = encode_page_request(&mut buf, block, offset, length)?;
         self.send(&buf[..n])
+    }
+
+    fn fault_thread_started(&self) {
+        crate::sched::raise_request_path();
     }
 
     fn shut(&self, failed: bool) {
@@ -315,7 +320,9 @@ pub fn run_dest(
     let block = mem.block(BLOCK);
     let hooks = Arc::new(DestHooks {
         block: block.clone(),
-        return_path: Mutex::new(Some(stream.try_clone().map_err(|e| e.to_string())?)),
+        // Page requests and SHUT go back on the urgent connection: they never queue behind
+        // the bulk stream in the main socket (nor behind its lock).
+        return_path: Mutex::new(Some(urgent.try_clone().map_err(|e| e.to_string())?)),
     });
     let config = IncomingConfig {
         blocktime: true,
@@ -364,11 +371,17 @@ pub fn run_dest(
                 eprintln!("[dest] channel failed ({e}); page requests paused ({} pending), waiting for the source", incoming.stats().pending_pages);
                 let (main, urgent) = crate::recovery::accept_pair(listener)?;
                 main.set_nodelay(true).ok();
+                let requests = urgent.try_clone().map_err(|e| e.to_string())?;
                 urgent_readers.push(spawn_urgent(urgent, &main)?);
                 let rp = main.try_clone().map_err(|e| e.to_string())?;
                 reader = BufReader::with_capacity(1 << 20, main);
-                let (bitmaps, resent) =
-                    crate::recovery::dest_resume(&mut reader, rp, &hooks.return_path, &incoming)?;
+                let (bitmaps, resent) = crate::recovery::dest_resume(
+                    &mut reader,
+                    rp,
+                    requests,
+                    &hooks.return_path,
+                    &incoming,
+                )?;
                 report.recoveries += 1;
                 report.bitmaps_sent += bitmaps;
                 report.resent_requests += resent;
@@ -405,9 +418,6 @@ pub fn run_dest(
                     }
                     CommandMsg::PostcopyListen => {
                         incoming.enable_notify().map_err(|e| e.to_string())?;
-                        // This thread now moves the bulk of the pages: it yields the CPU
-                        // to the request path (fault thread, urgent reader).
-                        crate::push::lower_bulk_priority();
                     }
                     CommandMsg::PostcopyRun => {
                         incoming
@@ -436,6 +446,10 @@ pub fn run_dest(
                                 Ok((Vec::new(), Some(r.checksum)))
                             }
                         }));
+                        // This thread now moves the bulk of the pages: it yields the CPU
+                        // to the request path (fault thread, urgent reader) and to the
+                        // workload, which was started before so as not to inherit it.
+                        crate::sched::lower_bulk_priority();
                     }
                     other => log::warn!("ignoring command {:?}", other.command()),
                 }

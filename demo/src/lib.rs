@@ -7,5 +7,6 @@ pub mod memory;
 pub mod proto;
 pub mod push;
 pub mod recovery;
+pub mod sched;
 pub mod sigbus;
 pub mod source;

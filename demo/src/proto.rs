@@ -8,8 +8,11 @@
 //! 'E' (0x45)                                                               end of pages
 //! ```
 //! `offset` and `length` are bytes within the named block and cover whole host pages.
-//! The return path (destination -> source, same socket) carries QEMU return-path
-//! messages: REQ_PAGES_ID / REQ_PAGES for page requests, SHUT at the end.
+//! Return-path messages (destination -> source) are QEMU's: REQ_PAGES_ID / REQ_PAGES for
+//! page requests and SHUT at the end travel back on the urgent connection (the one that
+//! carries the requested pages), so that a request never waits behind the bulk stream;
+//! the main connection's return direction carries a recovery's RECV_BITMAP and
+//! RESUME_ACK.
 
 use std::io::{self, Read, Write};
 

@@ -6,7 +6,7 @@
 //! one `place_pages` call each. Each page is claimed once in an atomic bitmap
 //! ([`UnsentMap`]), so a page goes out on one connection only.
 
-use std::io::{BufWriter, Read, Write};
+use std::io::{BufReader, BufWriter, Read, Write};
 use std::net::TcpStream;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
@@ -216,13 +216,16 @@ pub struct ServeReport {
 /// The return-path reader: answers each page request at once on `urgent` (shared with
 /// the main thread, which ends it with `E`), until SHUT or the connection closes.
 pub fn serve_requests(
-    mut rp: TcpStream,
+    rp: TcpStream,
     urgent: Arc<Mutex<BufWriter<TcpStream>>>,
     mem: Arc<GuestMemory>,
     page_size: usize,
     unsent: Arc<UnsentMap>,
     requested: RequestCount,
 ) -> ServeReport {
+    crate::sched::raise_request_path();
+    // Buffered: a request's header and body (and requests sent back to back) in one recv.
+    let mut rp = BufReader::with_capacity(4096, rp);
     let mut report = ServeReport::default();
     let host_pages = mem.len() / page_size;
     let mut buf = vec![0u8; 4 + 512];
@@ -302,23 +305,3 @@ pub fn end_urgent(urgent: &Mutex<BufWriter<TcpStream>>) -> std::io::Result<()> {
     out.write_all(&[TAG_END])?;
     out.flush()
 }
-
-/// Lowers the calling thread's scheduling priority to nice `BULK_NICE`: the threads that
-/// move the bulk of the pages (the source's push, the destination's main stream) then yield
-/// the CPU at once to the threads on a page request's path (the fault thread, the source's
-/// request server, the destination's urgent reader), which would otherwise wait for a
-/// time slice on a machine with few CPUs. No privilege is needed to lower one's priority.
-pub fn lower_bulk_priority() {
-    // SAFETY: setpriority on the calling thread (tid from gettid) only changes its nice value.
-    let rc =
-        unsafe { libc::setpriority(libc::PRIO_PROCESS, libc::gettid() as libc::id_t, BULK_NICE) };
-    if rc != 0 {
-        log::debug!(
-            "setpriority(nice {BULK_NICE}): {}",
-            std::io::Error::last_os_error()
-        );
-    }
-}
-
-/// The nice value of the bulk threads.
-pub const BULK_NICE: i32 = 10;

@@ -53,12 +53,13 @@ fn write_rp(w: &mut impl Write, msg: &ReturnPathMsg<'_>) -> std::io::Result<()> 
 }
 
 /// Destination: answers the source's RECV_BITMAP commands and its POSTCOPY_RESUME on the
-/// new connection, then installs it as the return path and re-sends the pending
-/// requests. Requests are paused meanwhile, so nothing else writes between a bitmap's
-/// header and its bytes. Returns (bitmaps sent, requests re-sent).
+/// new main connection (`rp`), then installs `requests` (the new urgent connection) as the
+/// return path of page requests and re-sends the pending ones. Requests are paused
+/// meanwhile. Returns (bitmaps sent, requests re-sent).
 pub fn dest_resume(
     reader: &mut impl Read,
     mut rp: TcpStream,
+    requests: TcpStream,
     return_path: &Mutex<Option<TcpStream>>,
     incoming: &Incoming,
 ) -> Result<(u64, u64), String> {
@@ -91,7 +92,7 @@ pub fn dest_resume(
             CommandMsg::PostcopyResume => {
                 write_rp(&mut rp, &ReturnPathMsg::ResumeAck(1))
                     .map_err(|e| format!("resume: RESUME_ACK: {e}"))?;
-                *return_path.lock() = Some(rp);
+                *return_path.lock() = Some(requests);
                 incoming.reset_request_block();
                 let resent = incoming.resend_pending().map_err(|e| e.to_string())?;
                 return Ok((bitmaps, resent));

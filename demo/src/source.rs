@@ -16,9 +16,8 @@ use crate::checksum::{fill_initial, mix};
 use crate::dest::{now_ns, BLOCK};
 use crate::memory::{GuestMemory, Kind};
 use crate::proto::{write_command, write_page_header, TAG_END};
-use crate::push::{
-    end_urgent, lower_bulk_priority, serve_requests, Pusher, RequestCount, UnsentMap,
-};
+use crate::push::{end_urgent, serve_requests, Pusher, RequestCount, UnsentMap};
+use crate::sched::lower_bulk_priority;
 
 /// Options of the source.
 #[derive(Debug, Clone)]
@@ -205,7 +204,8 @@ pub fn run_source(
         })
         .collect();
 
-    let rp = stream.try_clone().map_err(|e| e.to_string())?;
+    // The destination's page requests (and its SHUT) come back on the urgent connection.
+    let rp = urgent.try_clone().map_err(|e| e.to_string())?;
     urgent.set_nodelay(true).ok();
     let fast = BufWriter::with_capacity(64 << 10, urgent);
     let mut out = Stream {
@@ -357,6 +357,7 @@ pub fn run_source(
             main.set_nodelay(true).ok();
             urgent_conn.set_nodelay(true).ok();
             let mut rp = main.try_clone().map_err(|e| e.to_string())?;
+            let requests = urgent_conn.try_clone().map_err(|e| e.to_string())?;
             out.out = BufWriter::with_capacity(1 << 20, main);
             urgent = Arc::new(Mutex::new(BufWriter::with_capacity(64 << 10, urgent_conn)));
             let received =
@@ -366,7 +367,7 @@ pub fn run_source(
             let missing = unsent.reset_from_received(&received, host_pages);
             pusher.restart();
             crate::recovery::source_resume(&mut out.out, &mut rp)?;
-            server = spawn_server(rp, &urgent);
+            server = spawn_server(requests, &urgent);
             report.recoveries += 1;
             report.recovery_missing_pages = missing;
             report.recovery_ns = t0.elapsed().as_nanos() as u64;
