@@ -260,39 +260,42 @@ fn thread_workload(mem: &GuestMemory, incoming: &Arc<Incoming>, threads: usize) 
     let handles: Vec<_> = (0..threads)
         .map(|t| {
             let incoming = incoming.clone();
-            thread::spawn(move || {
-                // The workload threads stand for vCPUs: blocktime is accounted per thread.
-                // SAFETY: gettid has no preconditions.
-                let _ = incoming.register_vcpu(t as u32, unsafe { libc::gettid() });
-                drop(incoming);
-                let mut mine: Vec<usize> = (t..pages).step_by(threads).collect();
-                // Fisher-Yates with a fixed seed per thread.
-                let mut x = mix(t as u64 + 1);
-                for i in (1..mine.len()).rev() {
-                    x = mix(x);
-                    mine.swap(i, (x % (i as u64 + 1)) as usize);
-                }
-                let mut latencies = Vec::new();
-                for p in mine {
-                    let addr = base + p * 4096;
-                    let resident = is_resident(addr, page_size);
-                    let t0 = Instant::now();
-                    // SAFETY: inside the guest mapping; a missing page blocks until the
-                    // library places it.
-                    let word = unsafe { std::ptr::read_volatile(addr as *const u64) };
-                    if p % 4 == 0 {
-                        // SAFETY: as above; the page is present now.
-                        unsafe {
-                            std::ptr::write_volatile(addr as *mut u64, dest_marker(p as u64))
-                        };
+            let spawn = thread::Builder::new().name(format!("workload-{t}"));
+            spawn
+                .spawn(move || {
+                    // The workload threads stand for vCPUs: blocktime is accounted per thread.
+                    // SAFETY: gettid has no preconditions.
+                    let _ = incoming.register_vcpu(t as u32, unsafe { libc::gettid() });
+                    drop(incoming);
+                    let mut mine: Vec<usize> = (t..pages).step_by(threads).collect();
+                    // Fisher-Yates with a fixed seed per thread.
+                    let mut x = mix(t as u64 + 1);
+                    for i in (1..mine.len()).rev() {
+                        x = mix(x);
+                        mine.swap(i, (x % (i as u64 + 1)) as usize);
                     }
-                    std::hint::black_box(word);
-                    if !resident {
-                        latencies.push(t0.elapsed().as_nanos() as u64);
+                    let mut latencies = Vec::new();
+                    for p in mine {
+                        let addr = base + p * 4096;
+                        let resident = is_resident(addr, page_size);
+                        let t0 = Instant::now();
+                        // SAFETY: inside the guest mapping; a missing page blocks until the
+                        // library places it.
+                        let word = unsafe { std::ptr::read_volatile(addr as *const u64) };
+                        if p % 4 == 0 {
+                            // SAFETY: as above; the page is present now.
+                            unsafe {
+                                std::ptr::write_volatile(addr as *mut u64, dest_marker(p as u64))
+                            };
+                        }
+                        std::hint::black_box(word);
+                        if !resident {
+                            latencies.push(t0.elapsed().as_nanos() as u64);
+                        }
                     }
-                }
-                latencies
-            })
+                    latencies
+                })
+                .expect("starting a workload thread")
         })
         .collect();
     handles
@@ -345,9 +348,10 @@ pub fn run_dest(
     let spawn_urgent = |urgent: TcpStream, main: &TcpStream| {
         let (placer, failure) = (placer.clone(), failure.clone());
         let main = main.try_clone().map_err(|e| e.to_string())?;
-        Ok::<_, String>(thread::spawn(move || {
-            serve_urgent(urgent, &placer, &failure, &main)
-        }))
+        thread::Builder::new()
+            .name("dst-urgent".into())
+            .spawn(move || serve_urgent(urgent, &placer, &failure, &main))
+            .map_err(|e| e.to_string())
     };
     // Requested pages arrive on their own connection, ahead of the background stream.
     urgent_readers.push(spawn_urgent(urgent, &stream)?);

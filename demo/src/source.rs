@@ -328,10 +328,13 @@ pub fn run_source(
             unsent.clone(),
             requested.clone(),
         );
-        thread::spawn(move || serve_requests(rp, urgent, mem, page_size, unsent, requested))
+        thread::Builder::new()
+            .name("src-requests".into())
+            .spawn(move || serve_requests(rp, urgent, mem, page_size, unsent, requested))
+            .map_err(|e| e.to_string())
     };
     let mut urgent = Arc::new(Mutex::new(fast));
-    let mut server = spawn_server(rp, &urgent);
+    let mut server = spawn_server(rp, &urgent)?;
     let mut served = Vec::new();
     // This thread moves the bulk of the pages: it yields the CPU to the request path.
     lower_bulk_priority();
@@ -388,7 +391,7 @@ pub fn run_source(
             let missing = unsent.reset_from_received(&received, host_pages);
             pusher.restart();
             crate::recovery::source_resume(&mut out.out, &mut rp)?;
-            server = spawn_server(requests, &urgent);
+            server = spawn_server(requests, &urgent)?;
             report.recoveries += 1;
             report.recovery_missing_pages = missing;
             report.recovery_ns = t0.elapsed().as_nanos() as u64;
