@@ -7,9 +7,14 @@
 # plain cc, then runs ROUNDS rounds; each round runs, in a rotating order:
 #   migrate   postcopy-migrate --size 1G --precopy-rounds 0 --bandwidth 0 --quiet
 #             (pure postcopy, background push unlimited, 4 faulting threads): its
-#             "migration time" (from the source's memory being ready, where the bulk
-#             copy's clock starts too), its "total time" (with creating and filling the
-#             source's memory, for information) and its fault latency p50/p99
+#             "migration time", the clock compared with the bulk copy's: both start with
+#             the sender's memory filled and both connections up, and stop when the last
+#             byte is in the receiver's memory and the receiver has said so (the
+#             migration's clock also covers ADVISE/DISCARD/LISTEN/RUN and the
+#             faulting threads' last touches); its "total time" (the
+#             same plus creating and filling the source's 1 GiB, demo setup that the
+#             bulk copy does before its clock: for information); and its fault latency
+#             p50/p99 (first touches that faulted)
 #   bulk      net_baseline bulk 1024: the same 1 GiB from one process's memory into
 #             never-touched anonymous memory of another over loopback TCP
 #   rr        net_baseline rr 4000: loopback request/response with the demo's message
