@@ -1,6 +1,6 @@
 //! The destination process of the demo migration.
 
-use std::io::{BufReader, Write};
+use std::io::{BufRead, BufReader, Write};
 use std::net::{TcpListener, TcpStream};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
@@ -19,7 +19,7 @@ use postcopy_ram::{
 
 use crate::checksum::{checksum, dest_marker, mix};
 use crate::memory::{GuestMemory, Kind};
-use crate::proto::{read_item, Item};
+use crate::proto::{read_item, Item, TAG_PAGE, TAG_ZERO};
 
 /// The block name used by the demo.
 pub const BLOCK: &str = "pc.ram";
@@ -188,6 +188,41 @@ fn serve_urgent(stream: TcpStream, placer: &Placer, failure: &Failure, main: &Tc
             }
         }
     }
+}
+
+/// Places the next page frame of the main stream straight from the receive buffer when
+/// it is there whole (most are: the buffer holds up to 1 MiB of the stream), with no copy
+/// into a frame buffer first. Returns the placement and whether it was a zero frame, or
+/// `None` (the buffer holds no whole page frame: the caller reads the next item).
+fn place_buffered(
+    reader: &mut BufReader<TcpStream>,
+    placer: &Placer,
+) -> Result<Option<(RunPlacement, bool)>, String> {
+    let buf = reader.buffer();
+    let (Some(&tag), Some(&name_len)) = (buf.first(), buf.get(1)) else {
+        return Ok(None);
+    };
+    if tag != TAG_PAGE && tag != TAG_ZERO {
+        return Ok(None);
+    }
+    let header = 2 + name_len as usize + 12;
+    let Some(fixed) = buf.get(header - 12..header) else {
+        return Ok(None);
+    };
+    let offset = u64::from_be_bytes(fixed[..8].try_into().expect("8 bytes"));
+    let length = u32::from_be_bytes(fixed[8..].try_into().expect("4 bytes"));
+    let zero = tag == TAG_ZERO;
+    let end = header + if zero { 0 } else { length as usize };
+    let Some(data) = buf.get(header..end) else {
+        return Ok(None);
+    };
+    let Ok(name) = std::str::from_utf8(&buf[2..header - 12]) else {
+        return Ok(None);
+    };
+    let host = placer.check(name, offset, length)?;
+    let run = placer.place(host, (!zero).then_some(data), length)?;
+    reader.consume(end);
+    Ok(Some((run, zero)))
 }
 
 /// Monotonic clock in ns (CLOCK_MONOTONIC: comparable across processes on one machine).
@@ -361,6 +396,17 @@ pub fn run_dest(
     let mut workload: Option<thread::JoinHandle<WorkloadResult>> = None;
     let host_page = opts.kind.page_size() as u64;
     let outcome: Result<(), String> = (|| loop {
+        if incoming.state() >= State::Listening {
+            if let Some((run, zero)) = place_buffered(&mut reader, &placer)? {
+                if zero {
+                    report.zero_received_post += run.placed;
+                } else {
+                    report.pages_received_post += run.placed;
+                }
+                report.already_present += run.already_present;
+                continue;
+            }
+        }
         let item = match read_item(&mut reader, &mut data) {
             Ok(item) => item,
             Err(e)
