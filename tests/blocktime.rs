@@ -98,3 +98,31 @@ fn blocktime_off_by_default() {
     assert!(!r.enabled);
     assert_eq!((r.total_ms, r.faults_timed, r.per_vcpu_ms), (0, 0, vec![0]));
 }
+
+/// A migration that ends before LISTEN (in precopy) reports blocktime as QEMU 7.2 does:
+/// whether the kernel gives thread ids is known from init on, not only once the fault
+/// thread runs, so a VMM can report a zero blocktime.
+#[test]
+fn thread_ids_are_known_from_init_for_a_migration_that_ends_in_precopy() {
+    require_uffd!();
+    let kernel_has_them = postcopy_ram::sys::uffd::probe().unwrap().features
+        & postcopy_ram::sys::uffd::feature::THREAD_ID
+        != 0;
+    let mem = GuestMem::anon(4 * 4096);
+    let hooks = TestHooks::serving(vec![mem.block("ram")]);
+    let incoming = hooks.incoming(IncomingConfig {
+        blocktime: true,
+        ..Default::default()
+    });
+    assert!(
+        !incoming.blocktime().thread_id_available,
+        "nothing known before init"
+    );
+    incoming.init(0).unwrap();
+    let r = incoming.blocktime();
+    assert_eq!(r.thread_id_available, kernel_has_them);
+    assert!(r.enabled);
+    assert_eq!((r.total_ms, r.faults_timed), (0, 0));
+    incoming.cleanup().unwrap();
+    assert_eq!(incoming.blocktime().thread_id_available, kernel_has_them);
+}

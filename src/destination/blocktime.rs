@@ -33,8 +33,9 @@ const MAX_IN_FLIGHT: usize = 4096;
 pub struct BlocktimeReport {
     /// Whether accounting was on ([`crate::IncomingConfig::blocktime`]).
     pub enabled: bool,
-    /// Whether the kernel reported faulting thread ids (`UFFD_FEATURE_THREAD_ID`); without
-    /// them no fault is attributed to a vCPU and the vCPU figures stay 0.
+    /// Whether the kernel reports faulting thread ids (`UFFD_FEATURE_THREAD_ID`), known from
+    /// init on (a migration that ends before LISTEN reports a zero blocktime, as QEMU 7.2
+    /// does); without them no fault is attributed to a vCPU and the vCPU figures stay 0.
     pub thread_id_available: bool,
     /// Time during which all registered vCPUs were blocked at once, in ms.
     pub total_ms: u32,

@@ -279,6 +279,11 @@ impl Incoming {
         }
         self.set_state(State::Advise)?;
         self.blocktime.reset(self.config.blocktime);
+        // Known from ADVISE on, as QEMU 7.2 knows it from its host check: a migration that
+        // ends before LISTEN (in precopy) still reports blocktime, zero (enable_notify sets
+        // it again from the userfaultfd it opens).
+        self.blocktime
+            .set_thread_id_available(kernel_reports_thread_ids());
         self.aborted.store(false, Ordering::Release);
         *self.table.write() = Some(Arc::new(table));
         Ok(())
@@ -560,6 +565,14 @@ impl Drop for Incoming {
             }
         }
     }
+}
+
+/// Whether the kernel's userfaultfd offers UFFD_FEATURE_THREAD_ID (false when there is no
+/// userfaultfd at all: enable_notify reports that).
+fn kernel_reports_thread_ids() -> bool {
+    crate::sys::uffd::probe()
+        .map(|caps| caps.features & crate::sys::uffd::feature::THREAD_ID != 0)
+        .unwrap_or(false)
 }
 
 #[cfg(test)]
