@@ -174,10 +174,37 @@ qemu_binary() {
 }
 
 # One migration-test case against the build of one side (run from its build directory, so
-# the firmware in qemu-bundle is found).
+# the firmware in qemu-bundle is found). QTEST_LOG=1: the recovery tests hide QEMU's stderr
+# otherwise, and a failure must show QEMU's own words (the log also has every QMP exchange).
+# A test still running after $QTEST_TIMEOUT s (180) is taken as hung: the stacks of its QEMU
+# processes go into the log (gdb), then everything is killed.
 qemu_run_qtest() {
-  local side=$1 t=$2
+  local side=$1 t=$2 limit=${QTEST_TIMEOUT:-180}
   local bld=$CACHE/$side/build
-  (cd "$bld" && QTEST_QEMU_BINARY=./qemu-system-x86_64 timeout 300 \
-    ./tests/qtest/migration-test -p "/x86_64/migration/$t" --tap -k)
+  (cd "$bld" && QTEST_LOG=1 QTEST_QEMU_BINARY=./qemu-system-x86_64 \
+    exec setsid -w ./tests/qtest/migration-test -p "/x86_64/migration/$t" --tap -k) &
+  local pid=$! waited=0 rc
+  while kill -0 "$pid" 2>/dev/null && [ "$waited" -lt "$limit" ]; do
+    sleep 1
+    waited=$((waited + 1))
+  done
+  if kill -0 "$pid" 2>/dev/null; then
+    echo "HUNG: still running after ${limit}s; stacks of its QEMU processes follow"
+    local q
+    for q in $(pgrep -s "$pid" -f qemu-system-x86_64); do
+      echo "=== pid $q: $(tr '\0' ' ' <"/proc/$q/cmdline" | cut -c1-200)"
+      command -v gdb >/dev/null && timeout 60 gdb -p "$q" -batch -ex 'thread apply all bt' 2>&1 |
+        grep -E '^(Thread|#)' || true
+    done
+    kill -9 -- -"$pid" 2>/dev/null || true
+  fi
+  wait "$pid" && rc=0 || rc=$?
+  return "$rc"
+}
+
+# What a failed qtest's log says, without the QMP traffic: QEMU's own messages, the
+# assertion, the migration states reached, and stacks if it hung.
+qemu_qtest_failure_summary() {
+  grep -a -E 'qemu-system-x86_64:|ERROR|Bail out|^not ok|HUNG|^===|^Thread|^#[0-9]' "$1" | head -60
+  echo "last states seen: $(grep -a -o '"status": "[a-z-]*"' "$1" | uniq | tail -8 | sed 's/"status": //' | tr '\n' ' ')"
 }
