@@ -42,8 +42,12 @@ def main():
     args = ap.parse_args()
     res = {"stock": [], "patched": []}
     lat = {"stock": [], "patched": []}
+    print("load average at start: %s" % open("/proc/loadavg").read().split()[:3],
+          file=sys.stderr, flush=True)
     for r in range(args.rounds):
-        for side in ("stock", "patched"):
+        # The order alternates between rounds, so that a drift of the machine's load
+        # favours neither side.
+        for side in (("stock", "patched") if r % 2 == 0 else ("patched", "stock")):
             d = os.path.join(args.logdir, side)
             os.makedirs(d, exist_ok=True)
             dst = getattr(args, side)
@@ -73,14 +77,33 @@ def main():
             ("fault latency p50 (us)", lmed("stock", "p50_us"), lmed("patched", "p50_us")),
             ("fault latency p99 (us)", lmed("stock", "p99_us"), lmed("patched", "p99_us")),
             ("fault latency mean (us)", lmed("stock", "mean_us"), lmed("patched", "mean_us"))]
-    print("| %d rounds, guest %d MiB, medians | stock 7.2 | patched | patched/stock |" % (
-        args.rounds, args.mem))
-    print("|---|---:|---:|---:|")
+    def per_round(key):
+        """patched/stock of each round (the two runs of a round are back to back)."""
+        rs = [b[key] / a[key] for a, b in zip(res["stock"], res["patched"])
+              if a.get(key) and b.get(key) is not None]
+        if not rs:
+            return "n/a"
+        return "%.2f [%.2f-%.2f]" % (statistics.median(rs), min(rs), max(rs))
+
+    def total(side, key):
+        return sum(m[key] for m in res[side] if m.get(key) is not None)
+
+    print("| %d rounds, guest %d MiB | stock 7.2: median | patched: median | patched/stock: "
+          "ratio of medians | per round: median [min-max] | sum over rounds |" % (
+              args.rounds, args.mem))
+    print("|---|---:|---:|---:|---:|---:|")
+    keys = {"total time (ms)": "total_ms", "downtime (ms)": "downtime_ms",
+            "postcopy blocktime (ms)": "blocktime_ms",
+            "page requests (source)": "postcopy_requests"}
     for name, a, b in rows:
         ratio = "%.2f" % (b / a) if a and b is not None else "n/a"
         fa = "%.0f" % a if a is not None else "n/a"
         fb = "%.0f" % b if b is not None else "n/a"
-        print("| %s | %s | %s | %s |" % (name, fa, fb, ratio))
+        k = keys.get(name)
+        pr = per_round(k) if k else "-"
+        sums = "%.2f" % (total("patched", k) / total("stock", k)) if k and total(
+            "stock", k) else "-"
+        print("| %s | %s | %s | %s | %s | %s |" % (name, fa, fb, ratio, pr, sums))
 
 
 if __name__ == "__main__":
