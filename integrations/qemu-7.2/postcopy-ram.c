@@ -311,17 +311,18 @@ static int postcopy_temp_pages_setup(MigrationIncomingState *mis)
 }
 
 /* PCR_QEMU_STATS=file: the library's counters at the pause, around the re-send of a
- * resume, and at cleanup, one line each (scripts/qemu-check.sh's capped recovery). */
-static void pcr_log_stats(const char *when, long resend_returned)
+ * resume, and at cleanup, one line each (scripts/qemu-check.sh's capped recovery). The
+ * counters are read first and written later, so that the file I/O does not delay a
+ * re-send. */
+static bool pcr_read_stats(PcrStats *s)
 {
-    const char *path = getenv("PCR_QEMU_STATS");
-    PcrStats s;
-    FILE *f;
+    return getenv("PCR_QEMU_STATS") && pcr_h && !pcr_incoming_get_stats(pcr_h, s);
+}
 
-    if (!path || !pcr_h || pcr_incoming_get_stats(pcr_h, &s)) {
-        return;
-    }
-    f = fopen(path, "a");
+static void pcr_write_stats(const char *when, const PcrStats *s, long resend_returned)
+{
+    FILE *f = fopen(getenv("PCR_QEMU_STATS"), "a");
+
     if (!f) {
         return;
     }
@@ -330,10 +331,19 @@ static void pcr_log_stats(const char *when, long resend_returned)
             " resend_returned=%ld"
             " pages_placed=%" PRIu64 " zero_pages_placed=%" PRIu64
             " already_present=%" PRIu64 "\n",
-            when, s.faults, s.requests, s.request_errors, s.pending_pages, s.paused_faults,
-            s.resent,
-            resend_returned, s.pages_placed, s.zero_pages_placed, s.already_present);
+            when, s->faults, s->requests, s->request_errors, s->pending_pages,
+            s->paused_faults, s->resent,
+            resend_returned, s->pages_placed, s->zero_pages_placed, s->already_present);
     fclose(f);
+}
+
+static void pcr_log_stats(const char *when)
+{
+    PcrStats s;
+
+    if (pcr_read_stats(&s)) {
+        pcr_write_stats(when, &s, -1);
+    }
 }
 
 /*
@@ -350,6 +360,8 @@ static void *pcr_resume_thread_fn(void *opaque)
     rcu_register_thread();
     qemu_sem_post(&mis->thread_sync_sem);
     for (;;) {
+        PcrStats before, after;
+        bool stats;
         long n;
 
         qemu_sem_wait(&mis->postcopy_pause_sem_fault);
@@ -357,7 +369,7 @@ static void *pcr_resume_thread_fn(void *opaque)
             break;
         }
         trace_postcopy_pause_fault_thread_continued();
-        pcr_log_stats("resume-before", -1);
+        stats = pcr_read_stats(&before);
         WITH_QEMU_LOCK_GUARD(&pcr_req_lock) {
             qatomic_set(&pcr_paused, false);
         }
@@ -366,7 +378,10 @@ static void *pcr_resume_thread_fn(void *opaque)
         if (n < 0) {
             error_report("postcopy-ram: re-sending pending requests: %s", strerror(-n));
         }
-        pcr_log_stats("resume-after", n);
+        if (stats && pcr_read_stats(&after)) {
+            pcr_write_stats("resume-before", &before, -1);
+            pcr_write_stats("resume-after", &after, n);
+        }
     }
     rcu_unregister_thread();
     return NULL;
@@ -461,7 +476,7 @@ int postcopy_ram_incoming_cleanup(MigrationIncomingState *mis)
         /* Joins the fault thread, unregisters, closes the userfaultfd. */
         ret = pcr_incoming_cleanup(pcr_h);
         pcr_inited = false;
-        pcr_log_stats("cleanup", -1);
+        pcr_log_stats("cleanup");
         if (ret) {
             error_report("%s: %s", __func__, strerror(-ret));
             ret = -1;
@@ -573,7 +588,7 @@ void postcopy_fault_thread_notify(MigrationIncomingState *mis)
             qatomic_set(&pcr_paused, true);
         }
         pcr_incoming_pause_requests(pcr_h, true);
-        pcr_log_stats("pause", -1);
+        pcr_log_stats("pause");
     }
 }
 
