@@ -13,6 +13,9 @@
       then the cap is lifted and the migration completes with the memory checked. A run
       that shows no re-send (nothing pending at the resume, or the capped stream brought
       the pending page first) is inconclusive and run again, up to four times.
+  qmp_migrate.py precopy-only --src BIN --dst BIN --logdir DIR
+      postcopy enabled but the migration ends in precopy; prints the destination's
+      postcopy-blocktime and postcopy-vcpu-blocktime (QEMU 7.2 reports them, 0).
   qmp_migrate.py bench    --src BIN --dst BIN --logdir DIR [--trace]
       One run with postcopy-blocktime on, switched to postcopy at once (the whole guest
       RAM comes in postcopy); prints one JSON line of figures: total
@@ -251,6 +254,26 @@ def run_interop(args):
         dst.close()
 
 
+def run_precopy_only(args):
+    """postcopy-ram and postcopy-blocktime on, but the migration ends in precopy (the
+    source's guest is stopped, so precopy converges at once). Prints whether the
+    destination's query-migrate reports postcopy-blocktime (QEMU 7.2 does, 0, when the
+    kernel gives thread ids): qemu-check.sh compares the patched build with the stock one."""
+    src, dst, uri, end = setup(args, args.logdir, args.mem, blocktime=True)
+    try:
+        src.qmp.cmd("stop")
+        src.qmp.cmd("migrate", uri=uri)
+        src.qmp.wait_status(("completed",), 120)
+        dst.qmp.wait_status(("completed",), 30)
+        info = dst.qmp.cmd("query-migrate")
+        assert src.qmp.cmd("query-migrate")["ram"].get("postcopy-requests", 0) == 0
+        print(json.dumps({"postcopy-blocktime": info.get("postcopy-blocktime"),
+                          "postcopy-vcpu-blocktime": info.get("postcopy-vcpu-blocktime")}))
+    finally:
+        src.close()
+        dst.close()
+
+
 def read_stats(path):
     out = []
     if os.path.exists(path):
@@ -390,7 +413,7 @@ def run_bench(args):
 
 def main():
     ap = argparse.ArgumentParser()
-    ap.add_argument("mode", choices=["interop", "recovery", "bench"])
+    ap.add_argument("mode", choices=["interop", "recovery", "bench", "precopy-only"])
     ap.add_argument("--src", required=True)
     ap.add_argument("--dst", required=True)
     ap.add_argument("--logdir", required=True)
@@ -398,7 +421,8 @@ def main():
     ap.add_argument("--trace", action="store_true")
     args = ap.parse_args()
     os.makedirs(args.logdir, exist_ok=True)
-    {"interop": run_interop, "recovery": run_recovery, "bench": run_bench}[args.mode](args)
+    {"interop": run_interop, "recovery": run_recovery, "bench": run_bench,
+     "precopy-only": run_precopy_only}[args.mode](args)
 
 
 if __name__ == "__main__":
