@@ -5,6 +5,12 @@ The guest (scripts/qemu/guest.py) keeps sweeping its memory; the migration goes 
 postcopy at once, so all of its RAM arrives in postcopy, requested or pushed.
 
   python3 scripts/qemu/bench.py --stock BIN --patched BIN [--rounds 5] [--mem 128]
+                                [--postcopy-bandwidth BYTES_PER_S]
+
+With the push unlimited, how many pages the guest faults on depends on where its sweep is
+when postcopy starts (from none to thousands, either build); with the push capped low
+(--postcopy-bandwidth 8388608, say) the guest runs ahead of it and pulls most of its memory
+through faults in every run, which compares the request paths of the two destinations.
 
 Per destination, medians over the rounds of: total time and downtime (source's
 query-migrate), postcopy blocktime (destination's query-migrate, postcopy-blocktime on),
@@ -23,9 +29,10 @@ import sys
 HERE = os.path.dirname(os.path.abspath(__file__))
 
 
-def one(src, dst, logdir, mem, trace):
+def one(src, dst, logdir, mem, trace, bandwidth):
     cmd = [sys.executable, os.path.join(HERE, "qmp_migrate.py"), "bench", "--src", src,
-           "--dst", dst, "--logdir", logdir, "--mem", str(mem)] + (["--trace"] if trace else [])
+           "--dst", dst, "--logdir", logdir, "--mem", str(mem),
+           "--postcopy-bandwidth", str(bandwidth)] + (["--trace"] if trace else [])
     r = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
     if r.returncode:
         raise RuntimeError("%s failed:\n%s%s" % (" ".join(cmd), r.stdout, r.stderr))
@@ -39,6 +46,9 @@ def main():
     ap.add_argument("--rounds", type=int, default=5)
     ap.add_argument("--mem", type=int, default=128)
     ap.add_argument("--logdir", default="target/qemu/logs/bench")
+    ap.add_argument("--postcopy-bandwidth", type=int, default=0,
+                    help="max-postcopy-bandwidth in bytes/s (0: unlimited); a low cap makes "
+                    "the guest pull most of its memory through faults")
     args = ap.parse_args()
     res = {"stock": [], "patched": []}
     lat = {"stock": [], "patched": []}
@@ -51,9 +61,9 @@ def main():
             d = os.path.join(args.logdir, side)
             os.makedirs(d, exist_ok=True)
             dst = getattr(args, side)
-            m = one(args.stock, dst, d, args.mem, False)
+            m = one(args.stock, dst, d, args.mem, False, args.postcopy_bandwidth)
             res[side].append(m)
-            t = one(args.stock, dst, d, args.mem, True)
+            t = one(args.stock, dst, d, args.mem, True, args.postcopy_bandwidth)
             if t.get("fault_latency"):
                 lat[side].append(t["fault_latency"])
             print("round %d %-7s %s | traced: %s" % (r + 1, side, json.dumps(m),
@@ -88,6 +98,8 @@ def main():
     def total(side, key):
         return sum(m[key] for m in res[side] if m.get(key) is not None)
 
+    print("postcopy push: %s" % ("unlimited" if not args.postcopy_bandwidth else
+                                 "capped at %d bytes/s" % args.postcopy_bandwidth))
     print("| %d rounds, guest %d MiB | stock 7.2: median | patched: median | patched/stock: "
           "ratio of medians | per round: median [min-max] | sum over rounds |" % (
               args.rounds, args.mem))

@@ -16,7 +16,7 @@
   qmp_migrate.py precopy-only --src BIN --dst BIN --logdir DIR
       postcopy enabled but the migration ends in precopy; prints the destination's
       postcopy-blocktime and postcopy-vcpu-blocktime (QEMU 7.2 reports them, 0).
-  qmp_migrate.py bench    --src BIN --dst BIN --logdir DIR [--trace]
+  qmp_migrate.py bench    --src BIN --dst BIN --logdir DIR [--trace] [--postcopy-bandwidth B]
       One run with postcopy-blocktime on, switched to postcopy at once (the whole guest
       RAM comes in postcopy); prints one JSON line of figures: total
       time and downtime (source), postcopy blocktime (destination), and with --trace the
@@ -393,6 +393,11 @@ def run_bench(args):
         os.unlink(trace)
     src, dst, uri, end = setup(args, d, args.mem, blocktime=True, trace=trace)
     try:
+        if args.postcopy_bandwidth:
+            # The background push capped: the guest runs ahead of it and pulls most of its
+            # memory through faults (requests are not held back by the cap).
+            src.qmp.cmd("migrate-set-parameters",
+                        **{"max-postcopy-bandwidth": args.postcopy_bandwidth})
         # Straight to postcopy: every page comes in postcopy, on request or pushed.
         precopy_then_postcopy(src, uri, precopy=False)
         src.qmp.wait_status(("completed",), 300)
@@ -419,6 +424,8 @@ def main():
     ap.add_argument("--logdir", required=True)
     ap.add_argument("--mem", type=int, default=128, help="guest RAM in MiB")
     ap.add_argument("--trace", action="store_true")
+    ap.add_argument("--postcopy-bandwidth", type=int, default=0,
+                    help="bench: max-postcopy-bandwidth in bytes/s (0: unlimited)")
     args = ap.parse_args()
     os.makedirs(args.logdir, exist_ok=True)
     {"interop": run_interop, "recovery": run_recovery, "bench": run_bench,
