@@ -19,6 +19,13 @@
  *       write(2) per message as the demo does. Prints "rr_p50_us X rr_p99_us Y" over
  *       COUNT round trips after 100 untimed ones.
  *
+ *   net_baseline rr-busy COUNT
+ *       The same, while one SCHED_IDLE spinning process per CPU keeps every CPU busy (they
+ *       yield at once to the two measured processes). An idle virtual CPU is woken far more
+ *       slowly than a busy one (a halted vCPU must be scheduled again by the host), and
+ *       during a migration the bulk threads keep both CPUs busy: this is the baseline under
+ *       the demo's own wake-up conditions. Prints "rrbusy_p50_us X rrbusy_p99_us Y".
+ *
  * Plain C, no library: these are the wire and memory costs any postcopy stream pays.
  */
 #define _GNU_SOURCE
@@ -32,6 +39,8 @@
 #include <string.h>
 #include <sys/mman.h>
 #include <sys/socket.h>
+#include <sched.h>
+#include <signal.h>
 #include <sys/wait.h>
 #include <time.h>
 #include <unistd.h>
@@ -197,7 +206,36 @@ static int cmp_u64(const void *a, const void *b)
     return (x > y) - (x < y);
 }
 
-static int rr(size_t count)
+/* One SCHED_IDLE spinner per CPU; returns how many were started (pids in *pids). */
+static int spinners_start(pid_t *pids, int max)
+{
+    long n = sysconf(_SC_NPROCESSORS_ONLN);
+    int started = 0;
+    for (long i = 0; i < n && started < max; i++) {
+        pid_t pid = fork();
+        if (pid < 0)
+            die("fork (spinner)");
+        if (pid == 0) {
+            struct sched_param p = {.sched_priority = 0};
+            if (sched_setscheduler(0, SCHED_IDLE, &p) < 0)
+                _exit(1);
+            for (volatile unsigned long x = 0;; x++)
+                ;
+        }
+        pids[started++] = pid;
+    }
+    return started;
+}
+
+static void spinners_stop(pid_t *pids, int n)
+{
+    for (int i = 0; i < n; i++) {
+        kill(pids[i], SIGKILL);
+        waitpid(pids[i], NULL, 0);
+    }
+}
+
+static int rr(size_t count, const char *label)
 {
     uint16_t port;
     int lfd = listen_any(&port);
@@ -239,7 +277,7 @@ static int rr(size_t count)
     if (wait_child(pid))
         return 1;
     qsort(lat, count, sizeof *lat, cmp_u64);
-    printf("rr_p50_us %.2f rr_p99_us %.2f\n", (double)lat[count / 2] / 1e3,
+    printf("%s_p50_us %.2f %s_p99_us %.2f\n", label, (double)lat[count / 2] / 1e3, label,
            (double)lat[(size_t)((double)(count - 1) * 0.99)] / 1e3);
     return 0;
 }
@@ -249,7 +287,14 @@ int main(int argc, char **argv)
     if (argc == 3 && strcmp(argv[1], "bulk") == 0)
         return bulk(strtoul(argv[2], NULL, 0));
     if (argc == 3 && strcmp(argv[1], "rr") == 0)
-        return rr(strtoul(argv[2], NULL, 0));
-    fprintf(stderr, "usage: net_baseline bulk MIB | rr COUNT\n");
+        return rr(strtoul(argv[2], NULL, 0), "rr");
+    if (argc == 3 && strcmp(argv[1], "rr-busy") == 0) {
+        pid_t pids[64];
+        int n = spinners_start(pids, 64);
+        int rc = rr(strtoul(argv[2], NULL, 0), "rrbusy");
+        spinners_stop(pids, n);
+        return rc;
+    }
+    fprintf(stderr, "usage: net_baseline bulk MIB | rr COUNT | rr-busy COUNT\n");
     return 2;
 }
