@@ -127,14 +127,12 @@ impl Stream {
 }
 
 /// The source's guest memory with its initial content. This is the demo's setup (a real
-/// guest's memory exists before a migration starts), so it is made quickly: in transparent
-/// huge pages where the kernel gives them (2 MiB faults instead of 4 KiB ones), filled by
-/// one thread a CPU.
+/// guest's memory exists before a migration starts), so it is filled by one thread a CPU.
+/// (Transparent huge pages were tried: on the VM of BENCHMARKS.md their first touch was
+/// slower and far more variable than 4 KiB pages'.)
 fn new_guest(size: usize, seed: u64) -> Result<GuestMemory, String> {
     let mem =
         GuestMemory::new(Kind::Anon, size).map_err(|e| format!("mapping source memory: {e}"))?;
-    // SAFETY: advice on our own fresh mapping; without THP it is refused and ignored.
-    unsafe { libc::madvise(mem.addr().cast(), mem.len(), libc::MADV_HUGEPAGE) };
     // SAFETY: nobody else uses the memory yet; the slice covers the mapping.
     let all = unsafe { std::slice::from_raw_parts_mut(mem.addr(), mem.len()) };
     let cpus = thread::available_parallelism().map_or(1, |n| n.get());
