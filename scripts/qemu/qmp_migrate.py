@@ -11,8 +11,9 @@
       requests pending at the pause, every request still pending at the resume re-sent by
       the library, the guest faulting on under the cap, and nothing pending at cleanup;
       then the cap is lifted and the migration completes with the memory checked. A run
-      that shows no re-send (nothing pending at the resume, or the capped stream brought
-      the pending page first) is inconclusive and run again, up to four times.
+      that shows no re-send (nothing pending at the resume, or the source, which keeps its
+      queue of requests across the pause, answered the pending one before the library
+      re-sent it) is inconclusive and run again, up to eight times.
   qmp_migrate.py precopy-only --src BIN --dst BIN --logdir DIR
       postcopy enabled but the migration ends in precopy; prints the destination's
       postcopy-blocktime and postcopy-vcpu-blocktime (QEMU 7.2 reports them, 0).
@@ -345,19 +346,23 @@ def recovery_once(args, d):
     assert r + placed_between >= b["pending_pages"], \
         "a request pending at the resume was neither re-sent nor served"
     if r < b["pending_pages"]:
-        # The capped stream brought a pending page between the resume and the re-send:
+        # The source answered a pending request (it keeps its queue across the pause)
+        # between the resume and the library's re-send:
         # served, but the re-send is not shown for it.
         raise Inconclusive("%d of %d pending pages arrived before the re-send" % (
             b["pending_pages"] - r, b["pending_pages"]))
 
 
 def run_recovery(args):
-    for attempt in (1, 2, 3, 4):
+    # About a quarter of the attempts here were inconclusive (4 of 15) (the source keeps its queue of
+    # requests across a pause and answers the pending one at once after the resume, racing
+    # the library's re-send): eight attempts make a false failure rare (0.35**8 < 0.03%).
+    for attempt in range(1, 9):
         try:
             return recovery_once(args, args.logdir)
         except Inconclusive as e:
             print("attempt %d inconclusive (%s), again" % (attempt, e))
-    raise AssertionError("four inconclusive attempts")
+    raise AssertionError("eight inconclusive attempts")
 
 
 def fault_latency(trace_path):
