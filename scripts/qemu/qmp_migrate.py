@@ -354,9 +354,9 @@ def recovery_once(args, d):
 
 
 def run_recovery(args):
-    # About a quarter of the attempts here were inconclusive (4 of 15) (the source keeps its queue of
-    # requests across a pause and answers the pending one at once after the resume, racing
-    # the library's re-send): eight attempts make a false failure rare (0.35**8 < 0.03%).
+    # 4 of 15 attempts here were inconclusive (the source keeps its queue of requests
+    # across a pause and answers the pending one at once after the resume, racing the
+    # library's re-send): with eight attempts a false failure is rare (0.3**8 < 0.01%).
     for attempt in range(1, 9):
         try:
             return recovery_once(args, args.logdir)
