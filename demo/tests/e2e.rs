@@ -35,6 +35,20 @@ fn uffd_available() -> bool {
     }
 }
 
+/// For the KVM guest tests: userfaultfd and KVM, or false after printing why not.
+fn uffd_and_kvm_available() -> bool {
+    if !uffd_available() {
+        return false;
+    }
+    match postcopy_demo::kvm::kvm_available() {
+        Ok(()) => true,
+        Err(e) => {
+            eprintln!("SKIP: KVM unavailable: {e}");
+            false
+        }
+    }
+}
+
 fn assert_ok(out: &Output) {
     let t = text(out);
     assert!(out.status.success(), "migration failed:\n{t}");
@@ -88,11 +102,7 @@ fn hugetlbfs_memory() {
 
 #[test]
 fn kvm_guest_runs_on_migrating_memory() {
-    if !uffd_available() {
-        return;
-    }
-    if let Err(e) = postcopy_demo::kvm::kvm_available() {
-        eprintln!("SKIP: KVM unavailable: {e}");
+    if !uffd_and_kvm_available() {
         return;
     }
     let out = migrate(&["--size", "16M", "--kvm", "--precopy-rounds", "0"]);
@@ -210,11 +220,7 @@ fn recovery_after_both_channels_are_cut_completes_with_match() {
 
 #[test]
 fn kvm_guest_recovery_and_per_vcpu_blocktime() {
-    if !uffd_available() {
-        return;
-    }
-    if let Err(e) = postcopy_demo::kvm::kvm_available() {
-        eprintln!("SKIP: KVM unavailable: {e}");
+    if !uffd_and_kvm_available() {
         return;
     }
     let out = migrate(&[
@@ -242,11 +248,7 @@ fn kvm_guest_recovery_and_per_vcpu_blocktime() {
 
 #[test]
 fn kvm_guest_abort_reports_lost_pages() {
-    if !uffd_available() {
-        return;
-    }
-    if let Err(e) = postcopy_demo::kvm::kvm_available() {
-        eprintln!("SKIP: KVM unavailable: {e}");
+    if !uffd_and_kvm_available() {
         return;
     }
     let out = migrate(&[
