@@ -7,7 +7,7 @@
 mod common;
 
 use std::collections::VecDeque;
-use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+use std::os::fd::{AsRawFd, OwnedFd};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{mpsc, Arc, Weak};
 use std::thread;
@@ -37,19 +37,7 @@ impl Drop for Region {
 
 fn map_region(len: usize, hugetlb: bool, memfd: bool) -> Option<(Region, Backing)> {
     let fd = if memfd {
-        let flags = libc::MFD_CLOEXEC | if hugetlb { libc::MFD_HUGETLB } else { 0 };
-        // SAFETY: memfd_create with a static name.
-        let fd = unsafe { libc::memfd_create(c"storm".as_ptr(), flags) };
-        if fd < 0 {
-            return None;
-        }
-        // SAFETY: just created.
-        let fd = unsafe { OwnedFd::from_raw_fd(fd) };
-        // SAFETY: plain syscall on our fd.
-        if unsafe { libc::ftruncate(fd.as_raw_fd(), len as libc::off_t) } != 0 {
-            return None;
-        }
-        Some(fd)
+        Some(common::memfd(c"storm", len as u64, hugetlb)?)
     } else {
         None
     };

@@ -14,8 +14,10 @@
 //! process, printing the counters, when nothing moves for 30 s or the whole run passes
 //! `PCR_SOAK_SECONDS` (default 570).
 
+mod common;
+
 use std::collections::VecDeque;
-use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+use std::os::fd::{AsRawFd, OwnedFd};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::*};
 use std::sync::{mpsc, Arc};
 use std::thread;
@@ -66,19 +68,7 @@ impl Drop for Region {
 /// MAP_SHARED; `huge`: MAP_HUGETLB).
 fn map(name: &str, len: u64, huge: bool, memfd: bool, shared: bool) -> Option<Region> {
     let fd = if memfd {
-        let flags = libc::MFD_CLOEXEC | if huge { libc::MFD_HUGETLB } else { 0 };
-        // SAFETY: memfd_create with a static name.
-        let fd = unsafe { libc::memfd_create(c"soak".as_ptr(), flags) };
-        if fd < 0 {
-            return None;
-        }
-        // SAFETY: just created, owned here.
-        let fd = unsafe { OwnedFd::from_raw_fd(fd) };
-        // SAFETY: plain syscall on our descriptor.
-        if unsafe { libc::ftruncate(fd.as_raw_fd(), len as libc::off_t) } != 0 {
-            return None;
-        }
-        Some(fd)
+        Some(common::memfd(c"soak", len, huge)?)
     } else {
         None
     };

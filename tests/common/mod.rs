@@ -340,3 +340,22 @@ pub fn vm_flags(addr: usize) -> Option<Vec<String>> {
     }
     None
 }
+
+/// A memfd of `len` bytes (hugetlbfs-backed with `huge`), or None when the kernel refuses
+/// (no huge pages reserved, say).
+pub fn memfd(name: &std::ffi::CStr, len: u64, huge: bool) -> Option<std::os::fd::OwnedFd> {
+    use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+    let flags = libc::MFD_CLOEXEC | if huge { libc::MFD_HUGETLB } else { 0 };
+    // SAFETY: memfd_create with a NUL-terminated name.
+    let fd = unsafe { libc::memfd_create(name.as_ptr(), flags) };
+    if fd < 0 {
+        return None;
+    }
+    // SAFETY: just created, owned here.
+    let fd = unsafe { OwnedFd::from_raw_fd(fd) };
+    // SAFETY: plain syscall on our descriptor.
+    if unsafe { libc::ftruncate(fd.as_raw_fd(), len as libc::off_t) } != 0 {
+        return None;
+    }
+    Some(fd)
+}
