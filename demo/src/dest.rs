@@ -18,6 +18,7 @@ use postcopy_ram::{
 };
 
 use crate::checksum::{checksum, dest_marker, mix};
+use crate::latency_split::{LatencySplit, SplitSummary};
 use crate::memory::{GuestMemory, Kind};
 use crate::proto::{read_item, Item, TAG_PAGE, TAG_ZERO};
 
@@ -52,6 +53,9 @@ pub struct DestOptions {
     /// buffer, so it fails (EFAULT) as a placement can in production (ENOMEM when the
     /// huge page pool shrinks).
     pub inject_placement_failure: Option<u64>,
+    /// Split each faulted touch's latency at its page's placement (`--latency-split`,
+    /// thread workload only).
+    pub latency_split: bool,
 }
 
 /// What the destination measured.
@@ -74,6 +78,8 @@ pub struct DestReport {
     pub resent_requests: u64,
     /// The library's blocktime and latency figures.
     pub blocktime: BlocktimeReport,
+    /// With `latency_split`: touch -> placed and placed -> running again.
+    pub latency_split: Option<SplitSummary>,
 }
 
 /// Every placement after LISTEN goes through here: one check of the frame, the failure
@@ -86,6 +92,8 @@ struct Placer {
     injected: std::sync::atomic::AtomicBool,
     /// An unreadable page (the injected failure's source).
     bad: GuestMemory,
+    /// Placement stamps, with `--latency-split`.
+    split: Option<Arc<LatencySplit>>,
 }
 
 impl Placer {
@@ -109,6 +117,8 @@ impl Placer {
     /// Places a run of pages with data (`Some`) or of zero pages, one call each.
     fn place(&self, host: usize, data: Option<&[u8]>, length: u32) -> Result<RunPlacement, String> {
         let n = self.placements.fetch_add(1, Ordering::Relaxed) + 1;
+        // Stamped before the ioctl: the placed thread may run again before it returns.
+        let issued = self.split.as_ref().map(|_| now_ns());
         let r = match data {
             Some(_)
                 if self.inject.is_some_and(|at| n >= at)
@@ -132,6 +142,9 @@ impl Placer {
             },
             None => self.incoming.place_pages_zero(host, length as u64),
         };
+        if let (Ok(_), Some(split), Some(issued)) = (&r, &self.split, issued) {
+            split.placed(host - self.mem.addr() as usize, length as usize, issued);
+        }
         r.map_err(|e| {
             format!(
                 "placing the page at +{:#x}: {e}",
@@ -288,13 +301,19 @@ fn is_resident(addr: usize, page_size: usize) -> bool {
     rc == 0 && vec[0] & 1 != 0
 }
 
-fn thread_workload(mem: &GuestMemory, incoming: &Arc<Incoming>, threads: usize) -> Vec<u64> {
+fn thread_workload(
+    mem: &GuestMemory,
+    incoming: &Arc<Incoming>,
+    threads: usize,
+    split: Option<Arc<LatencySplit>>,
+) -> Vec<u64> {
     let pages = mem.len() / 4096;
     let page_size = mem.kind().page_size();
     let base = mem.addr() as usize;
     let handles: Vec<_> = (0..threads)
         .map(|t| {
             let incoming = incoming.clone();
+            let split = split.clone();
             let spawn = thread::Builder::new().name(format!("workload-{t}"));
             spawn
                 .spawn(move || {
@@ -310,9 +329,15 @@ fn thread_workload(mem: &GuestMemory, incoming: &Arc<Incoming>, threads: usize) 
                         mine.swap(i, (x % (i as u64 + 1)) as usize);
                     }
                     let mut latencies = Vec::new();
+                    let mut samples = Vec::new();
                     for p in mine {
                         let addr = base + p * 4096;
                         let resident = is_resident(addr, page_size);
+                        let t0_ns = if split.is_some() && !resident {
+                            now_ns()
+                        } else {
+                            0
+                        };
                         let t0 = Instant::now();
                         // SAFETY: inside the guest mapping; a missing page blocks until the
                         // library places it.
@@ -326,7 +351,13 @@ fn thread_workload(mem: &GuestMemory, incoming: &Arc<Incoming>, threads: usize) 
                         std::hint::black_box(word);
                         if !resident {
                             latencies.push(t0.elapsed().as_nanos() as u64);
+                            if let Some(split) = &split {
+                                samples.extend(split.split(p * 4096, t0_ns, now_ns()));
+                            }
                         }
+                    }
+                    if let Some(split) = &split {
+                        split.add(&samples);
                     }
                     latencies
                 })
@@ -370,6 +401,8 @@ pub fn run_dest(
     let bad = GuestMemory::new(Kind::Anon, opts.kind.page_size()).map_err(|e| e.to_string())?;
     // SAFETY: our own mapping; made unreadable for the injected failure.
     unsafe { libc::mprotect(bad.addr().cast(), bad.len(), libc::PROT_NONE) };
+    let split = (opts.latency_split && matches!(opts.workload, Workload::Threads(_)))
+        .then(|| Arc::new(LatencySplit::new(mem.len())));
     let placer = Arc::new(Placer {
         incoming: incoming.clone(),
         mem: mem.clone(),
@@ -377,6 +410,7 @@ pub fn run_dest(
         inject: opts.inject_placement_failure,
         injected: Default::default(),
         bad,
+        split: split.clone(),
     });
     let failure = Arc::new(Failure::default());
     let mut urgent_readers = Vec::new();
@@ -475,9 +509,12 @@ pub fn run_dest(
                             .map_err(|e| e.to_string())?;
                         report.t_run_ns = now_ns();
                         let (mem, incoming) = (mem.clone(), incoming.clone());
+                        let split = split.clone();
                         let wl = opts.workload;
                         workload = Some(thread::spawn(move || match wl {
-                            Workload::Threads(n) => Ok((thread_workload(&mem, &incoming, n), None)),
+                            Workload::Threads(n) => {
+                                Ok((thread_workload(&mem, &incoming, n, split), None))
+                            }
                             Workload::Kvm => {
                                 // KVM_RUN runs on this thread: it is vCPU 0.
                                 // SAFETY: gettid has no preconditions.
@@ -570,6 +607,7 @@ pub fn run_dest(
     report.stats = incoming.stats();
     incoming.cleanup().map_err(|e| e.to_string())?;
     report.blocktime = incoming.blocktime();
+    report.latency_split = split.map(|s| s.summary());
     for h in urgent_readers {
         match h.join() {
             Ok(n) => report.pages_received_urgent += n,

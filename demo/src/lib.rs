@@ -3,6 +3,7 @@
 pub mod checksum;
 pub mod dest;
 pub mod kvm;
+pub mod latency_split;
 pub mod memory;
 pub mod proto;
 pub mod push;

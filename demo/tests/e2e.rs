@@ -70,6 +70,70 @@ fn anonymous_memory_with_precopy_and_faults() {
     assert!(t.contains("pages requested"), "{t}");
 }
 
+/// The number after `key` in `line` (`key 12.5 us` or `(12 touches`).
+fn number_after(line: &str, key: &str) -> f64 {
+    let rest = &line[line
+        .find(key)
+        .unwrap_or_else(|| panic!("{key:?} in {line:?}"))
+        + key.len()..];
+    rest.split_whitespace()
+        .next()
+        .and_then(|v| v.trim_start_matches('(').parse().ok())
+        .unwrap_or_else(|| panic!("a number after {key:?} in {line:?}"))
+}
+
+#[test]
+fn latency_split_accounts_for_sampled_faulted_touches() {
+    if !uffd_available() {
+        return;
+    }
+    let out = migrate(&[
+        "--size",
+        "64M",
+        "--precopy-rounds",
+        "0",
+        "--bandwidth",
+        "0",
+        "--threads",
+        "2",
+        "--latency-split",
+    ]);
+    assert_ok(&out);
+    let t = text(&out);
+    let whole = t
+        .lines()
+        .find(|l| l.starts_with("fault latency  "))
+        .unwrap_or_else(|| panic!("{t}"));
+    let split = t
+        .lines()
+        .find(|l| l.starts_with("fault latency split"))
+        .unwrap_or_else(|| panic!("no split line:\n{t}"));
+    let max = number_after(whole, "max");
+    let faulted_touches: f64 = whole
+        .rsplit('(')
+        .next()
+        .and_then(|v| v.split_whitespace().next())
+        .and_then(|v| v.parse().ok())
+        .unwrap_or_else(|| panic!("{whole}"));
+    let sampled: f64 = split
+        .rsplit('(')
+        .next()
+        .and_then(|v| v.split_whitespace().next())
+        .and_then(|v| v.parse().ok())
+        .unwrap_or_else(|| panic!("{split}"));
+    // Pure postcopy: the threads fault, most faulted touches are sampled, none twice.
+    assert!(faulted_touches > 0.0, "{t}");
+    assert!(sampled > 0.0 && sampled <= faulted_touches, "{t}");
+    let page = number_after(split, "placed p50");
+    let cpu = number_after(split, "again p50");
+    assert!(page > 0.0 && cpu > 0.0, "{t}");
+    // Each part of a touch is at most the touch, so each median is at most the largest.
+    assert!(page <= max && cpu <= max, "{t}");
+    // Without the option there is no split line.
+    let plain = text(&migrate(&["--size", "16M", "--precopy-rounds", "0"]));
+    assert!(!plain.contains("fault latency split"), "{plain}");
+}
+
 #[test]
 fn pure_postcopy_of_a_shared_memfd() {
     if !uffd_available() {

@@ -14,6 +14,7 @@ use std::process::{Command, ExitCode, Stdio};
 
 use postcopy_demo::checksum::{apply_dest_writes, checksum};
 use postcopy_demo::dest::{run_dest, DestOptions, Workload};
+use postcopy_demo::latency_split::percentile;
 use postcopy_demo::memory::{HugePageReservation, Kind};
 use postcopy_demo::source::{run_source, SourceOptions};
 
@@ -21,7 +22,7 @@ const USAGE: &str =
     "usage: postcopy-migrate [--size BYTES[K|M|G]] [--kind anon|memfd|hugetlb] [--threads N]
                         [--kvm] [--precopy-rounds N] [--dirty-threads N] [--bandwidth MiB/s]
                         [--fail-channel-after N] [--abort-postcopy-after N]
-                        [--inject-placement-failure N] [--seed N] [--quiet]
+                        [--inject-placement-failure N] [--latency-split] [--seed N] [--quiet]
 
   --size            guest RAM to migrate (default 256M)
   --kind            backing of the destination's guest RAM (default anon)
@@ -43,6 +44,8 @@ const USAGE: &str =
                     non-zero within a second
   --inject-placement-failure N  failure test: the destination's Nth placement after
                     LISTEN fails (EFAULT); it aborts and exits non-zero within a second
+  --latency-split   split each faulted touch's latency at its page's placement: waiting
+                    for the page (the request path) and then for a CPU (information)
   --seed            seed of the initial memory content (default 1)
   --quiet           no progress lines
 Environment: POSTCOPY_LOG=debug for the library's log.";
@@ -57,6 +60,7 @@ struct Args {
     dirty_threads: usize,
     seed: u64,
     quiet: bool,
+    latency_split: bool,
     role_dest: bool,
     bandwidth_mib: u64,
     abort_after: Option<u64>,
@@ -85,6 +89,7 @@ fn parse_args() -> Result<Args, String> {
         dirty_threads: 1,
         seed: 1,
         quiet: false,
+        latency_split: false,
         role_dest: false,
         bandwidth_mib: 256,
         abort_after: None,
@@ -114,6 +119,7 @@ fn parse_args() -> Result<Args, String> {
             }
             "--seed" => a.seed = value("--seed")?.parse().map_err(|_| "bad --seed")?,
             "--quiet" => a.quiet = true,
+            "--latency-split" => a.latency_split = true,
             "--abort-postcopy-after" => {
                 a.abort_after = Some(
                     value("--abort-postcopy-after")?
@@ -188,18 +194,19 @@ fn dest_main(args: &Args) -> ExitCode {
         },
         recover: args.recover,
         inject_placement_failure: args.inject_placement_failure,
+        latency_split: args.latency_split,
     };
     match run_dest(&listener, stream, urgent, &opts) {
         Ok(r) => {
             let mut lat = r.fault_latencies_ns.clone();
             lat.sort_unstable();
-            let pct = |q: f64| {
-                if lat.is_empty() {
-                    0
-                } else {
-                    lat[((lat.len() - 1) as f64 * q).round() as usize]
-                }
-            };
+            let pct = |q: f64| percentile(&lat, q);
+            if let Some(t) = r.latency_split {
+                println!(
+                    "SPLIT split_touches={} split_placed_p50={} split_placed_p99={} split_running_p50={} split_running_p99={}",
+                    t.touches, t.placed_p50, t.placed_p99, t.running_p50, t.running_p99
+                );
+            }
             let s = r.stats;
             let b = &r.blocktime;
             println!(
@@ -275,6 +282,11 @@ fn source_main(args: &Args) -> Result<bool, String> {
             args.kind.name(),
         ])
         .args(["--threads", &args.threads.to_string()])
+        .args(if args.latency_split {
+            &["--latency-split"][..]
+        } else {
+            &[][..]
+        })
         .args(if args.kvm { &["--kvm"][..] } else { &[][..] })
         .args(if args.fail_channel_after.is_some() {
             &["--recover"][..]
@@ -407,6 +419,16 @@ fn source_main(args: &Args) -> Result<bool, String> {
             us(num("lat_p99")),
             us(num("lat_max")),
             num("faulted_touches")
+        );
+    }
+    if dest.contains_key("split_touches") {
+        println!(
+            "fault latency split    touch -> page placed p50 {}  p99 {}; placed -> running again p50 {}  p99 {}  ({} touches)",
+            us(num("split_placed_p50")),
+            us(num("split_placed_p99")),
+            us(num("split_running_p50")),
+            us(num("split_running_p99")),
+            num("split_touches")
         );
     }
     let vcpus = dest.get("vcpus").copied().unwrap_or("");
