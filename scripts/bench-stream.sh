@@ -71,13 +71,13 @@ start=$(date +%s)
 
 RAW=$OUT/stream-rounds.txt # one "round name value" a line
 : >"$RAW"
-run_migrate() { migrate_with "$MIGRATE" "" "$1"; }
+run_migrate() { migrate_with "$MIGRATE" "" "$1" --latency-split; }
 run_before() { migrate_with "$BEFORE" before_ "$1"; }
-run_migrate1() { migrate_with "$MIGRATE" one_ "$1" --threads 1; }
+run_migrate1() { migrate_with "$MIGRATE" one_ "$1" --threads 1 --latency-split; }
 migrate_with() {
     local out
     # shellcheck disable=SC2086
-    out=$("$1" --size "$SIZE" --precopy-rounds 0 --bandwidth 0 --quiet --latency-split $EXTRA "${@:4}")
+    out=$("$1" --size "$SIZE" --precopy-rounds 0 --bandwidth 0 --quiet $EXTRA "${@:4}")
     if ! grep -q '^result *OK' <<<"$out"; then
         echo "$out" >&2
         echo "bench-stream.sh: the migration failed" >&2
