@@ -17,10 +17,26 @@ pub(crate) trait CHandle {
 /// # Safety
 /// Unless NULL, `ptr` must come from the matching `pcr_*_new` (a leaked Box) and not have
 /// been freed, and no `&mut` to it may be live for `'a`.
+/// Inlined into every export (placement among them): the checks are two compares, and
+/// the error is built out of line.
+#[inline(always)]
 pub(crate) unsafe fn try_handle<'a, T: CHandle>(ptr: *const T) -> Result<&'a T> {
-    check_align(T::NAME, ptr)?;
-    // SAFETY: the caller guarantees a non-NULL `ptr` points to a live `T` (see above).
-    unsafe { ptr.as_ref() }.ok_or_else(|| Error::invalid(format!("{} is NULL", T::NAME)))
+    if ptr.is_null() || (ptr as usize) & (std::mem::align_of::<T>() - 1) != 0 {
+        return Err(bad_handle(T::NAME, ptr.cast(), std::mem::align_of::<T>()));
+    }
+    // SAFETY: non-NULL and aligned; the caller guarantees it points to a live `T` (above).
+    Ok(unsafe { &*ptr })
+}
+
+/// Why [`try_handle`] refused `ptr`: NULL, or not aligned to `align`.
+#[cold]
+#[inline(never)]
+fn bad_handle(name: &str, ptr: *const (), align: usize) -> Error {
+    if ptr.is_null() {
+        Error::invalid(format!("{name} is NULL"))
+    } else {
+        Error::invalid(format!("{name} ({ptr:p}) is not aligned to {align} bytes"))
+    }
 }
 
 /// The object behind handle `ptr`, for mutation, or EINVAL when it is NULL.
