@@ -11,3 +11,4 @@ pub mod recovery;
 pub mod sched;
 pub mod sigbus;
 pub mod source;
+pub mod workload;
