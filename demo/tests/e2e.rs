@@ -70,7 +70,23 @@ fn anonymous_memory_with_precopy_and_faults() {
     assert!(t.contains("pages requested"), "{t}");
 }
 
-/// The number after `key` in `line` (`key 12.5 us` or `(12 touches`).
+/// The line of the summary `t` that starts with `prefix` (the test fails without one).
+fn line_starting<'a>(t: &'a str, prefix: &str) -> &'a str {
+    t.lines()
+        .find(|l| l.starts_with(prefix))
+        .unwrap_or_else(|| panic!("no line starting with {prefix:?}:\n{t}"))
+}
+
+/// The count in a summary line's closing parenthesis (`(12 touches faulted)`).
+fn count_in_parens(line: &str) -> f64 {
+    line.rsplit('(')
+        .next()
+        .and_then(|v| v.split_whitespace().next())
+        .and_then(|v| v.parse().ok())
+        .unwrap_or_else(|| panic!("no count in parentheses in {line:?}"))
+}
+
+/// The number after `key` in `line` (`key 12.5 us`).
 fn number_after(line: &str, key: &str) -> f64 {
     let rest = &line[line
         .find(key)
@@ -78,7 +94,7 @@ fn number_after(line: &str, key: &str) -> f64 {
         + key.len()..];
     rest.split_whitespace()
         .next()
-        .and_then(|v| v.trim_start_matches('(').parse().ok())
+        .and_then(|v| v.parse().ok())
         .unwrap_or_else(|| panic!("a number after {key:?} in {line:?}"))
 }
 
@@ -100,27 +116,11 @@ fn latency_split_accounts_for_sampled_faulted_touches() {
     ]);
     assert_ok(&out);
     let t = text(&out);
-    let whole = t
-        .lines()
-        .find(|l| l.starts_with("fault latency  "))
-        .unwrap_or_else(|| panic!("{t}"));
-    let split = t
-        .lines()
-        .find(|l| l.starts_with("fault latency split"))
-        .unwrap_or_else(|| panic!("no split line:\n{t}"));
+    let whole = line_starting(&t, "fault latency  ");
+    let split = line_starting(&t, "fault latency split");
     let max = number_after(whole, "max");
-    let faulted_touches: f64 = whole
-        .rsplit('(')
-        .next()
-        .and_then(|v| v.split_whitespace().next())
-        .and_then(|v| v.parse().ok())
-        .unwrap_or_else(|| panic!("{whole}"));
-    let sampled: f64 = split
-        .rsplit('(')
-        .next()
-        .and_then(|v| v.split_whitespace().next())
-        .and_then(|v| v.parse().ok())
-        .unwrap_or_else(|| panic!("{split}"));
+    let faulted_touches = count_in_parens(whole);
+    let sampled = count_in_parens(split);
     // Pure postcopy: the threads fault, most faulted touches are sampled, none twice.
     assert!(faulted_touches > 0.0, "{t}");
     assert!(sampled > 0.0 && sampled <= faulted_touches, "{t}");
@@ -274,10 +274,7 @@ fn recovery_after_both_channels_are_cut_completes_with_match() {
     ]);
     assert_ok(&out);
     let t = text(&out);
-    let line = t
-        .lines()
-        .find(|l| l.starts_with("recovery "))
-        .unwrap_or_else(|| panic!("no recovery line:\n{t}"));
+    let line = line_starting(&t, "recovery ");
     assert!(line.contains("received bitmap lacked"), "{line}");
     assert!(t.contains("blocktime              total"), "{t}");
 }
@@ -303,10 +300,7 @@ fn kvm_guest_recovery_and_per_vcpu_blocktime() {
         "{t}"
     );
     assert!(t.lines().any(|l| l.starts_with("recovery ")), "{t}");
-    let bt = t
-        .lines()
-        .find(|l| l.starts_with("blocktime"))
-        .unwrap_or_else(|| panic!("no blocktime line:\n{t}"));
+    let bt = line_starting(&t, "blocktime");
     assert!(bt.contains("per vCPU: ["), "{bt}");
 }
 
