@@ -20,7 +20,7 @@ use postcopy_ram::{
 use crate::checksum::checksum;
 use crate::latency_split::{LatencySplit, SplitSummary};
 use crate::memory::{GuestMemory, Kind};
-use crate::proto::{read_item, Item, TAG_PAGE, TAG_ZERO};
+use crate::proto::{parse_page_frame, read_item, Item};
 use crate::workload::thread_workload;
 
 /// The block name used by the demo.
@@ -212,30 +212,13 @@ fn place_buffered(
     reader: &mut BufReader<TcpStream>,
     placer: &Placer,
 ) -> Result<Option<(RunPlacement, bool)>, String> {
-    let buf = reader.buffer();
-    let (Some(&tag), Some(&name_len)) = (buf.first(), buf.get(1)) else {
+    let Some(frame) = parse_page_frame(reader.buffer()) else {
         return Ok(None);
     };
-    if tag != TAG_PAGE && tag != TAG_ZERO {
-        return Ok(None);
-    }
-    let header = 2 + name_len as usize + 12;
-    let Some(fixed) = buf.get(header - 12..header) else {
-        return Ok(None);
-    };
-    let offset = u64::from_be_bytes(fixed[..8].try_into().expect("8 bytes"));
-    let length = u32::from_be_bytes(fixed[8..].try_into().expect("4 bytes"));
-    let zero = tag == TAG_ZERO;
-    let end = header + if zero { 0 } else { length as usize };
-    let Some(data) = buf.get(header..end) else {
-        return Ok(None);
-    };
-    let Ok(name) = std::str::from_utf8(&buf[2..header - 12]) else {
-        return Ok(None);
-    };
-    let host = placer.check(name, offset, length)?;
-    let run = placer.place(host, (!zero).then_some(data), length)?;
-    reader.consume(end);
+    let host = placer.check(frame.name, frame.offset, frame.length)?;
+    let run = placer.place(host, frame.data, frame.length)?;
+    let (size, zero) = (frame.size, frame.data.is_none());
+    reader.consume(size);
     Ok(Some((run, zero)))
 }
 

@@ -46,6 +46,53 @@ pub enum Item {
     End,
 }
 
+/// A page frame parsed in place from a receive buffer ([`parse_page_frame`]).
+#[derive(Debug, PartialEq, Eq)]
+pub struct PageFrame<'a> {
+    pub name: &'a str,
+    pub offset: u64,
+    pub length: u32,
+    /// The page data; `None` for a zero page.
+    pub data: Option<&'a [u8]>,
+    /// Bytes of the buffer the frame takes, header included.
+    pub size: usize,
+}
+
+/// The `be64 offset be32 length` that end a page frame's header.
+fn offset_and_length(fixed: &[u8; 12]) -> (u64, u32) {
+    let (offset, length) = fixed.split_at(8);
+    (
+        u64::from_be_bytes(offset.try_into().expect("8 bytes")),
+        u32::from_be_bytes(length.try_into().expect("4 bytes")),
+    )
+}
+
+/// The page frame (`P` or `Z`) at the start of `buf` when `buf` holds all of it, header
+/// and data; `None` otherwise (another item, a partial frame, a name not UTF-8: read it
+/// with [`read_item`], which reports what is wrong).
+pub fn parse_page_frame(buf: &[u8]) -> Option<PageFrame<'_>> {
+    let (&tag, &name_len) = (buf.first()?, buf.get(1)?);
+    if tag != TAG_PAGE && tag != TAG_ZERO {
+        return None;
+    }
+    let header = 2 + name_len as usize + 12;
+    let (offset, length) = offset_and_length(buf.get(header - 12..header)?.try_into().ok()?);
+    let name = std::str::from_utf8(&buf[2..header - 12]).ok()?;
+    let (data, size) = if tag == TAG_ZERO {
+        (None, header)
+    } else {
+        let end = header + length as usize;
+        (Some(buf.get(header..end)?), end)
+    };
+    Some(PageFrame {
+        name,
+        offset,
+        length,
+        data,
+        size,
+    })
+}
+
 /// Writes a page frame header (the data follows, written by the caller).
 pub fn write_page_header(
     w: &mut impl Write,
@@ -111,8 +158,7 @@ fn read_item_inner(r: &mut impl Read, data: &mut Vec<u8>) -> io::Result<Item> {
             r.read_exact(&mut name)?;
             let mut fixed = [0u8; 12];
             r.read_exact(&mut fixed)?;
-            let offset = u64::from_be_bytes(fixed[..8].try_into().unwrap());
-            let length = u32::from_be_bytes(fixed[8..].try_into().unwrap());
+            let (offset, length) = offset_and_length(&fixed);
             let name = String::from_utf8(name)
                 .map_err(|_| io::Error::new(io::ErrorKind::InvalidData, "block name not UTF-8"))?;
             if tag == TAG_ZERO {
@@ -135,5 +181,67 @@ fn read_item_inner(r: &mut impl Read, data: &mut Vec<u8>) -> io::Result<Item> {
             io::ErrorKind::InvalidData,
             format!("unknown stream tag {other:#x}"),
         )),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn frame(zero: bool, data: &[u8]) -> Vec<u8> {
+        let mut buf = Vec::new();
+        write_page_header(&mut buf, zero, "pc.ram", 0x3000, 4096).unwrap();
+        buf.extend_from_slice(data);
+        buf
+    }
+
+    #[test]
+    fn a_whole_buffered_frame_parses_as_read_item_reads_it() {
+        let page = vec![7u8; 4096];
+        let mut buf = frame(false, &page);
+        let size = buf.len();
+        buf.extend_from_slice(&frame(true, &[]));
+        let f = parse_page_frame(&buf).expect("a whole page frame");
+        assert_eq!(
+            f,
+            PageFrame {
+                name: "pc.ram",
+                offset: 0x3000,
+                length: 4096,
+                data: Some(&page[..]),
+                size
+            }
+        );
+        let z = parse_page_frame(&buf[size..]).expect("a zero frame");
+        assert_eq!((z.data, z.size), (None, buf.len() - size));
+        let mut data = Vec::new();
+        let mut r = &buf[..];
+        match read_item(&mut r, &mut data).unwrap() {
+            Item::Page {
+                name,
+                offset,
+                length,
+            } => assert_eq!(
+                (name.as_str(), offset, length, &data[..]),
+                ("pc.ram", 0x3000, 4096, &page[..])
+            ),
+            other => panic!("{other:?}"),
+        }
+        assert!(matches!(
+            read_item(&mut r, &mut data).unwrap(),
+            Item::Zero { offset: 0x3000, .. }
+        ));
+    }
+
+    #[test]
+    fn a_partial_frame_or_another_item_is_left_to_read_item() {
+        let buf = frame(false, &[1u8; 4096]);
+        for cut in [0, 1, 2, 10, buf.len() - 12, buf.len() - 1] {
+            assert_eq!(parse_page_frame(&buf[..cut]), None, "cut at {cut}");
+        }
+        assert_eq!(parse_page_frame(&[TAG_END]), None);
+        let mut bad_name = frame(true, &[]);
+        bad_name[2] = 0xff;
+        assert_eq!(parse_page_frame(&bad_name), None);
     }
 }
