@@ -12,31 +12,21 @@ pub(crate) trait CHandle {
     const NAME: &'static str;
 }
 
-/// The object behind handle `ptr`, or EINVAL when it is NULL.
+/// The object behind handle `ptr`, or EINVAL when it is NULL. Inlined into every export
+/// (placement among them): the checks are a mask and a compare, and an error is built out
+/// of line.
 ///
 /// # Safety
 /// Unless NULL, `ptr` must come from the matching `pcr_*_new` (a leaked Box) and not have
 /// been freed, and no `&mut` to it may be live for `'a`.
-/// Inlined into every export (placement among them): the checks are two compares, and
-/// the error is built out of line.
 #[inline(always)]
 pub(crate) unsafe fn try_handle<'a, T: CHandle>(ptr: *const T) -> Result<&'a T> {
-    if ptr.is_null() || (ptr as usize) & (std::mem::align_of::<T>() - 1) != 0 {
-        return Err(bad_handle(T::NAME, ptr.cast(), std::mem::align_of::<T>()));
+    check_align(T::NAME, ptr)?;
+    if ptr.is_null() {
+        return Err(null_arg(T::NAME));
     }
     // SAFETY: non-NULL and aligned; the caller guarantees it points to a live `T` (above).
     Ok(unsafe { &*ptr })
-}
-
-/// Why [`try_handle`] refused `ptr`: NULL, or not aligned to `align`.
-#[cold]
-#[inline(never)]
-fn bad_handle(name: &str, ptr: *const (), align: usize) -> Error {
-    if ptr.is_null() {
-        Error::invalid(format!("{name} is NULL"))
-    } else {
-        Error::invalid(format!("{name} ({ptr:p}) is not aligned to {align} bytes"))
-    }
 }
 
 /// The object behind handle `ptr`, for mutation, or EINVAL when it is NULL.
@@ -46,7 +36,7 @@ fn bad_handle(name: &str, ptr: *const (), align: usize) -> Error {
 pub(crate) unsafe fn try_handle_mut<'a, T: CHandle>(ptr: *mut T) -> Result<&'a mut T> {
     check_align(T::NAME, ptr)?;
     // SAFETY: the caller guarantees a non-NULL `ptr` points to a live `T`, not aliased.
-    unsafe { ptr.as_mut() }.ok_or_else(|| Error::invalid(format!("{} is NULL", T::NAME)))
+    unsafe { ptr.as_mut() }.ok_or_else(|| null_arg(T::NAME))
 }
 
 /// Takes back the ownership of handle `ptr` (to free it), or EINVAL when it is NULL.
@@ -55,7 +45,7 @@ pub(crate) unsafe fn try_handle_mut<'a, T: CHandle>(ptr: *mut T) -> Result<&'a m
 /// Unless NULL, `ptr` must come from the matching `pcr_*_new` and be given back only once.
 pub(crate) unsafe fn try_take<T: CHandle>(ptr: *mut T) -> Result<Box<T>> {
     if ptr.is_null() {
-        return Err(Error::invalid(format!("{} is NULL", T::NAME)));
+        return Err(null_arg(T::NAME));
     }
     check_align(T::NAME, ptr)?;
     // SAFETY: non-NULL, and the caller guarantees it is a Box leaked by `pcr_*_new` that
@@ -72,13 +62,13 @@ pub(crate) unsafe fn try_read<T: Copy>(arg: &str, ptr: *const T) -> Result<T> {
     // SAFETY: the caller guarantees a non-NULL `ptr` points to a readable `T`.
     unsafe { ptr.as_ref() }
         .copied()
-        .ok_or_else(|| Error::invalid(format!("{arg} is NULL")))
+        .ok_or_else(|| null_arg(arg))
 }
 
 /// `ptr` itself when it is not NULL (an output the export writes once it succeeded).
 pub(crate) fn try_out<T>(arg: &str, ptr: *mut T) -> Result<*mut T> {
     if ptr.is_null() {
-        return Err(Error::invalid(format!("{arg} is NULL")));
+        return Err(null_arg(arg));
     }
     check_align(arg, ptr)?;
     Ok(ptr)
@@ -90,7 +80,7 @@ pub(crate) fn try_out<T>(arg: &str, ptr: *mut T) -> Result<*mut T> {
 /// Unless NULL, `ptr` must point to a NUL-terminated string valid and unmodified for `'a`.
 pub(crate) unsafe fn try_c_bytes<'a>(arg: &str, ptr: *const c_char) -> Result<&'a [u8]> {
     if ptr.is_null() {
-        return Err(Error::invalid(format!("{arg} is NULL")));
+        return Err(null_arg(arg));
     }
     // SAFETY: non-NULL, and the caller guarantees a NUL-terminated string living for 'a.
     Ok(unsafe { CStr::from_ptr(ptr) }.to_bytes())
@@ -108,20 +98,34 @@ pub(crate) unsafe fn try_str<'a>(arg: &str, ptr: *const c_char) -> Result<&'a st
 
 /// Refuses a pointer that is not aligned for `T`: making a reference or slice from it
 /// would be undefined behaviour (C may hand a `uint64_t *` into a byte buffer).
+#[inline(always)]
 fn check_align<T>(arg: &str, ptr: *const T) -> Result<()> {
+    // Alignments are powers of two: a mask, not a division.
     let align = std::mem::align_of::<T>();
-    if (ptr as usize) % align != 0 {
-        return Err(Error::invalid(format!(
-            "{arg} ({ptr:p}) is not aligned to {align} bytes"
-        )));
+    if (ptr as usize) & (align - 1) != 0 {
+        return Err(misaligned(arg, ptr.cast(), align));
     }
     Ok(())
+}
+
+/// The error of a NULL argument (built out of line: the checks inline into every export).
+#[cold]
+#[inline(never)]
+fn null_arg(arg: &str) -> Error {
+    Error::invalid(format!("{arg} is NULL"))
+}
+
+/// The error of a pointer not aligned to `align`.
+#[cold]
+#[inline(never)]
+fn misaligned(arg: &str, ptr: *const (), align: usize) -> Error {
+    Error::invalid(format!("{arg} ({ptr:p}) is not aligned to {align} bytes"))
 }
 
 /// Refuses a NULL or misaligned pointer, or a length whose byte size overflows isize.
 fn check_ptr_len<T>(arg: &str, ptr: *const T, len: usize) -> Result<()> {
     if ptr.is_null() {
-        return Err(Error::invalid(format!("{arg} is NULL")));
+        return Err(null_arg(arg));
     }
     check_align(arg, ptr)?;
     if len
