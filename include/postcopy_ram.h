@@ -530,8 +530,9 @@ typedef struct PcrBlocktime {
   /**
    * Whether the kernel reports faulting thread ids (UFFD_FEATURE_THREAD_ID, Linux 4.14),
    * known from `pcr_incoming_init` on (a migration that ends before LISTEN reports a zero
-   * blocktime, as QEMU 7.2 does). Without them no fault is attributed to a vCPU: `total_ms` and the per-vCPU figures
-   * stay 0 (QEMU then reports no blocktime); the latency figures still count.
+   * blocktime, as QEMU 7.2 does). Without them no fault is attributed to a vCPU:
+   * `total_ms` and the per-vCPU figures stay 0 (QEMU then reports no blocktime); the
+   * latency figures still count.
    */
   bool thread_id_available;
   /**

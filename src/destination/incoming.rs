@@ -279,7 +279,7 @@ impl Incoming {
         }
         self.set_state(State::Advise)?;
         self.blocktime.reset(self.config.blocktime);
-        // Known from ADVISE on, as QEMU 7.2 knows it from its host check: a migration that
+        // Known from init (ADVISE) on, as QEMU 7.2 knows it from its host check: a migration that
         // ends before LISTEN (in precopy) still reports blocktime, zero (enable_notify sets
         // it again from the userfaultfd it opens).
         self.blocktime
