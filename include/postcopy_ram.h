@@ -360,7 +360,8 @@ typedef struct PcrIncomingOps {
   void (*fault_thread_stopping)(void *opaque);
   /**
    * The guest's target page size in bytes (discard ranges and received bitmaps count in
-   * it); 0 means 4096.
+   * it): a power of two no larger than the host page size (`pcr_incoming_new` refuses
+   * others); 0 means 4096.
    */
   size_t target_page_size;
   /**
@@ -718,7 +719,8 @@ extern "C" {
  * Creates a destination with the callbacks in `ops` (copied) and `opaque` (passed to each
  * callback). State starts at PCR_STATE_NONE. Returns NULL (and logs why) when `ops` is
  * NULL, lacks `foreach_ram_block`, has neither `request_page` nor `write_return_path`, or
- * the target page size is not a power of two.
+ * the target page size is not a power of two or is larger than the host page size (every
+ * block's page is at least the host page; QEMU refuses it too).
  */
 struct PcrIncoming *pcr_incoming_new(const struct PcrIncomingOps *ops, void *opaque);
 

@@ -217,12 +217,17 @@ impl BlockTable {
         Self::with_target_page(blocks, 4096.min(host_page_size()))
     }
 
-    /// As [`BlockTable::new`], with received maps in target pages of `target_page_size`
-    /// (a power of two no bigger than the host page size).
+    /// As [`BlockTable::new`], with received maps in target pages of `target_page_size`:
+    /// a power of two no bigger than any block's page size (EINVAL otherwise).
     pub fn with_target_page(
         mut blocks: Vec<RamBlock>,
         target_page_size: u64,
     ) -> Result<BlockTable, Error> {
+        if !target_page_size.is_power_of_two() {
+            return Err(Error::invalid(format!(
+                "target page size {target_page_size} is not a power of two"
+            )));
+        }
         let target_shift = target_page_size.trailing_zeros();
         let host_page = host_page_size();
         for b in &blocks {
@@ -236,6 +241,12 @@ impl BlockTable {
                 return Err(Error::invalid(format!(
                     "RAM block {}: page size {} is not a power of two >= the host page size {}",
                     b.name, b.page_size, host_page
+                )));
+            }
+            if target_page_size > b.page_size {
+                return Err(Error::invalid(format!(
+                    "RAM block {}: target page size {target_page_size} is larger than its page size {}",
+                    b.name, b.page_size
                 )));
             }
             if b.host as u64 % b.page_size != 0 {

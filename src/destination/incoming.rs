@@ -97,7 +97,8 @@ pub trait IncomingHooks: Send + Sync {
 /// Tunables of an [`Incoming`].
 #[derive(Debug, Clone)]
 pub struct IncomingConfig {
-    /// The guest's target page size (discards and bitmaps count in it). Default 4096.
+    /// The guest's target page size (discards and bitmaps count in it): a power of two no
+    /// larger than the host page size. Default 4096.
     pub target_page_size: u64,
     /// Whether guest memory is mlocked outside postcopy (QEMU's `-realtime mlock=on`).
     pub enable_mlock: bool,
@@ -161,12 +162,19 @@ pub struct Incoming {
 
 impl Incoming {
     /// A destination with no migration in progress (state NONE). Fails with EINVAL when
-    /// `config.target_page_size` is not a power of two (0 included).
+    /// `config.target_page_size` is not a power of two (0 included) or is larger than the
+    /// host page size (every block page is at least that; QEMU refuses it too).
     pub fn new(hooks: Arc<dyn IncomingHooks>, config: IncomingConfig) -> Result<Incoming> {
-        if !config.target_page_size.is_power_of_two() {
+        let target = config.target_page_size;
+        if !target.is_power_of_two() {
             return Err(Error::invalid(format!(
-                "target page size {} is not a power of two",
-                config.target_page_size
+                "target page size {target} is not a power of two"
+            )));
+        }
+        let host = super::block::host_page_size();
+        if target > host {
+            return Err(Error::invalid(format!(
+                "target page size {target} is larger than the host page size {host}"
             )));
         }
         Ok(Incoming {

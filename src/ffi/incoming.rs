@@ -35,7 +35,8 @@ pub(crate) unsafe fn incoming<'a>(mis: *const PcrIncoming) -> Result<&'a Incomin
 /// Creates a destination with the callbacks in `ops` (copied) and `opaque` (passed to each
 /// callback). State starts at PCR_STATE_NONE. Returns NULL (and logs why) when `ops` is
 /// NULL, lacks `foreach_ram_block`, has neither `request_page` nor `write_return_path`, or
-/// the target page size is not a power of two.
+/// the target page size is not a power of two or is larger than the host page size (every
+/// block's page is at least the host page; QEMU refuses it too).
 #[no_mangle]
 pub extern "C" fn pcr_incoming_new(
     ops: *const PcrIncomingOps,

@@ -99,7 +99,8 @@ pub struct PcrIncomingOps {
     /// (QEMU: `rcu_unregister_thread`).
     pub fault_thread_stopping: Option<unsafe extern "C" fn(opaque: *mut c_void)>,
     /// The guest's target page size in bytes (discard ranges and received bitmaps count in
-    /// it); 0 means 4096.
+    /// it): a power of two no larger than the host page size (`pcr_incoming_new` refuses
+    /// others); 0 means 4096.
     pub target_page_size: usize,
     /// Whether guest memory is kept mlocked outside postcopy (see `mlock`).
     pub enable_mlock: bool,
