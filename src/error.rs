@@ -13,13 +13,22 @@ pub struct Error {
 }
 
 impl Error {
-    /// An error with positive `errno` and `message`.
+    /// An error with positive `errno` and `message`. An `errno` that is not a positive
+    /// errno (0, negative, above [`Error::MAX_ERRNO`]) becomes `EIO`: C reads 0 as success
+    /// and a positive return value as a count, so such an error must never reach it.
     pub fn new(errno: i32, message: impl Into<String>) -> Error {
         Error {
-            errno,
+            errno: if (1..=Self::MAX_ERRNO).contains(&errno) {
+                errno
+            } else {
+                libc::EIO
+            },
             message: message.into(),
         }
     }
+
+    /// The largest errno value (Linux's `MAX_ERRNO`).
+    pub const MAX_ERRNO: i32 = 4095;
 
     /// `EINVAL`: bad argument.
     pub fn invalid(message: impl Into<String>) -> Error {
@@ -34,7 +43,7 @@ impl Error {
         )
     }
 
-    /// The positive errno.
+    /// The positive errno (1 to [`Error::MAX_ERRNO`]).
     pub fn errno(&self) -> i32 {
         self.errno
     }

@@ -45,15 +45,24 @@ pub(crate) trait CError {
     fn from_errno(errno: i32) -> Self;
 }
 
+/// `errno` as a negative C return value: never 0 (success) nor positive (a count), even
+/// for an `errno` that [`Error::new`] did not build.
+fn negative(errno: i32) -> c_int {
+    match errno.checked_neg() {
+        Some(rc) if rc < 0 => rc,
+        _ => -libc::EIO,
+    }
+}
+
 impl CError for c_int {
     fn from_errno(errno: i32) -> Self {
-        -errno
+        negative(errno)
     }
 }
 
 impl CError for isize {
     fn from_errno(errno: i32) -> Self {
-        -(errno as isize)
+        negative(errno) as isize
     }
 }
 
@@ -295,6 +304,41 @@ mod tests {
             value: 3,
         });
         assert_eq!(r.into_c_return("f"), 3);
+    }
+
+    /// Issue 17 item 10: an error with errno 0 became 0 (success) in C, and a negative
+    /// one a positive value (a count).
+    #[test]
+    fn an_error_never_reads_as_success_in_c() {
+        for errno in [
+            0,
+            -1,
+            -libc::EINVAL,
+            i32::MIN,
+            i32::MAX,
+            Error::MAX_ERRNO + 1,
+        ] {
+            let r: Result<(), Error> = Err(Error::new(errno, "odd errno"));
+            assert_eq!(
+                IntoCReturn::<c_int>::into_c_return(r, "f"),
+                -libc::EIO,
+                "errno {errno}"
+            );
+            let r: Result<usize, Error> = Err(Error::new(errno, "odd errno"));
+            assert_eq!(
+                IntoCReturn::<isize>::into_c_return(r, "f"),
+                -(libc::EIO as isize),
+                "errno {errno}"
+            );
+            assert!(!IntoCReturn::<bool>::into_c_return(
+                Err::<(), Error>(Error::new(errno, "odd")),
+                "f"
+            ));
+            // Even a raw errno that did not go through Error::new.
+            assert!(<c_int as CError>::from_errno(errno) < 0, "errno {errno}");
+            assert!(<isize as CError>::from_errno(errno) < 0, "errno {errno}");
+        }
+        assert_eq!(<c_int as CError>::from_errno(libc::ENOENT), -libc::ENOENT);
     }
 
     #[test]

@@ -91,12 +91,28 @@ pub type PcrRamBlockVisitor =
 pub type PcrLogCallback =
     Option<unsafe extern "C" fn(opaque: *mut c_void, level: c_int, message: *const c_char)>;
 
-/// A C callback's return value as a result: 0 is success, a negative value its errno, and
-/// anything else EIO.
+/// A C callback's failed return value (not 0) as a positive errno: a negative value is its
+/// errno, anything else (a positive value, or INT_MIN, whose negation overflows) EIO.
 pub(crate) fn errno_of(rc: c_int) -> i32 {
-    if rc < 0 {
-        -rc
-    } else {
-        libc::EIO
+    match rc.checked_neg() {
+        Some(errno) if errno > 0 => errno,
+        _ => libc::EIO,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Issue 17 item 10: `errno_of(INT_MIN)` overflowed on negation (a panic in a debug
+    /// build; INT_MIN as the "errno" in a release build).
+    #[test]
+    fn every_failed_return_value_is_a_positive_errno() {
+        assert_eq!(errno_of(c_int::MIN), libc::EIO);
+        assert_eq!(errno_of(-libc::ENOENT), libc::ENOENT);
+        assert_eq!(errno_of(-c_int::MAX), c_int::MAX);
+        for rc in [1, 7, c_int::MAX] {
+            assert_eq!(errno_of(rc), libc::EIO);
+        }
     }
 }

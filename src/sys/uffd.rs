@@ -169,6 +169,7 @@ const _: () = assert!(UFFDIO_UNREGISTER == 0x8010_aa01);
 const _: () = assert!(UFFDIO_WAKE == 0x8010_aa02);
 const _: () = assert!(UFFDIO_COPY == 0xc028_aa03);
 const _: () = assert!(UFFDIO_ZEROPAGE == 0xc020_aa04);
+const _: () = assert!(UFFDIO_POISON == 0xc020_aa08);
 const _: () = assert!(USERFAULTFD_IOC_NEW == 0xaa00);
 
 /// How many times an `EAGAIN` from UFFDIO_COPY / UFFDIO_ZEROPAGE is retried before it is
