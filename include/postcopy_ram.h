@@ -334,10 +334,13 @@ typedef struct PcrIncomingOps {
   void (*balloon_inhibit)(void *opaque, bool inhibit);
   /**
    * Optional. `lock = false` in `pcr_incoming_init` before the first discard (locked
-   * memory refuses MADV_DONTNEED: QEMU's `-overcommit mem-lock=on`), `true` at cleanup
-   * (and after an init that failed once unlocked); returns 0 or a negative errno. NULL:
-   * with `enable_mlock` the library calls munlockall() and
-   * mlockall(MCL_CURRENT|MCL_FUTURE); without, nothing.
+   * memory refuses MADV_DONTNEED: QEMU's `-overcommit mem-lock=on`), `true` at every
+   * cleanup after a successful init, before LISTEN too (and after an init that failed
+   * once unlocked); returns 0 or a negative errno. NULL: with `enable_mlock` the library
+   * munlocks the mlocked parts of this destination's blocks (read from
+   * /proc/self/smaps) and mlocks exactly those again at cleanup, as they were (on fault
+   * or populated); it never calls munlockall/mlockall, so the memory of other VMs in the
+   * process is left alone; without `enable_mlock`, nothing.
    */
   int (*mlock)(void *opaque, bool lock);
   /**
@@ -761,10 +764,11 @@ int pcr_incoming_init(struct PcrIncoming *mis, size_t ram_pages);
 /**
  * Ends postcopy: stops and joins the fault thread, then unregisters memory (threads still
  * blocked on missing pages are woken and find the page as the kernel leaves it: zero for
- * anonymous memory), closes the userfaultfd, ends ballooning inhibition, re-locks memory
- * per the mlock policy, turns transparent huge pages back on (MADV_HUGEPAGE, as QEMU) on
- * the blocks prepare_discard turned them off for, frees the temporary pages, sets END and
- * calls `shut`. Returns 0 or
+ * anonymous memory), closes the userfaultfd, ends ballooning inhibition (after
+ * enable_notify), turns transparent huge pages back on (MADV_HUGEPAGE, as QEMU) on
+ * the blocks prepare_discard turned them off for, re-locks memory per the mlock policy
+ * (`mlock(true)`; also in ADVISE or DISCARD: init unlocked it), frees the temporary pages,
+ * sets END and calls `shut`. Returns 0 or
  * a negative errno; -EINVAL without a prior init or when called twice. Not from a callback.
  */
 int pcr_incoming_cleanup(struct PcrIncoming *mis);

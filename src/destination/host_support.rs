@@ -1,26 +1,11 @@
 //! What the host must offer for postcopy: the side-effect-free support check, the
-//! userfaultfd features blocks need, and the mlock calls of the default mlock policy.
+//! userfaultfd features blocks need, and the `ram_pages` check (the default mlock policy is
+//! in mlock.rs).
 
 use super::block::{host_page_size, Backing, BlockTable, RamBlock};
 use crate::error::{Error, Result};
 use crate::sys::mapping::AnonMapping;
 use crate::sys::uffd::{self, feature, ioctl_bit, Uffd};
-
-pub(super) fn munlockall_checked() -> Result<()> {
-    // SAFETY: munlockall has no memory-safety preconditions.
-    if unsafe { libc::munlockall() } != 0 {
-        return Err(Error::os(&std::io::Error::last_os_error(), "munlockall"));
-    }
-    Ok(())
-}
-
-pub(super) fn mlockall_checked() -> Result<()> {
-    // SAFETY: mlockall has no memory-safety preconditions.
-    if unsafe { libc::mlockall(libc::MCL_CURRENT | libc::MCL_FUTURE) } != 0 {
-        return Err(Error::os(&std::io::Error::last_os_error(), "mlockall"));
-    }
-    Ok(())
-}
 
 /// Refuses `ram_pages` (non-zero) smaller than the end of some block in the guest's RAM
 /// address space (`offset + length`, in target pages rounded up). Checked arithmetic: the

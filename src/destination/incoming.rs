@@ -24,7 +24,7 @@ use crate::stats::{Counters, Stats};
 use crate::sys::mapping::AnonMapping;
 
 pub use super::host_support::check_host_support;
-use super::host_support::{check_ram_pages, mlockall_checked, munlockall_checked};
+use super::host_support::check_ram_pages;
 
 pub use super::placement::{Placement, RunPlacement};
 use crate::sys::uffd::Uffd;
@@ -85,10 +85,13 @@ pub trait IncomingHooks: Send + Sync {
     fn balloon_inhibit(&self, _inhibit: bool) {}
 
     /// Unlock (`false`, in [`Incoming::init`] before the first discard: locked memory
-    /// refuses MADV_DONTNEED) or re-lock (`true`, at cleanup) guest memory.
-    /// `None` (the default) lets the library do it: with
-    /// [`IncomingConfig::enable_mlock`], `munlockall()` and `mlockall(MCL_CURRENT|MCL_FUTURE)`;
-    /// without, nothing.
+    /// refuses MADV_DONTNEED) or re-lock (`true`, at every cleanup after a successful init,
+    /// before LISTEN too; and after an init that failed once unlocked) guest memory.
+    /// `None` (the default) lets the library do it: with [`IncomingConfig::enable_mlock`],
+    /// it munlocks the parts of this destination's blocks that are mlocked and mlocks
+    /// exactly those again at cleanup (as they were: populated, or on fault), never
+    /// munlockall/mlockall, which would act on every other VM of the process; without,
+    /// nothing.
     fn mlock(&self, _lock: bool) -> Option<Result<()>> {
         None
     }
@@ -100,7 +103,9 @@ pub struct IncomingConfig {
     /// The guest's target page size (discards and bitmaps count in it): a power of two no
     /// larger than the host page size. Default 4096.
     pub target_page_size: u64,
-    /// Whether guest memory is mlocked outside postcopy (QEMU's `-realtime mlock=on`).
+    /// Whether guest memory is mlocked outside postcopy (QEMU's `-realtime mlock=on`): the
+    /// library's own policy, without an [`IncomingHooks::mlock`], unlocks the locked parts
+    /// of this destination's blocks at init and locks those again at cleanup.
     pub enable_mlock: bool,
     /// How the fault thread waits.
     pub wait: WaitStrategy,
@@ -158,6 +163,8 @@ pub struct Incoming {
     pub(super) aborted: AtomicBool,
     /// Blocks whose transparent huge pages prepare_discard turned off (back on at cleanup).
     thp: super::thp::ThpOff,
+    /// Block ranges the default mlock policy unlocked (locked again at cleanup).
+    pub(super) unlocked: super::mlock::Unlocked,
 }
 
 impl Incoming {
@@ -186,6 +193,7 @@ impl Incoming {
             active: ActiveSlot::new(),
             tmp_page: Mutex::new(None),
             thp: Default::default(),
+            unlocked: Default::default(),
             counters: Default::default(),
             blocktime: Default::default(),
             aborted: AtomicBool::new(false),
@@ -273,10 +281,10 @@ impl Incoming {
         check_ram_pages(&table, ram_pages, self.config.target_page_size)?;
         // Locked memory refuses MADV_DONTNEED: unlock before the first discard (QEMU
         // unlocks in its host check, before init); cleanup locks again.
-        self.set_mlock(false)?;
+        self.unlock_memory(&table)?;
         for entry in table.entries() {
             if let Err(e) = self.discard_with_hook(&entry.block, 0, entry.block.length) {
-                if let Err(relock) = self.set_mlock(true) {
+                if let Err(relock) = self.relock_memory() {
                     log::error!("incoming_init: re-locking memory after a failure: {relock}");
                 }
                 return Err(e);
@@ -432,12 +440,30 @@ impl Incoming {
         Ok(dropped)
     }
 
-    pub(super) fn set_mlock(&self, lock: bool) -> Result<()> {
-        match self.hooks.mlock(lock) {
+    /// The mlock policy with `false` ([`IncomingHooks::mlock`]): the hook, or the library's
+    /// own policy on the blocks of `table` (their locked parts only).
+    fn unlock_memory(&self, table: &BlockTable) -> Result<()> {
+        match self.hooks.mlock(false) {
             Some(result) => result,
             None if !self.config.enable_mlock => Ok(()),
-            None if lock => mlockall_checked(),
-            None => munlockall_checked(),
+            None => {
+                let ranges: Vec<(usize, usize)> = table
+                    .entries()
+                    .iter()
+                    .map(|e| (e.block.host, e.block.length as usize))
+                    .collect();
+                self.unlocked.unlock(&ranges)
+            }
+        }
+    }
+
+    /// The mlock policy with `true`: the hook, or the library's own policy (what
+    /// [`Incoming::unlock_memory`] unlocked, locked again).
+    fn relock_memory(&self) -> Result<()> {
+        match self.hooks.mlock(true) {
+            Some(result) => result,
+            None if !self.config.enable_mlock => Ok(()),
+            None => self.unlocked.relock(),
         }
     }
 
@@ -506,9 +532,10 @@ impl Incoming {
 
     /// Ends postcopy: stops and joins the fault thread, then unregisters every block (waking
     /// any thread still blocked on a missing page), closes the userfaultfd, re-allows
-    /// ballooning, re-locks memory per the mlock policy, turns transparent huge pages back
-    /// on (MADV_HUGEPAGE) where prepare_discard turned them off, frees the temporary pages; state ->
-    /// END; calls [`IncomingHooks::shut`]. Needs [`Incoming::init`]; a second call fails.
+    /// ballooning (after enable_notify), puts back the transparent-huge-page state
+    /// prepare_discard changed, re-locks memory per the mlock policy (also before LISTEN:
+    /// init unlocked it), frees the temporary pages; state -> END; calls
+    /// [`IncomingHooks::shut`]. Needs [`Incoming::init`]; a second call fails.
     pub fn cleanup(&self) -> Result<()> {
         self.refuse_on_fault_thread("incoming_cleanup")?;
         let _control = self.control.lock();
@@ -538,12 +565,14 @@ impl Incoming {
                 }
             }
             self.hooks.balloon_inhibit(false);
-            if let Err(e) = self.set_mlock(true) {
-                log::error!("incoming_cleanup: re-locking memory: {e}");
-            }
         }
         drop(active);
         self.thp.restore();
+        // init unlocked memory whatever happened next: lock it again also when cleanup
+        // comes before LISTEN (QEMU 7.2 cleans up in ADVISE when postcopy goes unused).
+        if let Err(e) = self.relock_memory() {
+            log::error!("incoming_cleanup: re-locking memory: {e}");
+        }
         // Failed: cleanup failed, postcopy was aborted, or pages are still pending (a request
         // failed and was never recovered). A request that failed and was re-sent with
         // success does not count.

@@ -123,6 +123,12 @@ impl Incoming {
                 _ => 0,
             };
             if kept < b.length {
+                if self.unlocked.in_use() {
+                    // Grown or new since init: locked (mlockall's MCL_FUTURE, say) refuses
+                    // the discard; unlocked and locked again at cleanup like the rest.
+                    let new_part = (b.host + kept as usize, (b.length - kept) as usize);
+                    self.unlocked.unlock(&[new_part])?;
+                }
                 log::debug!(
                     "enable_notify: RAM block {} changed since init; discarding [{kept:#x}, {:#x})",
                     b.name,

@@ -130,10 +130,11 @@ pub extern "C" fn pcr_incoming_init(mis: *mut PcrIncoming, ram_pages: usize) -> 
 
 /// Ends postcopy: stops and joins the fault thread, then unregisters memory (threads still
 /// blocked on missing pages are woken and find the page as the kernel leaves it: zero for
-/// anonymous memory), closes the userfaultfd, ends ballooning inhibition, re-locks memory
-/// per the mlock policy, turns transparent huge pages back on (MADV_HUGEPAGE, as QEMU) on
-/// the blocks prepare_discard turned them off for, frees the temporary pages, sets END and
-/// calls `shut`. Returns 0 or
+/// anonymous memory), closes the userfaultfd, ends ballooning inhibition (after
+/// enable_notify), turns transparent huge pages back on (MADV_HUGEPAGE, as QEMU) on
+/// the blocks prepare_discard turned them off for, re-locks memory per the mlock policy
+/// (`mlock(true)`; also in ADVISE or DISCARD: init unlocked it), frees the temporary pages,
+/// sets END and calls `shut`. Returns 0 or
 /// a negative errno; -EINVAL without a prior init or when called twice. Not from a callback.
 #[no_mangle]
 pub extern "C" fn pcr_incoming_cleanup(mis: *mut PcrIncoming) -> c_int {

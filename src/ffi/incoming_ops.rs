@@ -80,10 +80,13 @@ pub struct PcrIncomingOps {
     /// false faults); `false` at cleanup.
     pub balloon_inhibit: Option<unsafe extern "C" fn(opaque: *mut c_void, inhibit: bool)>,
     /// Optional. `lock = false` in `pcr_incoming_init` before the first discard (locked
-    /// memory refuses MADV_DONTNEED: QEMU's `-overcommit mem-lock=on`), `true` at cleanup
-    /// (and after an init that failed once unlocked); returns 0 or a negative errno. NULL:
-    /// with `enable_mlock` the library calls munlockall() and
-    /// mlockall(MCL_CURRENT|MCL_FUTURE); without, nothing.
+    /// memory refuses MADV_DONTNEED: QEMU's `-overcommit mem-lock=on`), `true` at every
+    /// cleanup after a successful init, before LISTEN too (and after an init that failed
+    /// once unlocked); returns 0 or a negative errno. NULL: with `enable_mlock` the library
+    /// munlocks the mlocked parts of this destination's blocks (read from
+    /// /proc/self/smaps) and mlocks exactly those again at cleanup, as they were (on fault
+    /// or populated); it never calls munlockall/mlockall, so the memory of other VMs in the
+    /// process is left alone; without `enable_mlock`, nothing.
     pub mlock: Option<unsafe extern "C" fn(opaque: *mut c_void, lock: bool) -> c_int>,
     /// Optional. Writes `length` bytes (one whole QEMU return-path message) to the return
     /// path (at most PCR_RETURN_PATH_MAX_MESSAGE bytes); returns 0 or a negative errno. When given and `request_page` is NULL, the

@@ -1,0 +1,88 @@
+//! The library's own mlock policy (`enable_mlock` without an mlock hook): unlock this
+//! destination's locked block ranges before the first discard (locked memory refuses
+//! MADV_DONTNEED) and lock exactly those again at cleanup. Never munlockall/mlockall: a VMM
+//! may run several VMs in one process, and their memory is not ours to unlock (issue 17
+//! item 11).
+
+use parking_lot::Mutex;
+
+use super::vma::{parts_of, VmaPart};
+use crate::error::{Error, Result};
+
+/// `mlock2` flag: lock pages as they fault in (linux/mman.h).
+const MLOCK_ONFAULT: libc::c_uint = 1;
+
+/// The ranges this library unlocked, to lock again at cleanup, and whether its own policy
+/// is in use (from init to cleanup).
+#[derive(Debug, Default)]
+pub(crate) struct Unlocked(Mutex<(bool, Vec<VmaPart>)>);
+
+fn munlock(part: &VmaPart) -> Result<()> {
+    // SAFETY: munlock changes no contents and no mapping; the range is guest RAM the
+    // hypervisor described as a block (or part of one).
+    if unsafe { libc::munlock(part.start as *const libc::c_void, part.len()) } != 0 {
+        return Err(Error::os(
+            &std::io::Error::last_os_error(),
+            format_args!("munlock of [{:#x}, {:#x})", part.start, part.end),
+        ));
+    }
+    Ok(())
+}
+
+fn mlock(part: &VmaPart) -> Result<()> {
+    let flags = if part.lock_on_fault { MLOCK_ONFAULT } else { 0 };
+    // SAFETY: as munlock: mlock2 populates and locks the range, contents and mappings stay.
+    if unsafe { libc::mlock2(part.start as *const libc::c_void, part.len(), flags) } != 0 {
+        return Err(Error::os(
+            &std::io::Error::last_os_error(),
+            format_args!("mlock of [{:#x}, {:#x})", part.start, part.end),
+        ));
+    }
+    Ok(())
+}
+
+impl Unlocked {
+    /// Unlocks the locked parts of `ranges` (`(host, length)` each) and records them. On a
+    /// failure, locks again what this call unlocked and returns the error.
+    pub(crate) fn unlock(&self, ranges: &[(usize, usize)]) -> Result<()> {
+        let parts = parts_of(ranges)
+            .map_err(|e| Error::os(&e, "reading /proc/self/smaps for the mlocked ranges"))?;
+        let mut guard = self.0.lock();
+        guard.0 = true;
+        let done = &mut guard.1;
+        let before = done.len();
+        for part in parts.into_iter().filter(|p| p.locked) {
+            if let Err(e) = munlock(&part) {
+                for part in done.drain(before..) {
+                    if let Err(relock) = mlock(&part) {
+                        log::error!("re-locking after a failed munlock: {relock}");
+                    }
+                }
+                return Err(e);
+            }
+            log::debug!("munlock [{:#x}, {:#x})", part.start, part.end);
+            done.push(part);
+        }
+        Ok(())
+    }
+
+    /// Whether [`Unlocked::unlock`] ran since the last [`Unlocked::relock`]: the library's
+    /// own policy is in use.
+    pub(crate) fn in_use(&self) -> bool {
+        self.0.lock().0
+    }
+
+    /// Locks again every range [`Unlocked::unlock`] unlocked (as it was: on fault or
+    /// populated), and forgets them. Every range is tried; the first error is returned.
+    pub(crate) fn relock(&self) -> Result<()> {
+        let mut first = None;
+        let mut guard = self.0.lock();
+        guard.0 = false;
+        for part in guard.1.drain(..) {
+            if let Err(e) = mlock(&part) {
+                first.get_or_insert(e);
+            }
+        }
+        first.map_or(Ok(()), Err)
+    }
+}
