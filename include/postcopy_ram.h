@@ -766,7 +766,7 @@ int pcr_incoming_init(struct PcrIncoming *mis, size_t ram_pages);
  * blocked on missing pages are woken and find the page as the kernel leaves it: zero for
  * anonymous memory), closes the userfaultfd, ends ballooning inhibition (after
  * enable_notify), turns transparent huge pages back on (MADV_HUGEPAGE, as QEMU) on
- * the blocks prepare_discard turned them off for, re-locks memory per the mlock policy
+ * the parts of blocks prepare_discard turned them off for and nowhere else, re-locks memory per the mlock policy
  * (`mlock(true)`; also in ADVISE or DISCARD: init unlocked it), frees the temporary pages,
  * sets END and calls `shut`. Returns 0 or
  * a negative errno; -EINVAL without a prior init or when called twice. Not from a callback.
@@ -776,7 +776,10 @@ int pcr_incoming_cleanup(struct PcrIncoming *mis);
 /**
  * Before the first discard: turns transparent huge pages off (MADV_NOHUGEPAGE) on
  * host-page blocks so that discards really drop pages and no THP collapse refills a hole
- * before registration; cleanup turns them back on. State ADVISE -> DISCARD. The first
+ * before registration; only on the parts THP could back (MADV_HUGEPAGE, or no flag and
+ * THP-eligible as init read /proc/self/smaps): a part already MADV_NOHUGEPAGE or not
+ * eligible is left as it is. Cleanup turns back on (MADV_HUGEPAGE) what this turned off,
+ * nothing else. State ADVISE -> DISCARD. The first
  * discard (range or command) in ADVISE calls it itself. Returns 0 or a negative errno.
  */
 int pcr_incoming_prepare_discard(struct PcrIncoming *mis);

@@ -290,6 +290,8 @@ impl Incoming {
                 return Err(e);
             }
         }
+        // After the discard: the blocks' page tables are empty, so reading smaps is cheap.
+        self.thp.plan(&table);
         if state == State::End {
             self.set_state(State::None)?;
         }
@@ -312,8 +314,11 @@ impl Incoming {
     }
 
     /// Turns transparent huge pages off (MADV_NOHUGEPAGE) on the host-page blocks so that
-    /// discards really drop pages and no THP collapse fills a hole; state -> DISCARD.
-    /// [`Incoming::cleanup`] turns them back on (MADV_HUGEPAGE).
+    /// discards really drop pages and no THP collapse fills a hole; state -> DISCARD. Only
+    /// where THP could back the memory: parts with MADV_HUGEPAGE, or THP-eligible without
+    /// a flag (system setting `always`), as init read them from /proc/self/smaps; parts
+    /// already MADV_NOHUGEPAGE or not eligible are left alone. [`Incoming::cleanup`] sets
+    /// MADV_HUGEPAGE on what this turned off, and only there.
     pub fn prepare_discard(&self) -> Result<()> {
         let _control = self.control.lock();
         let table = self.require_table("prepare_discard")?;
@@ -323,7 +328,7 @@ impl Incoming {
                 "prepare_discard in state {state:?}"
             )));
         }
-        self.thp.turn_off(&table);
+        self.thp.turn_off();
         self.set_state(State::Discard)?;
         Ok(())
     }
