@@ -17,10 +17,13 @@ const MLOCK_ONFAULT: libc::c_uint = 1;
 #[derive(Debug, Default)]
 pub(crate) struct Unlocked(Mutex<(bool, Vec<VmaPart>)>);
 
+// munlock and mlock2 are raw system calls: sanitizers (ASan) replace the libc functions by
+// no-ops, which would leave the blocks locked and their discards refused.
+
 fn munlock(part: &VmaPart) -> Result<()> {
     // SAFETY: munlock changes no contents and no mapping; the range is guest RAM the
     // hypervisor described as a block (or part of one).
-    if unsafe { libc::munlock(part.start as *const libc::c_void, part.len()) } != 0 {
+    if unsafe { libc::syscall(libc::SYS_munlock, part.start, part.len()) } != 0 {
         return Err(Error::os(
             &std::io::Error::last_os_error(),
             format_args!("munlock of [{:#x}, {:#x})", part.start, part.end),
@@ -32,7 +35,7 @@ fn munlock(part: &VmaPart) -> Result<()> {
 fn mlock(part: &VmaPart) -> Result<()> {
     let flags = if part.lock_on_fault { MLOCK_ONFAULT } else { 0 };
     // SAFETY: as munlock: mlock2 populates and locks the range, contents and mappings stay.
-    if unsafe { libc::mlock2(part.start as *const libc::c_void, part.len(), flags) } != 0 {
+    if unsafe { libc::syscall(libc::SYS_mlock2, part.start, part.len(), flags) } != 0 {
         return Err(Error::os(
             &std::io::Error::last_os_error(),
             format_args!("mlock of [{:#x}, {:#x})", part.start, part.end),
