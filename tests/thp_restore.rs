@@ -55,12 +55,8 @@ fn thp_flag(addr: usize) -> &'static str {
 
 fn madvise(addr: usize, len: usize, advice: libc::c_int) {
     // SAFETY: advice on the test's own mapping.
-    assert_eq!(
-        unsafe { libc::madvise(addr as *mut libc::c_void, len, advice) },
-        0,
-        "madvise: {}",
-        std::io::Error::last_os_error()
-    );
+    let rc = unsafe { libc::madvise(addr as *mut libc::c_void, len, advice) };
+    assert_eq!(rc, 0, "madvise: {}", std::io::Error::last_os_error());
 }
 
 #[test]

@@ -321,7 +321,7 @@ impl Incoming {
     /// MADV_HUGEPAGE on what this turned off, and only there.
     pub fn prepare_discard(&self) -> Result<()> {
         let _control = self.control.lock();
-        let table = self.require_table("prepare_discard")?;
+        self.require_table("prepare_discard")?;
         let state = self.state();
         if !matches!(state, State::Advise | State::Discard) {
             return Err(Error::invalid(format!(
@@ -443,33 +443,6 @@ impl Incoming {
             dropped += 1;
         }
         Ok(dropped)
-    }
-
-    /// The mlock policy with `false` ([`IncomingHooks::mlock`]): the hook, or the library's
-    /// own policy on the blocks of `table` (their locked parts only).
-    fn unlock_memory(&self, table: &BlockTable) -> Result<()> {
-        match self.hooks.mlock(false) {
-            Some(result) => result,
-            None if !self.config.enable_mlock => Ok(()),
-            None => {
-                let ranges: Vec<(usize, usize)> = table
-                    .entries()
-                    .iter()
-                    .map(|e| (e.block.host, e.block.length as usize))
-                    .collect();
-                self.unlocked.unlock(&ranges)
-            }
-        }
-    }
-
-    /// The mlock policy with `true`: the hook, or the library's own policy (what
-    /// [`Incoming::unlock_memory`] unlocked, locked again).
-    fn relock_memory(&self) -> Result<()> {
-        match self.hooks.mlock(true) {
-            Some(result) => result,
-            None if !self.config.enable_mlock => Ok(()),
-            None => self.unlocked.relock(),
-        }
     }
 
     /// Makes the next page request name its block again (call after the return path to the

@@ -6,6 +6,8 @@
 
 use parking_lot::Mutex;
 
+use super::block::BlockTable;
+use super::incoming::Incoming;
 use super::vma::{parts_of, VmaPart};
 use crate::error::{Error, Result};
 
@@ -87,5 +89,34 @@ impl Unlocked {
             }
         }
         first.map_or(Ok(()), Err)
+    }
+}
+
+impl Incoming {
+    /// The mlock policy with `false` ([`IncomingHooks::mlock`]): the hook, or the library's
+    /// own policy on the blocks of `table` (their locked parts only).
+    pub(super) fn unlock_memory(&self, table: &BlockTable) -> Result<()> {
+        match self.hooks.mlock(false) {
+            Some(result) => result,
+            None if !self.config.enable_mlock => Ok(()),
+            None => {
+                let ranges: Vec<(usize, usize)> = table
+                    .entries()
+                    .iter()
+                    .map(|e| (e.block.host, e.block.length as usize))
+                    .collect();
+                self.unlocked.unlock(&ranges)
+            }
+        }
+    }
+
+    /// The mlock policy with `true`: the hook, or the library's own policy (what
+    /// [`Incoming::unlock_memory`] unlocked, locked again).
+    pub(super) fn relock_memory(&self) -> Result<()> {
+        match self.hooks.mlock(true) {
+            Some(result) => result,
+            None if !self.config.enable_mlock => Ok(()),
+            None => self.unlocked.relock(),
+        }
     }
 }
