@@ -501,6 +501,8 @@ impl Incoming {
     /// ballooning, re-locks memory per the mlock policy, turns transparent huge pages back
     /// on (MADV_HUGEPAGE) where prepare_discard turned them off, frees the temporary pages; state ->
     /// END; calls [`IncomingHooks::shut`]. Needs [`Incoming::init`]; a second call fails.
+    /// A failed end (`shut(failed = true)`) without [`Incoming::abort`] counts every host
+    /// page not received, requested or not, in [`Stats::pages_lost`] and logs them.
     pub fn cleanup(&self) -> Result<()> {
         self.refuse_on_fault_thread("incoming_cleanup")?;
         let _control = self.control.lock();
@@ -541,6 +543,9 @@ impl Incoming {
         // success does not count.
         let failed =
             failure.is_some() || self.aborted.load(Ordering::Acquire) || self.pending_pages() != 0;
+        if failed {
+            self.count_lost_at_end(&table);
+        }
         let _ = self.set_state(State::End);
         if !self.config.never_send_shut {
             self.hooks.shut(failed);

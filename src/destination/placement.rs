@@ -237,6 +237,20 @@ impl Incoming {
         Self::zero_copy(active, entry, dst)
     }
 
+    /// Test-only, not part of the API: from now until cleanup, zero fills of every block
+    /// take the path of a block whose registration did not offer UFFDIO_ZEROPAGE (hugetlbfs
+    /// before Linux 6.6...), copying the zero page one host page at a time, so that the
+    /// tests can exercise it on anonymous memory. It only clears the flag the placement
+    /// path reads anyway: no branch is added to it. Needs enable_notify.
+    #[doc(hidden)]
+    pub fn test_only_without_zeropage(&self) -> Result<()> {
+        let active = self.placing("test_only_without_zeropage")?;
+        for entry in active.table.entries() {
+            entry.zeropage_ok.store(false, Ordering::Release);
+        }
+        Ok(())
+    }
+
     /// One zero page by copy, where UFFDIO_ZEROPAGE is not offered (hugetlbfs).
     #[inline(never)]
     fn zero_copy(
