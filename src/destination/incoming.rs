@@ -320,8 +320,8 @@ impl Incoming {
     /// (QEMU's ram_discard_range clears its receivedmap the same way). The range must be
     /// aligned to the block's page size and inside it. An empty range (aligned start at
     /// most the block length) is skipped and counted ([`Stats::discard_ranges_empty`]).
-    /// After LISTEN, a placement of the same pages racing the discard is the caller's to
-    /// avoid.
+    /// After LISTEN, a placement of the same pages may race the discard: the page then ends
+    /// either placed and received, or dropped and not received (its next fault requested).
     pub fn discard_range(&self, name: &str, start: u64, length: u64) -> Result<()> {
         let table = self.require_table("discard_range")?;
         let state = self.state();
@@ -351,12 +351,14 @@ impl Incoming {
     }
 
     /// Clears the received bits of a range (QEMU's ram_discard_range clears its
-    /// receivedmap too), then drops its pages.
+    /// receivedmap too) and drops its pages, safe against a placement of the same pages
+    /// (see [`crate::destination::received::ReceivedMap::discard`]).
     fn discard_received(&self, entry: &BlockEntry, start: u64, length: u64) -> Result<()> {
-        entry
-            .received
-            .clear_range(start >> entry.target_shift, length >> entry.target_shift);
-        self.discard_with_hook(&entry.block, start, length)
+        entry.received.discard(
+            start >> entry.target_shift,
+            length >> entry.target_shift,
+            || self.discard_with_hook(&entry.block, start, length),
+        )
     }
 
     fn count_empty_discard(&self) {

@@ -6,6 +6,7 @@ use std::sync::atomic::Ordering;
 
 use super::block::{BlockEntry, BlockTable};
 use super::incoming::{Active, Incoming};
+use super::received::DiscardToken;
 use crate::error::{Error, Result};
 use crate::sys::uffd::PlaceError;
 
@@ -85,9 +86,12 @@ impl Incoming {
     }
 
     /// Bookkeeping of placed pages: received bits set, requested bits cleared (one atomic
-    /// operation a word of each, the second only where a bit is set), blocktime ended.
+    /// operation a word of each, the second only where a bit is set), blocktime ended for
+    /// faults read since the placement began. When a discard ran since `token` was taken
+    /// (before the placement's ioctl), the received bits are cleared again and the range
+    /// woken (see [`Incoming::undo_after_discard`]).
     #[inline(always)]
-    fn mark_placed(&self, entry: &BlockEntry, host: usize, len: usize) {
+    fn mark_placed(&self, entry: &BlockEntry, host: usize, len: usize, token: DiscardToken) {
         if len == 0 {
             return;
         }
@@ -95,7 +99,33 @@ impl Incoming {
         let count = len as u64 >> entry.page_shift;
         entry.received.set_host_pages(first, count);
         entry.requested.clear_range(first, count);
+        if entry.received.raced_with_discard(token) {
+            self.undo_after_discard(entry, host, len);
+        }
         self.blocktime.end(host, len);
+    }
+
+    /// A discard ran between a placement's ioctl and its bookkeeping (issue 17 item 7): the
+    /// pages may be gone again. Their received bits are cleared, so that their next fault
+    /// is requested, and the range is woken, so that a fault read meanwhile (taken for
+    /// "late", never requested) is raised again. A page that is in fact present is then
+    /// only marked not received (a recovery would ask for it again, and find it present).
+    #[cold]
+    #[inline(never)]
+    fn undo_after_discard(&self, entry: &BlockEntry, host: usize, len: usize) {
+        let off = (host - entry.block.host) as u64;
+        entry
+            .received
+            .clear_range(off >> entry.target_shift, len as u64 >> entry.target_shift);
+        if let Some(active) = self.active.enter() {
+            if let Err(e) = active.uffd.wake(host, len) {
+                log::error!("placement raced with a discard: UFFDIO_WAKE: {e}");
+            }
+        }
+        log::debug!(
+            "placement of {len:#x} bytes at {host:#x} in {} raced with a discard: marked not received",
+            entry.block.name
+        );
     }
 
     /// Places the whole pages of `[host, host+len)` in `entry` with `fill(offset, bytes)`,
@@ -103,7 +133,13 @@ impl Incoming {
     /// placed (the whole rest, or one page). A page found present (EEXIST) is counted,
     /// skipped, and the fill resumes after it; every waiter in the run has been woken.
     /// An OS error stops the run and is returned (the pages placed before it stay placed,
-    /// marked and counted).
+    /// marked and counted); the pages not placed stay pending and their next fault asks for
+    /// them again, and the threads blocked there are woken to fault again at once (issue 17
+    /// item 6).
+    ///
+    /// Blocktime ends before the first fill, which wakes the faulting threads: a woken vCPU
+    /// faults again at once, and that fault must not find its previous wait still open
+    /// (issue 17 item 1). The end after the bookkeeping catches faults read meanwhile.
     ///
     /// The one placement path of every `place_*` call. Inlined into each: the first fill
     /// and, when it placed the whole run (the common case), the bookkeeping; anything else
@@ -118,10 +154,12 @@ impl Incoming {
         zero: bool,
         mut fill: impl FnMut(usize, usize) -> std::result::Result<usize, PlaceError>,
     ) -> Result<RunPlacement> {
+        self.blocktime.end(host, len);
+        let token = entry.received.discard_token();
         let first = fill(0, len);
         if let Ok(n) = first {
             if n == len {
-                self.mark_placed(entry, host, len);
+                self.mark_placed(entry, host, len, token);
                 let placed = (len >> entry.page_shift) as u64;
                 self.count_placed(zero, placed);
                 return Ok(RunPlacement {
@@ -130,7 +168,7 @@ impl Incoming {
                 });
             }
         }
-        self.place_run_rest(what, entry, host, len, zero, first, &mut fill)
+        self.place_run_rest(what, entry, host, len, zero, token, first, &mut fill)
     }
 
     #[inline(always)]
@@ -154,6 +192,7 @@ impl Incoming {
         host: usize,
         len: usize,
         zero: bool,
+        token: DiscardToken,
         first: std::result::Result<usize, PlaceError>,
         fill: &mut dyn FnMut(usize, usize) -> std::result::Result<usize, PlaceError>,
     ) -> Result<RunPlacement> {
@@ -169,14 +208,14 @@ impl Incoming {
                 Err(PlaceError::Os { errno, placed }) => {
                     // Keep what the calls before the error placed (and woke).
                     let placed = placed - placed % page;
-                    self.mark_placed(entry, host + off, placed);
+                    self.mark_placed(entry, host + off, placed, token);
                     run.placed += (placed / page) as u64;
                     off += placed;
                     failure = Some(errno);
                     break;
                 }
             };
-            self.mark_placed(entry, host + off, placed);
+            self.mark_placed(entry, host + off, placed, token);
             run.placed += (placed / page) as u64;
             off += placed;
             if present {
@@ -185,7 +224,7 @@ impl Incoming {
                     host + off,
                     entry.block.name
                 );
-                self.mark_placed(entry, host + off, page);
+                self.mark_placed(entry, host + off, page, token);
                 run.already_present += 1;
                 off += page;
             }
