@@ -362,7 +362,8 @@ fn handle_fault(
         late();
         return;
     }
-    if entry.requested.test_and_set(page) {
+    // Already requested: a duplicate, unless its placement failed since (retry).
+    if entry.requested.test_and_set(page) && !entry.retry.take(page) {
         c.duplicate_faults.fetch_add(1, Ordering::Relaxed);
         return;
     }

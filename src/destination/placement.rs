@@ -238,6 +238,7 @@ impl Incoming {
         match failure {
             None => Ok(run),
             Some(errno) => {
+                self.requeue_unplaced(entry, host + off, len - off);
                 self.counters
                     .placement_errors
                     .fetch_add(1, Ordering::Relaxed);
@@ -254,8 +255,25 @@ impl Incoming {
                         std::io::Error::from_raw_os_error(errno)
                     ),
                 );
-                log::error!("{e}; the page stays pending (resend_pending, abort or give up)");
+                log::error!("{e}; the page will be requested again at its next fault (its waiters were woken to fault again)");
                 Err(e)
+            }
+        }
+    }
+
+    /// A placement failed (not EEXIST) on `[host, host+len)`: those pages were not placed.
+    /// They stay pending (requested, for `resend_pending`), and are marked for retry, so
+    /// that the next fault on each is requested again instead of counted a duplicate; the
+    /// range is woken, so that the threads blocked there fault again now rather than wait
+    /// for a page nobody will send.
+    #[cold]
+    #[inline(never)]
+    fn requeue_unplaced(&self, entry: &BlockEntry, host: usize, len: usize) {
+        let first = ((host - entry.block.host) as u64) >> entry.page_shift;
+        entry.retry.set_range(first, len as u64 >> entry.page_shift);
+        if let Some(active) = self.active.enter() {
+            if let Err(e) = active.uffd.wake(host, len) {
+                log::error!("waking the threads of a failed placement: UFFDIO_WAKE: {e}");
             }
         }
     }
