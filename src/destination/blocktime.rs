@@ -3,7 +3,10 @@
 //!
 //! - A vCPU is a thread registered with [`Blocktime::register_vcpu`]; its faults are known
 //!   by the thread id the kernel reports (`UFFD_FEATURE_THREAD_ID`). Its blocked time grows,
-//!   at each placement of the host page it waits on, by "now minus its fault time".
+//!   at each placement of the host page it waits on, by "now minus its fault time". The
+//!   placement ends the wait before its ioctl wakes the vCPU (and again after its
+//!   bookkeeping, for faults read meanwhile): a woken vCPU faults again at once, and its
+//!   next `begin` must not find the previous wait still open and overwrite it.
 //! - The total blocktime grows only while *every* registered vCPU is blocked: at a placement
 //!   that ends such a period, by "now minus the last fault that began one".
 //! - Times are u32 milliseconds since [`Blocktime::reset`] (init), as in QEMU.
