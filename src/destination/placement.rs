@@ -86,8 +86,9 @@ impl Incoming {
     }
 
     /// Bookkeeping of placed pages: received bits set, requested bits cleared (one atomic
-    /// operation a word of each, the second only where a bit is set), blocktime ended for
-    /// faults read since the placement began. When a discard ran since `token` was taken
+    /// operation a word of each, the second only where a bit is set), blocktime ended (a
+    /// vCPU woken by the placement that faulted again first had its wait closed by that
+    /// fault: [`crate::destination::blocktime`]). When a discard ran since `token` was taken
     /// (before the placement's ioctl), the received bits are cleared again and the range
     /// woken (see [`Incoming::undo_after_discard`]).
     #[inline(always)]
@@ -137,10 +138,6 @@ impl Incoming {
     /// them again, and the threads blocked there are woken to fault again at once (issue 17
     /// item 6).
     ///
-    /// Blocktime ends before the first fill, which wakes the faulting threads: a woken vCPU
-    /// faults again at once, and that fault must not find its previous wait still open
-    /// (issue 17 item 1). The end after the bookkeeping catches faults read meanwhile.
-    ///
     /// The one placement path of every `place_*` call. Inlined into each: the first fill
     /// and, when it placed the whole run (the common case), the bookkeeping; anything else
     /// continues out of line in [`Incoming::place_run_rest`].
@@ -154,7 +151,6 @@ impl Incoming {
         zero: bool,
         mut fill: impl FnMut(usize, usize) -> std::result::Result<usize, PlaceError>,
     ) -> Result<RunPlacement> {
-        self.blocktime.end(host, len);
         let token = entry.received.discard_token();
         let first = fill(0, len);
         if let Ok(n) = first {

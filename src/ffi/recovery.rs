@@ -200,9 +200,9 @@ pub extern "C" fn pcr_incoming_register_vcpu(
 /// Copies the blocktime figures into `*out` and, when `per_vcpu_ms` is not NULL, each
 /// vCPU's blocked time in ms into `per_vcpu_ms[cpu_index]` for cpu_index < `n_vcpus` (0 for
 /// unregistered indexes). QEMU 7.2's definitions: a vCPU's time grows from its fault to
-/// the placement of the host page it waits on (ended before the placement wakes it, so
-/// back-to-back faults each count in full); the total only while every registered vCPU
-/// is blocked, never more than any vCPU's figure. Readable at any time, after cleanup too, until `pcr_incoming_free`. Returns
+/// the placement of the host page it waits on (or to its next fault, when that is read
+/// before the placement's end: back-to-back faults each count in full); the total only
+/// while every registered vCPU is blocked, never more than any vCPU's figure. Readable at any time, after cleanup too, until `pcr_incoming_free`. Returns
 /// 0 or a negative errno.
 #[no_mangle]
 pub extern "C" fn pcr_incoming_get_blocktime(
