@@ -469,7 +469,8 @@ typedef struct PcrStats {
    */
   uint64_t resend_errors;
   /**
-   * Placements that failed with an error other than EEXIST (their pages stay pending).
+   * Placements that failed with an error other than EEXIST (their pages stay pending,
+   * their threads are woken, and their next fault requests them again).
    */
   uint64_t placement_errors;
   /**
@@ -477,7 +478,8 @@ typedef struct PcrStats {
    */
   uint64_t remove_events;
   /**
-   * Host pages given up by an abort (poisoned, or zero-filled without UFFDIO_POISON).
+   * Host pages given up by an abort (poisoned, or zero-filled without UFFDIO_POISON), or,
+   * at a failed cleanup without abort, every page not received, requested or not.
    */
   uint64_t pages_lost;
   /**
@@ -790,7 +792,9 @@ int pcr_incoming_prepare_discard(struct PcrIncoming *mis);
  * clears the range's received bits. Allowed in ADVISE and DISCARD (in ADVISE it first does
  * `pcr_incoming_prepare_discard`: no discard runs while THP is on), and after LISTEN
  * (LISTENING, RUNNING: a balloon or virtio-mem dropping received pages), where the next
- * fault on those pages is requested again. The range must be aligned to the block's page
+ * fault on those pages is requested again; a placement of the same pages racing the
+ * discard leaves them either placed and received or dropped and requested at their next
+ * fault. The range must be aligned to the block's page
  * size and inside the block (checked arithmetic: -EINVAL if `start + length` wraps). An
  * empty range (aligned, at most the block length) is skipped and counted in
  * `PcrStats.discard_ranges_empty`. -EDEADLK from a callback on the fault thread when
@@ -858,7 +862,9 @@ uint32_t pcr_version_number(void);
  * no particular alignment), and wakes the threads faulting on it. Callable from any thread, including `request_page`, after
  * `pcr_incoming_enable_notify`. Returns 0; -EEXIST when the page was already present (a
  * racing placer won; the waiters were woken: benign); or a negative errno (-EINVAL for a
- * bad address or size or a call before enable_notify).
+ * bad address or size or a call before enable_notify). After any other error the page
+ * stays pending (`pcr_incoming_resend_pending` re-sends it), the threads blocked on it
+ * are woken to fault again, and that next fault requests it again.
  */
 int pcr_place_page(struct PcrIncoming *mis,
                    void *host,
@@ -950,13 +956,15 @@ ptrdiff_t pcr_incoming_encode_recv_bitmap(const struct PcrIncoming *mis,
  * For a source gone for good: gives up every page not yet received, so that no thread
  * hangs and none reads a zero page unknowingly. Where the kernel has UFFDIO_POISON (Linux
  * 6.6) each such page is poisoned: an access raises SIGBUS, and a KVM vCPU gets a
- * memory-failure SIGBUS (BUS_MCEERR_AR) the VMM can act on. Without it the pages are
- * filled with zeros and the loss is logged. Threads blocked on those pages are woken
- * either way. Requests stop for good. Callable from any thread, the fault thread
+ * memory-failure SIGBUS (BUS_MCEERR_AR) the VMM can act on. Without it (or with
+ * `abort_poison` off) the pages are filled with zeros, every one of them, one page at a
+ * time on blocks without UFFDIO_ZEROPAGE (hugetlbfs), and the loss is logged. Threads
+ * blocked on those pages are woken either way. Requests stop for good. Callable from any thread, the fault thread
  * included, between LISTEN and cleanup; `out` (may be NULL) says what happened. Returns
  * 0 or a negative errno.
  */
-int pcr_incoming_abort(struct PcrIncoming *mis, struct PcrAbortResult *out);
+int pcr_incoming_abort(struct PcrIncoming *mis,
+                       struct PcrAbortResult *out);
 
 /**
  * Registers vCPU `cpu_index` (< PCR_MAX_VCPUS) as thread `tid` (gettid()) for blocktime:
@@ -969,8 +977,9 @@ int pcr_incoming_register_vcpu(struct PcrIncoming *mis, uint32_t cpu_index, int3
  * Copies the blocktime figures into `*out` and, when `per_vcpu_ms` is not NULL, each
  * vCPU's blocked time in ms into `per_vcpu_ms[cpu_index]` for cpu_index < `n_vcpus` (0 for
  * unregistered indexes). QEMU 7.2's definitions: a vCPU's time grows from its fault to
- * the placement of the host page it waits on; the total only while every registered vCPU
- * is blocked. Readable at any time, after cleanup too, until `pcr_incoming_free`. Returns
+ * the placement of the host page it waits on (or to its next fault, when that is read
+ * before the placement's end: back-to-back faults each count in full); the total only
+ * while every registered vCPU is blocked, never more than any vCPU's figure. Readable at any time, after cleanup too, until `pcr_incoming_free`. Returns
  * 0 or a negative errno.
  */
 int pcr_incoming_get_blocktime(const struct PcrIncoming *mis,

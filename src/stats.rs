@@ -67,11 +67,13 @@ pub struct Stats {
     pub resent: u64,
     /// Re-sends the callback refused (requests paused again).
     pub resend_errors: u64,
-    /// Placements that failed with an error other than EEXIST (their pages stay pending).
+    /// Placements that failed with an error other than EEXIST (their pages stay pending,
+    /// their threads are woken, and their next fault requests them again).
     pub placement_errors: u64,
     /// UFFD_EVENT_REMOVE messages handled (only with `track_remove`).
     pub remove_events: u64,
-    /// Host pages given up by an abort (poisoned, or zero-filled without UFFDIO_POISON).
+    /// Host pages given up by an abort (poisoned, or zero-filled without UFFDIO_POISON), or,
+    /// at a failed cleanup without abort, every page not received, requested or not.
     pub pages_lost: u64,
     /// errno (positive) of the last failed page request, 0 if none.
     pub last_request_errno: i32,

@@ -100,6 +100,23 @@ impl PageBitmap {
             .is_some_and(|w| w.fetch_or(bit, Ordering::SeqCst) & bit != 0)
     }
 
+    /// Clears the bit if it is set; returns whether it was (one load when clear).
+    #[inline]
+    pub(crate) fn take(&self, page: u64) -> bool {
+        let Some(word) = self.word(page) else {
+            return false;
+        };
+        let bit = 1 << (page % 64);
+        word.load(Ordering::SeqCst) & bit != 0 && word.fetch_and(!bit, Ordering::SeqCst) & bit != 0
+    }
+
+    /// Sets the bits of pages `[first, first+count)` (past the end: ignored).
+    pub(crate) fn set_range(&self, first: u64, count: u64) {
+        for page in first..first.saturating_add(count) {
+            self.test_and_set(page);
+        }
+    }
+
     /// Clears the bit, with an atomic read-modify-write only when it is set (placements
     /// of pages nobody requested, the common case, then cost one load).
     pub(crate) fn clear(&self, page: u64) {
@@ -168,6 +185,10 @@ pub struct BlockEntry {
     pub target_shift: u32,
     /// Pages requested from the source and not yet placed.
     pub(crate) requested: PageBitmap,
+    /// Requested pages whose placement failed (not EEXIST): the next fault on each is
+    /// requested again instead of counted a duplicate, and takes the bit. A bit left on a
+    /// page placed meanwhile costs at most one extra request later.
+    pub(crate) retry: PageBitmap,
 }
 
 impl BlockEntry {
@@ -319,6 +340,7 @@ impl BlockTable {
                         page_shift - target_shift,
                     ),
                     requested: PageBitmap::new(pages),
+                    retry: PageBitmap::new(pages),
                     block,
                 }
             })

@@ -4,6 +4,14 @@
 //! - A vCPU is a thread registered with [`Blocktime::register_vcpu`]; its faults are known
 //!   by the thread id the kernel reports (`UFFD_FEATURE_THREAD_ID`). Its blocked time grows,
 //!   at each placement of the host page it waits on, by "now minus its fault time".
+//! - A placement ends its waits after the ioctl has woken the vCPUs (recording the end
+//!   before would put a lock and a clock read on every fault round trip). A woken vCPU may
+//!   fault again at once, and that fault may be read before the placer ends the wait: a
+//!   vCPU faults again only once woken, so `begin` closes a wait still open on another page
+//!   then, counting it up to that moment, instead of overwriting it (QEMU 7.2 overwrites:
+//!   back-to-back faults showed one fault's time); the placer's end finds nothing left for
+//!   that vCPU. A fault reported again on the page a vCPU already waits on (retried after
+//!   a signal or a wake-up) continues its wait.
 //! - The total blocktime grows only while *every* registered vCPU is blocked: at a placement
 //!   that ends such a period, by "now minus the last fault that began one".
 //! - Times are u32 milliseconds since [`Blocktime::reset`] (init), as in QEMU.
@@ -62,6 +70,7 @@ pub struct BlocktimeReport {
 /// What [`Blocktime::begin`] recorded, for [`Blocktime::undo`].
 #[derive(Debug, Clone, Copy, Default)]
 pub(crate) struct Begun {
+    /// The vCPU whose wait this fault opened (None: not a vCPU, or a wait continued).
     cpu: Option<u32>,
     in_flight: bool,
 }
@@ -126,6 +135,16 @@ impl Inner {
             .iter()
             .position(|&t| t == tid)
             .map(|i| i as u32)
+    }
+
+    /// Closes vCPU `i`'s open wait at `t` for a new one that begins at once: its blocked
+    /// time grows, and the total too when every vCPU was blocked (they stay so).
+    fn close_wait(&mut self, i: usize, t: u32) {
+        let blocked = t.wrapping_sub(self.fault_time[i]);
+        self.vcpu_blocktime[i] = self.vcpu_blocktime[i].wrapping_add(blocked);
+        if self.cpus_down == self.vcpus {
+            self.total = self.total.wrapping_add(t.wrapping_sub(self.last_begin));
+        }
     }
 
     fn waiting(&self) -> u64 {
@@ -210,13 +229,20 @@ impl Blocktime {
         if let Some(cpu) = g.cpu_of(tid as i32) {
             let i = cpu as usize;
             let t = g.low_time(now);
-            if g.vcpu_addr[i] == 0 {
-                g.cpus_down += 1;
+            let open = g.vcpu_addr[i];
+            if open != addr {
+                if open == 0 {
+                    g.cpus_down += 1;
+                } else {
+                    // Woken from `open`, whose placer has not ended the wait yet: it ended
+                    // by now (see the module comment).
+                    g.close_wait(i, t);
+                }
+                g.last_begin = t;
+                g.fault_time[i] = t;
+                g.vcpu_addr[i] = addr;
+                begun.cpu = Some(cpu);
             }
-            g.last_begin = t;
-            g.fault_time[i] = t;
-            g.vcpu_addr[i] = addr;
-            begun.cpu = Some(cpu);
         }
         if g.in_flight.len() < MAX_IN_FLIGHT {
             let t = g.ns(now);
@@ -386,5 +412,37 @@ mod tests {
         assert_eq!((r.vcpus, r.faults_timed), (1, 1));
         assert!(bt.register_vcpu(MAX_VCPUS as u32, 1).is_err());
         assert!(bt.register_vcpu(0, 0).is_err());
+    }
+
+    #[test]
+    fn a_fault_read_before_the_previous_placement_ended_closes_that_wait() {
+        // Issue 17 item 1: the placement of A woke the vCPU, which faulted on B, and that
+        // fault was read before the placer's end(A).
+        let bt = Blocktime::default();
+        bt.reset(true);
+        bt.register_vcpu(0, 100).unwrap();
+        let started = Instant::now();
+        bt.begin(100, 0xA000);
+        std::thread::sleep(Duration::from_millis(20));
+        bt.begin(100, 0xB000);
+        bt.end(0xA000, 0x1000);
+        // The same fault reported again (retried after a signal) continues its wait.
+        std::thread::sleep(Duration::from_millis(10));
+        let again = bt.begin(100, 0xB000);
+        bt.undo(again, 0xB000);
+        std::thread::sleep(Duration::from_millis(10));
+        bt.end(0xB000, 0x1000);
+        let elapsed = started.elapsed().as_millis() as u32;
+        let r = bt.report();
+        assert!(
+            r.per_vcpu_ms[0] * 10 >= elapsed * 8,
+            "{r:?} over {elapsed} ms"
+        );
+        assert!(r.per_vcpu_ms[0] <= elapsed + 1, "{r:?} over {elapsed} ms");
+        assert_eq!(
+            r.total_ms, r.per_vcpu_ms[0],
+            "one vCPU: all were blocked with it"
+        );
+        assert_eq!(bt.waiting.load(Ordering::SeqCst), 0);
     }
 }

@@ -322,7 +322,8 @@ fn handle_remove(table: &BlockTable, c: &Counters, start: u64, end: u64) {
         }
         let first = ((from - entry.block.host) as u64) >> entry.target_shift;
         let last = ((to - entry.block.host) as u64).div_ceil(1 << entry.target_shift);
-        entry.received.clear_range(first, last - first);
+        // Counted as a discard: a placement whose bookkeeping races it undoes itself.
+        entry.received.discard(first, last - first, || ());
     }
 }
 
@@ -362,7 +363,8 @@ fn handle_fault(
         late();
         return;
     }
-    if entry.requested.test_and_set(page) {
+    // Already requested: a duplicate, unless its placement failed since (retry).
+    if entry.requested.test_and_set(page) && !entry.retry.take(page) {
         c.duplicate_faults.fetch_add(1, Ordering::Relaxed);
         return;
     }

@@ -341,8 +341,8 @@ impl Incoming {
     /// (QEMU's ram_discard_range clears its receivedmap the same way). The range must be
     /// aligned to the block's page size and inside it. An empty range (aligned start at
     /// most the block length) is skipped and counted ([`Stats::discard_ranges_empty`]).
-    /// After LISTEN, a placement of the same pages racing the discard is the caller's to
-    /// avoid.
+    /// After LISTEN, a placement of the same pages may race the discard: the page then ends
+    /// either placed and received, or dropped and not received (its next fault requested).
     pub fn discard_range(&self, name: &str, start: u64, length: u64) -> Result<()> {
         let table = self.require_table("discard_range")?;
         let state = self.state();
@@ -372,12 +372,14 @@ impl Incoming {
     }
 
     /// Clears the received bits of a range (QEMU's ram_discard_range clears its
-    /// receivedmap too), then drops its pages.
+    /// receivedmap too) and drops its pages, safe against a placement of the same pages
+    /// (see [`crate::destination::received::ReceivedMap::discard`]).
     fn discard_received(&self, entry: &BlockEntry, start: u64, length: u64) -> Result<()> {
-        entry
-            .received
-            .clear_range(start >> entry.target_shift, length >> entry.target_shift);
-        self.discard_with_hook(&entry.block, start, length)
+        entry.received.discard(
+            start >> entry.target_shift,
+            length >> entry.target_shift,
+            || self.discard_with_hook(&entry.block, start, length),
+        )
     }
 
     fn count_empty_discard(&self) {
@@ -514,6 +516,8 @@ impl Incoming {
     /// prepare_discard changed, re-locks memory per the mlock policy (also before LISTEN:
     /// init unlocked it), frees the temporary pages; state -> END; calls
     /// [`IncomingHooks::shut`]. Needs [`Incoming::init`]; a second call fails.
+    /// A failed end (`shut(failed = true)`) without [`Incoming::abort`] counts every host
+    /// page not received, requested or not, in [`Stats::pages_lost`] and logs them.
     pub fn cleanup(&self) -> Result<()> {
         self.refuse_on_fault_thread("incoming_cleanup")?;
         let _control = self.control.lock();
@@ -556,6 +560,9 @@ impl Incoming {
         // success does not count.
         let failed =
             failure.is_some() || self.aborted.load(Ordering::Acquire) || self.pending_pages() != 0;
+        if failed {
+            self.count_lost_at_end(&table);
+        }
         let _ = self.set_state(State::End);
         if !self.config.never_send_shut {
             self.hooks.shut(failed);

@@ -6,6 +6,7 @@ use std::sync::atomic::Ordering;
 
 use super::block::{BlockEntry, BlockTable};
 use super::incoming::{Active, Incoming};
+use super::received::DiscardToken;
 use crate::error::{Error, Result};
 use crate::sys::uffd::PlaceError;
 
@@ -85,9 +86,13 @@ impl Incoming {
     }
 
     /// Bookkeeping of placed pages: received bits set, requested bits cleared (one atomic
-    /// operation a word of each, the second only where a bit is set), blocktime ended.
+    /// operation a word of each, the second only where a bit is set), blocktime ended (a
+    /// vCPU woken by the placement that faulted again first had its wait closed by that
+    /// fault: [`crate::destination::blocktime`]). When a discard ran since `token` was taken
+    /// (before the placement's ioctl), the received bits are cleared again and the range
+    /// woken (see [`Incoming::undo_after_discard`]).
     #[inline(always)]
-    fn mark_placed(&self, entry: &BlockEntry, host: usize, len: usize) {
+    fn mark_placed(&self, entry: &BlockEntry, host: usize, len: usize, token: DiscardToken) {
         if len == 0 {
             return;
         }
@@ -95,7 +100,33 @@ impl Incoming {
         let count = len as u64 >> entry.page_shift;
         entry.received.set_host_pages(first, count);
         entry.requested.clear_range(first, count);
+        if entry.received.raced_with_discard(token) {
+            self.undo_after_discard(entry, host, len);
+        }
         self.blocktime.end(host, len);
+    }
+
+    /// A discard ran between a placement's ioctl and its bookkeeping (issue 17 item 7): the
+    /// pages may be gone again. Their received bits are cleared, so that their next fault
+    /// is requested, and the range is woken, so that a fault read meanwhile (taken for
+    /// "late", never requested) is raised again. A page that is in fact present is then
+    /// only marked not received (a recovery would ask for it again, and find it present).
+    #[cold]
+    #[inline(never)]
+    fn undo_after_discard(&self, entry: &BlockEntry, host: usize, len: usize) {
+        let off = (host - entry.block.host) as u64;
+        entry
+            .received
+            .clear_range(off >> entry.target_shift, len as u64 >> entry.target_shift);
+        if let Some(active) = self.active.enter() {
+            if let Err(e) = active.uffd.wake(host, len) {
+                log::error!("placement raced with a discard: UFFDIO_WAKE: {e}");
+            }
+        }
+        log::debug!(
+            "placement of {len:#x} bytes at {host:#x} in {} raced with a discard: marked not received",
+            entry.block.name
+        );
     }
 
     /// Places the whole pages of `[host, host+len)` in `entry` with `fill(offset, bytes)`,
@@ -103,7 +134,9 @@ impl Incoming {
     /// placed (the whole rest, or one page). A page found present (EEXIST) is counted,
     /// skipped, and the fill resumes after it; every waiter in the run has been woken.
     /// An OS error stops the run and is returned (the pages placed before it stay placed,
-    /// marked and counted).
+    /// marked and counted); the pages not placed stay pending and their next fault asks for
+    /// them again, and the threads blocked there are woken to fault again at once (issue 17
+    /// item 6).
     ///
     /// The one placement path of every `place_*` call. Inlined into each: the first fill
     /// and, when it placed the whole run (the common case), the bookkeeping; anything else
@@ -118,10 +151,11 @@ impl Incoming {
         zero: bool,
         mut fill: impl FnMut(usize, usize) -> std::result::Result<usize, PlaceError>,
     ) -> Result<RunPlacement> {
+        let token = entry.received.discard_token();
         let first = fill(0, len);
         if let Ok(n) = first {
             if n == len {
-                self.mark_placed(entry, host, len);
+                self.mark_placed(entry, host, len, token);
                 let placed = (len >> entry.page_shift) as u64;
                 self.count_placed(zero, placed);
                 return Ok(RunPlacement {
@@ -130,7 +164,7 @@ impl Incoming {
                 });
             }
         }
-        self.place_run_rest(what, entry, host, len, zero, first, &mut fill)
+        self.place_run_rest(what, entry, host, len, zero, token, first, &mut fill)
     }
 
     #[inline(always)]
@@ -154,6 +188,7 @@ impl Incoming {
         host: usize,
         len: usize,
         zero: bool,
+        token: DiscardToken,
         first: std::result::Result<usize, PlaceError>,
         fill: &mut dyn FnMut(usize, usize) -> std::result::Result<usize, PlaceError>,
     ) -> Result<RunPlacement> {
@@ -169,14 +204,14 @@ impl Incoming {
                 Err(PlaceError::Os { errno, placed }) => {
                     // Keep what the calls before the error placed (and woke).
                     let placed = placed - placed % page;
-                    self.mark_placed(entry, host + off, placed);
+                    self.mark_placed(entry, host + off, placed, token);
                     run.placed += (placed / page) as u64;
                     off += placed;
                     failure = Some(errno);
                     break;
                 }
             };
-            self.mark_placed(entry, host + off, placed);
+            self.mark_placed(entry, host + off, placed, token);
             run.placed += (placed / page) as u64;
             off += placed;
             if present {
@@ -185,7 +220,7 @@ impl Incoming {
                     host + off,
                     entry.block.name
                 );
-                self.mark_placed(entry, host + off, page);
+                self.mark_placed(entry, host + off, page, token);
                 run.already_present += 1;
                 off += page;
             }
@@ -199,6 +234,7 @@ impl Incoming {
         match failure {
             None => Ok(run),
             Some(errno) => {
+                self.requeue_unplaced(entry, host + off, len - off);
                 self.counters
                     .placement_errors
                     .fetch_add(1, Ordering::Relaxed);
@@ -215,8 +251,25 @@ impl Incoming {
                         std::io::Error::from_raw_os_error(errno)
                     ),
                 );
-                log::error!("{e}; the page stays pending (resend_pending, abort or give up)");
+                log::error!("{e}; the page will be requested again at its next fault (its waiters were woken to fault again)");
                 Err(e)
+            }
+        }
+    }
+
+    /// A placement failed (not EEXIST) on `[host, host+len)`: those pages were not placed.
+    /// They stay pending (requested, for `resend_pending`), and are marked for retry, so
+    /// that the next fault on each is requested again instead of counted a duplicate; the
+    /// range is woken, so that the threads blocked there fault again now rather than wait
+    /// for a page nobody will send.
+    #[cold]
+    #[inline(never)]
+    fn requeue_unplaced(&self, entry: &BlockEntry, host: usize, len: usize) {
+        let first = ((host - entry.block.host) as u64) >> entry.page_shift;
+        entry.retry.set_range(first, len as u64 >> entry.page_shift);
+        if let Some(active) = self.active.enter() {
+            if let Err(e) = active.uffd.wake(host, len) {
+                log::error!("waking the threads of a failed placement: UFFDIO_WAKE: {e}");
             }
         }
     }
@@ -235,6 +288,20 @@ impl Incoming {
             return active.uffd.zeropage(dst, len).map(|()| len);
         }
         Self::zero_copy(active, entry, dst)
+    }
+
+    /// Test-only, not part of the API: from now until cleanup, zero fills of every block
+    /// take the path of a block whose registration did not offer UFFDIO_ZEROPAGE (hugetlbfs
+    /// before Linux 6.6...), copying the zero page one host page at a time, so that the
+    /// tests can exercise it on anonymous memory. It only clears the flag the placement
+    /// path reads anyway: no branch is added to it. Needs enable_notify.
+    #[doc(hidden)]
+    pub fn test_only_without_zeropage(&self) -> Result<()> {
+        let active = self.placing("test_only_without_zeropage")?;
+        for entry in active.table.entries() {
+            entry.zeropage_ok.store(false, Ordering::Release);
+        }
+        Ok(())
     }
 
     /// One zero page by copy, where UFFDIO_ZEROPAGE is not offered (hugetlbfs).
@@ -369,181 +436,5 @@ fn null_source(what: &str) -> Error {
 }
 
 #[cfg(test)]
-mod tests {
-    use std::sync::Arc;
-
-    use super::*;
-    use crate::destination::block::{host_page_size, Backing, BlockName, RamBlock};
-    use crate::destination::incoming::{IncomingConfig, IncomingHooks};
-
-    struct NoHooks;
-
-    impl IncomingHooks for NoHooks {
-        fn ram_blocks(&self) -> Result<Vec<RamBlock>> {
-            Ok(Vec::new())
-        }
-
-        fn request_page(
-            &self,
-            _: Option<&BlockName>,
-            _: u64,
-            _: u64,
-        ) -> std::result::Result<(), i32> {
-            Ok(())
-        }
-    }
-
-    fn page() -> usize {
-        host_page_size() as usize
-    }
-
-    const HOST: usize = 0x40_0000_0000;
-
-    /// One block of 16 host pages at HOST.
-    fn table() -> BlockTable {
-        BlockTable::new(vec![RamBlock {
-            name: "pc.ram".into(),
-            host: HOST,
-            offset: 0,
-            length: 16 * page() as u64,
-            page_size: page() as u64,
-            backing: Backing::Anonymous { shared: false },
-            opaque: 0,
-        }])
-        .unwrap()
-    }
-
-    fn incoming() -> Incoming {
-        Incoming::new(Arc::new(NoHooks), IncomingConfig::default()).unwrap()
-    }
-
-    #[test]
-    fn a_placement_must_be_whole_pages_inside_one_block() {
-        let t = table();
-        let p = page() as u64;
-        let check = |host: usize, len: u64, single: bool| {
-            Incoming::check_place(&t, "place", host, len, single).map(|e| e.block.host)
-        };
-        assert_eq!(check(HOST, p, true), Ok(HOST));
-        assert_eq!(check(HOST + 15 * page(), p, true), Ok(HOST));
-        assert_eq!(check(HOST, 16 * p, false), Ok(HOST));
-        let err = |r: Result<usize>| r.unwrap_err().to_string();
-        assert!(err(check(HOST - page(), p, true)).contains("outside every RAM block"));
-        assert!(err(check(HOST + 16 * page(), p, true)).contains("outside every RAM block"));
-        assert!(err(check(HOST + 8, p, true)).contains("not aligned"));
-        assert!(err(check(HOST, 2 * p, true)).contains("does not match"));
-        assert!(err(check(HOST, 0, false)).contains("does not match"));
-        assert!(err(check(HOST, p + 8, false)).contains("does not match"));
-        assert!(err(check(HOST + 15 * page(), 2 * p, false)).contains("run past"));
-        assert_eq!(check(HOST + 8, p, true).unwrap_err().errno(), libc::EINVAL);
-    }
-
-    #[test]
-    fn a_run_skips_present_pages_and_counts_what_it_placed() {
-        let t = table();
-        let entry = &t.entries()[0];
-        let inc = incoming();
-        let pg = page();
-        // The kernel places 2.5 pages' worth before finding page 2 present (it reports the
-        // bytes done), then the rest in one go.
-        let mut calls = Vec::new();
-        let run = inc
-            .place_run("place_pages", entry, HOST, 6 * pg, false, |off, len| {
-                calls.push((off, len));
-                if off == 0 {
-                    Err(PlaceError::AlreadyPresent {
-                        placed: 2 * pg + pg / 2,
-                    })
-                } else {
-                    Ok(len)
-                }
-            })
-            .unwrap();
-        assert_eq!(calls, vec![(0, 6 * pg), (3 * pg, 3 * pg)]);
-        assert_eq!(
-            run,
-            RunPlacement {
-                placed: 5,
-                already_present: 1
-            }
-        );
-        for page in 0..6 {
-            assert!(entry.is_received(page * pg as u64), "page {page}");
-        }
-        assert!(!entry.is_received(6 * pg as u64));
-        let s = inc.stats();
-        assert_eq!(
-            (s.pages_placed, s.zero_pages_placed, s.already_present),
-            (5, 0, 1)
-        );
-    }
-
-    #[test]
-    fn pages_placed_by_the_failing_call_itself_are_kept() {
-        // Issue 9 item 9: a partial UFFDIO_COPY, then EFAULT: the ioctl placed two pages.
-        let t = table();
-        let entry = &t.entries()[0];
-        entry.requested.test_and_set(1);
-        let inc = incoming();
-        let pg = page();
-        let err = inc
-            .place_run("place_pages", entry, HOST, 4 * pg, false, |_, _| {
-                Err(PlaceError::Os {
-                    errno: libc::EFAULT,
-                    placed: 2 * pg,
-                })
-            })
-            .unwrap_err();
-        assert_eq!(err.errno(), libc::EFAULT);
-        assert!(entry.is_received(0) && entry.is_received(pg as u64));
-        assert!(!entry.is_received(2 * pg as u64));
-        assert_eq!(
-            entry.requested.word_bits(0) & 2,
-            0,
-            "page 1 no longer pending"
-        );
-        let s = inc.stats();
-        assert_eq!((s.pages_placed, s.placement_errors), (2, 1));
-        assert_eq!(s.last_placement_errno, libc::EFAULT);
-    }
-
-    #[test]
-    fn an_os_error_stops_the_run_and_keeps_what_was_placed() {
-        let t = table();
-        let entry = &t.entries()[0];
-        let inc = incoming();
-        let pg = page();
-        let mut first = true;
-        let err = inc
-            .place_run("place_pages_zero", entry, HOST, 4 * pg, true, |_, _| {
-                if std::mem::take(&mut first) {
-                    Ok(pg)
-                } else {
-                    Err(PlaceError::Os {
-                        errno: libc::ENOMEM,
-                        placed: 0,
-                    })
-                }
-            })
-            .unwrap_err();
-        assert_eq!(err.errno(), libc::ENOMEM);
-        assert!(err.to_string().contains("place_pages_zero"));
-        assert!(entry.is_received(0));
-        assert!(!entry.is_received(pg as u64));
-        assert_eq!(inc.stats().zero_pages_placed, 1);
-        assert_eq!(
-            Incoming::single(RunPlacement {
-                placed: 1,
-                already_present: 0
-            }),
-            Placement::Placed
-        );
-        assert_eq!(
-            Incoming::single(RunPlacement {
-                placed: 0,
-                already_present: 1
-            }),
-            Placement::AlreadyPresent
-        );
-    }
-}
+#[path = "placement_tests.rs"]
+mod tests;

@@ -10,6 +10,14 @@
 //! otherwise. All accesses are sequentially consistent: a placer sets "received" then tests
 //! "requested", the fault thread sets "requested" then tests "received", so one of them
 //! always sees the other.
+//!
+//! A discard after LISTEN may race a placement of the same pages: the placement's ioctl,
+//! then the discard (bits cleared, pages dropped), then the placement's bookkeeping would
+//! leave a page marked received but absent, whose every later fault reads as "late" and
+//! is never requested. Discards go through [`ReceivedMap::discard`], which counts them
+//! (started, finished); a placer takes a [`DiscardToken`] before its ioctl and, once its
+//! bits are set, asks [`ReceivedMap::raced_with_discard`]: when a discard ran meanwhile, it
+//! clears its bits again and wakes the range, so that the next fault there is requested.
 
 use std::sync::atomic::{AtomicU64, Ordering::SeqCst};
 
@@ -21,6 +29,16 @@ pub struct ReceivedMap {
     nbits: u64,
     /// log2(host page size / target page size).
     ratio_shift: u32,
+    /// Discards begun and ended through [`ReceivedMap::discard`].
+    discards_started: AtomicU64,
+    discards_finished: AtomicU64,
+}
+
+/// What [`ReceivedMap::discard_token`] saw before a placement: compared after it.
+#[derive(Debug, Clone, Copy)]
+pub struct DiscardToken {
+    started: u64,
+    finished: u64,
 }
 
 /// `bits` ones starting at bit `from` of one word (`from + bits <= 64`, `bits >= 1`).
@@ -41,7 +59,39 @@ impl ReceivedMap {
             words: (0..nbits.div_ceil(64)).map(|_| AtomicU64::new(0)).collect(),
             nbits,
             ratio_shift,
+            discards_started: AtomicU64::new(0),
+            discards_finished: AtomicU64::new(0),
         }
+    }
+
+    /// Taken by a placer before its ioctl (two loads).
+    #[inline(always)]
+    pub fn discard_token(&self) -> DiscardToken {
+        let started = self.discards_started.load(SeqCst);
+        DiscardToken {
+            started,
+            finished: self.discards_finished.load(SeqCst),
+        }
+    }
+
+    /// Asked by a placer after it set its received bits: whether a discard was running
+    /// when `token` was taken or began since (one load). Conservative: `true` for any
+    /// discard of the block in that window, whatever its range.
+    #[inline(always)]
+    pub fn raced_with_discard(&self, token: DiscardToken) -> bool {
+        token.started != token.finished || self.discards_started.load(SeqCst) != token.started
+    }
+
+    /// Clears target pages `[page, page+count)`, runs `drop` (which drops their memory),
+    /// and clears them again: a placement that set them between the two is either undone
+    /// here or sees the discard ([`ReceivedMap::raced_with_discard`]) and undoes itself.
+    pub fn discard<R>(&self, page: u64, count: u64, drop: impl FnOnce() -> R) -> R {
+        self.discards_started.fetch_add(1, SeqCst);
+        self.clear_range(page, count);
+        let result = drop();
+        self.clear_range(page, count);
+        self.discards_finished.fetch_add(1, SeqCst);
+        result
     }
 
     /// Target pages in the block.
@@ -166,6 +216,24 @@ mod tests {
         q.clear_range(13, 1);
         assert!(!q.host_page_received(3));
         assert_eq!(q.count(), 3);
+    }
+
+    #[test]
+    fn a_placement_sees_a_discard_that_began_or_ran_after_its_token() {
+        let m = ReceivedMap::new(64, 0);
+        let before = m.discard_token();
+        assert!(!m.raced_with_discard(before));
+        // A discard run between the token and the check.
+        m.discard(3, 1, || {
+            let during = m.discard_token();
+            assert!(m.raced_with_discard(during), "taken while a discard runs");
+        });
+        assert!(m.raced_with_discard(before));
+        let after = m.discard_token();
+        assert!(!m.raced_with_discard(after));
+        // The bits set inside the discard (a placement's bookkeeping) are cleared again.
+        m.discard(5, 2, || m.set_range(5, 2));
+        assert_eq!(m.count(), 0);
     }
 
     #[test]

@@ -3,7 +3,7 @@
 
 use std::sync::atomic::Ordering;
 
-use crate::destination::block::BlockEntry;
+use crate::destination::block::{BlockEntry, BlockTable};
 use crate::destination::blocktime::BlocktimeReport;
 use crate::destination::incoming::{Active, Incoming};
 use crate::error::{Error, Result};
@@ -204,28 +204,34 @@ impl Incoming {
                 while at < end {
                     let dst = entry.block.host + (at as usize) * psize;
                     let len = (end - at) as usize * psize;
-                    let r = if poison {
-                        active.uffd.poison(dst, len)
-                    } else {
-                        Self::zero_fill(&active, entry, dst, len).map(|_| ())
-                    };
-                    let (done, next) = match r {
-                        Ok(()) => (len, None),
-                        // A page present: skip it, continue after it.
+                    // The bytes given up from `dst` on, and whether the page after them
+                    // is to be skipped (present, or neither poisoned nor filled).
+                    let (done, skip) = match self.give_up(&active, entry, poison, dst, len) {
+                        Ok(n) => (n, false),
                         Err(PlaceError::AlreadyPresent { placed }) => {
-                            (placed - placed % psize, Some(psize))
+                            (placed - placed % psize, true)
                         }
                         Err(PlaceError::Os { errno, placed }) => {
-                            failure.get_or_insert(Error::new(
-                                errno,
-                                format!(
-                                    "abort: {} of {} at {dst:#x}: {}",
-                                    if poison { "UFFDIO_POISON" } else { "zero fill" },
-                                    entry.block.name,
-                                    std::io::Error::from_raw_os_error(errno)
-                                ),
-                            ));
-                            (placed - placed % psize, Some(psize))
+                            let done = placed - placed % psize;
+                            let page_at = dst + done;
+                            // Poisoning refused: zero-fill that page rather than leave its
+                            // threads blocked.
+                            let filled =
+                                poison && Self::zero_fill(&active, entry, page_at, psize).is_ok();
+                            // Not every page poisoned then: zeros are data loss.
+                            out.poisoned &= !filled;
+                            if !filled {
+                                failure.get_or_insert(Error::new(
+                                    errno,
+                                    format!(
+                                        "abort: {} of {} at {page_at:#x}: {}",
+                                        if poison { "UFFDIO_POISON" } else { "zero fill" },
+                                        entry.block.name,
+                                        std::io::Error::from_raw_os_error(errno)
+                                    ),
+                                ));
+                            }
+                            (done + if filled { psize } else { 0 }, !filled)
                         }
                     };
                     let lost = (done / psize) as u64;
@@ -234,7 +240,7 @@ impl Incoming {
                     for p in at..at + lost {
                         entry.requested.clear(p);
                     }
-                    at += lost + next.map_or(0, |_| 1);
+                    at += lost + u64::from(skip);
                 }
                 page = end;
             }
@@ -265,6 +271,54 @@ impl Incoming {
             }
             None => Ok(out),
         }
+    }
+
+    /// Gives up `[dst, dst+len)` of `entry`: poisons it, or zero-fills it. Returns the bytes
+    /// given up, which a zero fill by copy (no UFFDIO_ZEROPAGE: hugetlbfs, or the
+    /// test-only knob) leaves at one page: the caller goes on from there.
+    fn give_up(
+        &self,
+        active: &Active,
+        entry: &BlockEntry,
+        poison: bool,
+        dst: usize,
+        len: usize,
+    ) -> std::result::Result<usize, PlaceError> {
+        if poison {
+            active.uffd.poison(dst, len).map(|()| len)
+        } else {
+            Self::zero_fill(active, entry, dst, len)
+        }
+    }
+
+    /// A failed end (cleanup, after the fault thread stopped and placements drained):
+    /// every host page not received is lost, whether a fault requested it or not (issue 17
+    /// item 8). Counted in `pages_lost` and logged, with how many were requested. After an
+    /// abort, which counted what it gave up, nothing more is counted. Exact when the host
+    /// marked the pages it loaded itself ([`Incoming::mark_received`]).
+    pub(super) fn count_lost_at_end(&self, table: &BlockTable) -> u64 {
+        if self.aborted.load(Ordering::Acquire) {
+            return 0;
+        }
+        let (mut lost, mut requested, mut bytes) = (0u64, 0u64, 0u64);
+        for entry in table.entries() {
+            let pages = entry.block.length >> entry.page_shift;
+            for page in 0..pages {
+                if !entry.received.host_page_received(page) {
+                    lost += 1;
+                    bytes += entry.block.page_size;
+                    requested += entry.requested.word_bits((page / 64) as usize) >> (page % 64) & 1;
+                }
+            }
+        }
+        if lost != 0 {
+            self.counters.pages_lost.fetch_add(lost, Ordering::Relaxed);
+            log::error!(
+                "postcopy ended failed: {lost} pages ({bytes} bytes) never arrived ({requested} requested, {} never requested); the guest reads what the kernel maps there",
+                lost - requested
+            );
+        }
+        lost
     }
 
     /// Whether [`Incoming::abort`] ran in this migration.

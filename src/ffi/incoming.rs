@@ -164,7 +164,9 @@ pub extern "C" fn pcr_incoming_prepare_discard(mis: *mut PcrIncoming) -> c_int {
 /// clears the range's received bits. Allowed in ADVISE and DISCARD (in ADVISE it first does
 /// `pcr_incoming_prepare_discard`: no discard runs while THP is on), and after LISTEN
 /// (LISTENING, RUNNING: a balloon or virtio-mem dropping received pages), where the next
-/// fault on those pages is requested again. The range must be aligned to the block's page
+/// fault on those pages is requested again; a placement of the same pages racing the
+/// discard leaves them either placed and received or dropped and requested at their next
+/// fault. The range must be aligned to the block's page
 /// size and inside the block (checked arithmetic: -EINVAL if `start + length` wraps). An
 /// empty range (aligned, at most the block length) is skipped and counted in
 /// `PcrStats.discard_ranges_empty`. -EDEADLK from a callback on the fault thread when

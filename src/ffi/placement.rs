@@ -12,7 +12,9 @@ use crate::error::Result;
 /// no particular alignment), and wakes the threads faulting on it. Callable from any thread, including `request_page`, after
 /// `pcr_incoming_enable_notify`. Returns 0; -EEXIST when the page was already present (a
 /// racing placer won; the waiters were woken: benign); or a negative errno (-EINVAL for a
-/// bad address or size or a call before enable_notify).
+/// bad address or size or a call before enable_notify). After any other error the page
+/// stays pending (`pcr_incoming_resend_pending` re-sends it), the threads blocked on it
+/// are woken to fault again, and that next fault requests it again.
 #[no_mangle]
 pub extern "C" fn pcr_place_page(
     mis: *mut PcrIncoming,

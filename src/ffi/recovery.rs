@@ -156,9 +156,10 @@ pub extern "C" fn pcr_incoming_encode_recv_bitmap(
 /// For a source gone for good: gives up every page not yet received, so that no thread
 /// hangs and none reads a zero page unknowingly. Where the kernel has UFFDIO_POISON (Linux
 /// 6.6) each such page is poisoned: an access raises SIGBUS, and a KVM vCPU gets a
-/// memory-failure SIGBUS (BUS_MCEERR_AR) the VMM can act on. Without it the pages are
-/// filled with zeros and the loss is logged. Threads blocked on those pages are woken
-/// either way. Requests stop for good. Callable from any thread, the fault thread
+/// memory-failure SIGBUS (BUS_MCEERR_AR) the VMM can act on. Without it (or with
+/// `abort_poison` off) the pages are filled with zeros, every one of them, one page at a
+/// time on blocks without UFFDIO_ZEROPAGE (hugetlbfs), and the loss is logged. Threads
+/// blocked on those pages are woken either way. Requests stop for good. Callable from any thread, the fault thread
 /// included, between LISTEN and cleanup; `out` (may be NULL) says what happened. Returns
 /// 0 or a negative errno.
 #[no_mangle]
@@ -199,8 +200,9 @@ pub extern "C" fn pcr_incoming_register_vcpu(
 /// Copies the blocktime figures into `*out` and, when `per_vcpu_ms` is not NULL, each
 /// vCPU's blocked time in ms into `per_vcpu_ms[cpu_index]` for cpu_index < `n_vcpus` (0 for
 /// unregistered indexes). QEMU 7.2's definitions: a vCPU's time grows from its fault to
-/// the placement of the host page it waits on; the total only while every registered vCPU
-/// is blocked. Readable at any time, after cleanup too, until `pcr_incoming_free`. Returns
+/// the placement of the host page it waits on (or to its next fault, when that is read
+/// before the placement's end: back-to-back faults each count in full); the total only
+/// while every registered vCPU is blocked, never more than any vCPU's figure. Readable at any time, after cleanup too, until `pcr_incoming_free`. Returns
 /// 0 or a negative errno.
 #[no_mangle]
 pub extern "C" fn pcr_incoming_get_blocktime(
