@@ -1,7 +1,8 @@
 /*
  * LD_PRELOAD library for scripts/qemu-check.sh: makes one libpostcopy_ram call return
  * NULL, as the library may, in a patched QEMU: PCR_FAIL_CALL=pcr_source_new or
- * PCR_FAIL_CALL=pcr_discard_send_init. Every other call goes to the library.
+ * PCR_FAIL_CALL=pcr_discard_send_init (with PCR_FAIL_BLOCK=name, for that RAM block only).
+ * Every other call goes to the library.
  */
 #define _GNU_SOURCE
 #include <dlfcn.h>
@@ -49,7 +50,9 @@ struct PcrDiscardState *pcr_discard_send_init(struct PcrSource *ms, unsigned lon
 {
     struct PcrDiscardState *(*real)(struct PcrSource *, unsigned long, const char *);
 
-    if (failing(__func__)) {
+    const char *block = getenv("PCR_FAIL_BLOCK");
+
+    if ((!block || (name && strcmp(block, name) == 0)) && failing(__func__)) {
         return NULL;
     }
     *(void **)&real = next(__func__);

@@ -7,8 +7,9 @@
       exercise the request path and is run again, up to three times), the guest runs on
       at the destination and its memory holds the pattern (guest.py).
   qmp_migrate.py discard-fails --src BIN --dst BIN --logdir DIR --fail CALL --preload SO
+                              [--fail-block NAME]
       The source runs with LD_PRELOAD=SO making the library call CALL (pcr_source_new or
-      pcr_discard_send_init) return NULL: the migration must fail at the switch to
+      pcr_discard_send_init, for block NAME only if given) return NULL: the migration must fail at the switch to
       postcopy, before the device state is sent, and the source's guest must run on (QEMU
       7.2 leaves it stopped after a failed switch: it must resume with "cont"); a silently
       dropped discard would leave stale pages at the destination instead.
@@ -331,12 +332,14 @@ def run_discard_fails(args):
     """The library returns NULL from args.fail on the source (LD_PRELOAD): the migration
     must fail at the switch to postcopy, the source's guest running on."""
     env = {"LD_PRELOAD": args.preload, "PCR_FAIL_CALL": args.fail}
+    if args.fail_block:
+        env["PCR_FAIL_BLOCK"] = args.fail_block
     src, dst, uri, end = setup(args, args.logdir, args.mem, src_env=env)
     try:
         precopy_then_postcopy(src, uri)
         final, seen = watch_until_final(src, True)
-        print("source stderr: %s" % " | ".join(
-            line for line in stderr_of(args.logdir, "src").splitlines() if "postcopy" in line))
+        print("source stderr: %s" % " | ".join(dict.fromkeys(
+            line for line in stderr_of(args.logdir, "src").splitlines() if "postcopy" in line)))
         # The switch itself fails: postcopy-active is set by postcopy_start before the
         # discards, so the states seen may include it; the guest must not stay stopped.
         print("source migration states: %s" % " -> ".join(seen))
@@ -554,6 +557,7 @@ def main():
     ap.add_argument("--trace", action="store_true")
     ap.add_argument("--fail", help="discard-fails: the library call that returns NULL")
     ap.add_argument("--preload", help="discard-fails: the LD_PRELOAD library")
+    ap.add_argument("--fail-block", help="discard-fails: fail for this RAM block only")
     ap.add_argument("--postcopy-bandwidth", type=int, default=0,
                     help="bench: max-postcopy-bandwidth in bytes/s (0: unlimited)")
     args = ap.parse_args()
