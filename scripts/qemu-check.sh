@@ -160,14 +160,16 @@ if selected "$name"; then
 fi
 
 echo "== failures that must fail the migration cleanly (the source's guest runs on)"
-gcc -shared -fPIC -Wall -Wextra -Werror -I"$CACHE/pcr-prefix/include" \
-  -o "$OUT/pcr_fail_preload.so" "$ROOT/scripts/qemu/pcr_fail_preload.c" -ldl
+preload_built=
 # pcr_discard_send_init fails for the guest RAM block only: the other blocks' discards go
 # out, so nothing but the shim can notice the missing ones.
 for call in pcr_source_new pcr_discard_send_init; do
   name="source: $call returning NULL fails the migration"
   selected "$name" || continue
   s=$(date +%s)
+  [ -n "$preload_built" ] || gcc -shared -fPIC -Wall -Wextra -Werror -I"$CACHE/pcr-prefix/include" \
+    -o "$OUT/pcr_fail_preload.so" "$ROOT/scripts/qemu/pcr_fail_preload.c" -ldl
+  preload_built=1
   extra=()
   [ "$call" = pcr_discard_send_init ] && extra=(--fail-block pc.ram)
   if migrate_step discard-fails patched patched "fail-$call" --fail "$call" \
