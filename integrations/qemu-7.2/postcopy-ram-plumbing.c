@@ -4,8 +4,8 @@
  * The part of postcopy-ram.h that does not involve userfaultfd, kept with QEMU 7.2's
  * behaviour: the notifier list, thread creation, the temporary-page reset, the incoming
  * postcopy state, the postcopy preempt channel and its "fault-fast" thread, and the
- * vhost-user shared-memory registration (recorded so that postcopy_ram_incoming_setup
- * refuses it; waking or serving a foreign userfaultfd is refused here). The rest is in
+ * vhost-user shared-memory registration (recorded so that postcopy_ram_incoming_init
+ * refuses it at ADVISE; waking or serving a foreign userfaultfd is refused here). The rest is in
  * postcopy-ram.c, over the library.
  *
  * Copyright the postcopy-ram authors. Behaviour and structure follow QEMU 7.2's
@@ -94,7 +94,7 @@ void postcopy_register_shared_ufd(struct PostCopyFD *pcfd)
 {
     MigrationIncomingState *mis = migration_incoming_get_current();
 
-    /* Recorded so that setup can refuse with a clear error. */
+    /* Recorded so that postcopy_ram_incoming_init refuses it at ADVISE. */
     mis->postcopy_remote_fds = g_array_append_val(mis->postcopy_remote_fds, *pcfd);
 }
 

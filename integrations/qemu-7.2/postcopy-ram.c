@@ -12,8 +12,14 @@
  * source's discards. postcopy-ram-plumbing.c keeps the QEMU plumbing that needs no
  * library (notifiers, threads, state, preempt channel, vhost-user registration).
  *
- * vhost-user shared-memory postcopy is refused at listen time with an error: the
- * library serves only its own userfaultfd.
+ * vhost-user shared-memory postcopy is refused at ADVISE (postcopy_ram_incoming_init,
+ * right after the INBOUND_ADVISE notifiers where vhost-user registers its userfaultfd):
+ * the source still runs the guest then, and the migration fails cleanly. The library
+ * serves only its own userfaultfd.
+ *
+ * PCR_QEMU_CHECK (defined only by scripts/qemu-check.sh's build, never by meson.patch):
+ * test instrumentation, the PCR_QEMU_STATS counter file and the PCR_QEMU_FAKE_SHARED_UFD
+ * registration (see below). The shipped shim has neither.
  *
  * Copyright the postcopy-ram authors. The plumbing keeps the behaviour of QEMU 7.2's
  * migration/postcopy-ram.c (Copyright 2013-2015 Red Hat, Inc., Dave Gilbert).
@@ -168,6 +174,8 @@ static int pcr_request_page(void *opaque, void *block_opaque, const char *block_
     return ret < 0 ? ret : (ret ? -EIO : 0);
 }
 
+static void pcr_check_instrument(void);
+
 static bool pcr_handle(MigrationIncomingState *mis)
 {
     static const PcrIncomingOps ops = {
@@ -196,6 +204,7 @@ static bool pcr_handle(MigrationIncomingState *mis)
         error_report("postcopy-ram: pcr_incoming_new failed");
         return false;
     }
+    pcr_check_instrument();
     return true;
 }
 
@@ -246,6 +255,12 @@ int postcopy_ram_incoming_init(MigrationIncomingState *mis)
 {
     int ret;
 
+    /* Refused here, at ADVISE: the source still runs the guest and fails cleanly. */
+    if (mis->postcopy_remote_fds->len) {
+        error_report("%s: vhost-user shared-memory postcopy is not supported by this "
+                     "build (libpostcopy_ram serves only its own userfaultfd)", __func__);
+        return -1;
+    }
     foreach_not_ignored_block(pcr_set_postcopy_length, NULL);
     if (!pcr_handle(mis)) {
         return -1;
@@ -310,10 +325,11 @@ static int postcopy_temp_pages_setup(MigrationIncomingState *mis)
     return 0;
 }
 
-/* PCR_QEMU_STATS=file: the library's counters at the pause, around the re-send of a
- * resume, and at cleanup, one line each (scripts/qemu-check.sh's capped recovery). The
- * counters are read first and written later, so that the file I/O does not delay a
- * re-send. */
+#ifdef PCR_QEMU_CHECK
+/* Test instrumentation, only in scripts/qemu-check.sh's build (PCR_QEMU_CHECK).
+ * PCR_QEMU_STATS=file: the library's counters at the pause, around the re-send of a
+ * resume, and at cleanup, one line each (the check's capped recovery). The counters are
+ * read first and written later, so that the file I/O does not delay a re-send. */
 static bool pcr_read_stats(PcrStats *s)
 {
     return getenv("PCR_QEMU_STATS") && pcr_h && !pcr_incoming_get_stats(pcr_h, s);
@@ -345,6 +361,57 @@ static void pcr_log_stats(const char *when)
         pcr_write_stats(when, &s, -1);
     }
 }
+
+/* PCR_QEMU_FAKE_SHARED_UFD=1: at INBOUND_ADVISE, register a shared userfaultfd as
+ * vhost-user's advise does (hw/virtio/vhost-user.c, vhost_user_postcopy_advise), so that
+ * the check can see the refusal without a vhost-user backend. */
+static int pcr_fake_waker(struct PostCopyFD *pcfd, RAMBlock *rb, uint64_t offset)
+{
+    return 0;
+}
+
+static struct PostCopyFD pcr_fake_pcfd = {
+    .fd = -1,
+    .waker = pcr_fake_waker,
+    .idstr = "pcr-check-fake-vhost-user",
+};
+
+static int pcr_fake_notify(NotifierWithReturn *n, void *data)
+{
+    struct PostcopyNotifyData *pnd = data;
+
+    if (pnd->reason == POSTCOPY_NOTIFY_INBOUND_ADVISE) {
+        postcopy_register_shared_ufd(&pcr_fake_pcfd);
+    }
+    return 0;
+}
+
+static NotifierWithReturn pcr_fake_notifier = { .notify = pcr_fake_notify };
+
+static void pcr_check_instrument(void)
+{
+    if (getenv("PCR_QEMU_FAKE_SHARED_UFD")) {
+        postcopy_add_notifier(&pcr_fake_notifier);
+    }
+}
+#else
+static bool pcr_read_stats(PcrStats *s)
+{
+    return false;
+}
+
+static void pcr_write_stats(const char *when, const PcrStats *s, long resend_returned)
+{
+}
+
+static void pcr_log_stats(const char *when)
+{
+}
+
+static void pcr_check_instrument(void)
+{
+}
+#endif
 
 /*
  * The fault thread's part of a recovery (7.2 parks its fault thread on
@@ -407,9 +474,10 @@ int postcopy_ram_incoming_setup(MigrationIncomingState *mis)
 {
     int ret;
 
+    /* Refused at ADVISE already (postcopy_ram_incoming_init); kept as a guard. */
     if (mis->postcopy_remote_fds->len) {
         error_report("%s: vhost-user shared-memory postcopy is not supported by this "
-                     "build (libpostcopy_ram serves only its own userfaultfd)", __func__);
+                     "build", __func__);
         return -1;
     }
     if (!pcr_inited) {
@@ -604,9 +672,13 @@ static int pcr_send_discard(void *opaque, const char *name, uint16_t count,
     return qemu_file_get_error(ms->to_dst_file);
 }
 
-/* Starts the discards of block `name`; 7.2's bitmaps are per block, so offset 0. */
+/* Starts the discards of block `name`; 7.2's bitmaps are per block, so offset 0. Without
+ * a batch the block's discards cannot be sent, and the destination would keep stale
+ * pages: the migration fails (an error on the stream, which postcopy_start checks before
+ * it sends the device state, while the source still owns the guest). */
 void postcopy_discard_send_init(MigrationState *ms, const char *name)
 {
+    pcr_pds = NULL;
     if (!pcr_src) {
         PcrSourceOps ops = {
             .send_discard = pcr_send_discard,
@@ -614,11 +686,17 @@ void postcopy_discard_send_init(MigrationState *ms, const char *name)
         };
         pcr_src = pcr_source_new(&ops, ms);
         if (!pcr_src) {
-            error_report("postcopy-ram: pcr_source_new failed");
+            error_report("postcopy-ram: pcr_source_new failed: the migration fails");
+            qemu_file_set_error(ms->to_dst_file, -EINVAL);
             return;
         }
     }
     pcr_pds = pcr_discard_send_init(pcr_src, 0, name);
+    if (!pcr_pds) {
+        error_report("postcopy-ram: pcr_discard_send_init failed for block %s: the "
+                     "migration fails", name);
+        qemu_file_set_error(ms->to_dst_file, -EINVAL);
+    }
 }
 
 /* `length` target pages from page `start` of the block: queued, sent 12 at a time. */
@@ -626,12 +704,16 @@ void postcopy_discard_send_range(MigrationState *ms, unsigned long start,
                                  unsigned long length)
 {
     trace_postcopy_discard_send_range(pcr_pds ? "" : "(none)", start, length);
-    pcr_discard_send_range(pcr_src, pcr_pds, start, length);
+    if (pcr_pds) { /* else the migration already failed (send_init) */
+        pcr_discard_send_range(pcr_src, pcr_pds, start, length);
+    }
 }
 
 /* Sends what is queued; a failed send shows as the QEMUFile's error. */
 void postcopy_discard_send_finish(MigrationState *ms)
 {
-    pcr_discard_send_finish(pcr_src, pcr_pds);
+    if (pcr_pds) {
+        pcr_discard_send_finish(pcr_src, pcr_pds);
+    }
     pcr_pds = NULL;
 }

@@ -17,6 +17,13 @@ query-migrate), postcopy blocktime (destination's query-migrate, postcopy-blockt
 and, from separate traced runs, the fault latency (first request of a page to its
 placement, from QEMU's trace events). Prints a Markdown table with the ratio
 patched/stock (at most 1.0 means the patched destination is no slower).
+
+Not like for like (BENCHMARKS.md, "Inside QEMU 7.2"): the fault latency rows time
+different intervals in the two builds (stock traces every fault its fault thread reads,
+the patched build only the requests it sends), and total time and blocktime grow with the
+number of pages a run faults on, which depends on where the guest's sweep is when
+postcopy starts; compare blocktime per page request (blocktime_ms / postcopy_requests of
+the per-round lines) instead.
 """
 
 import argparse

@@ -94,11 +94,17 @@ qemu_build() {
   fi
   local pkgpath=""
   if [ "$side" = patched ]; then
-    # The shim replaces migration/postcopy-ram.c in place; copied only when it changed, so
-    # ninja sees an unchanged file as unchanged. (PCR_QEMU_SHIM: another file, to try.)
+    # The shim replaces migration/postcopy-ram.c in place, with the check's test
+    # instrumentation on (PCR_QEMU_CHECK, defined in this copy only: the shipped shim and
+    # meson.patch never define it); written only when it changed, so ninja sees an
+    # unchanged file as unchanged. (PCR_QEMU_SHIM: another file, to try.)
     local shim=${PCR_QEMU_SHIM:-$ROOT/integrations/qemu-7.2/postcopy-ram.c}
     local plumbing=$ROOT/integrations/qemu-7.2/postcopy-ram-plumbing.c
-    cmp -s "$shim" "$tree/migration/postcopy-ram.c" || cp "$shim" "$tree/migration/postcopy-ram.c"
+    local inst=$CACHE/patched/postcopy-ram.check.c
+    { echo '/* scripts/qemu-check.sh: the shim with its test instrumentation on */'
+      echo '#define PCR_QEMU_CHECK 1'
+      cat "$shim"; } >"$inst"
+    cmp -s "$inst" "$tree/migration/postcopy-ram.c" || cp "$inst" "$tree/migration/postcopy-ram.c"
     cmp -s "$plumbing" "$tree/migration/postcopy-ram-plumbing.c" ||
       cp "$plumbing" "$tree/migration/postcopy-ram-plumbing.c"
     # The meson patch; a changed one replaces the one applied before.
@@ -174,15 +180,21 @@ qemu_binary() {
 }
 
 # One migration-test case against the build of one side (run from its build directory, so
-# the firmware in qemu-bundle is found). QTEST_LOG=1: the recovery tests hide QEMU's stderr
-# otherwise, and a failure must show QEMU's own words (the log also has every QMP exchange).
-# A test still running after $QTEST_TIMEOUT s (180) is taken as hung: the stacks of its QEMU
-# processes go into the log (gdb), then everything is killed.
+# the firmware in qemu-bundle is found): its TAP output (stdout) goes to the file $3, all
+# the rest to this function's stdout, which must be a pipe (qemu_qtest below): with
+# QTEST_LOG=1 (the recovery tests hide QEMU's stderr otherwise, and a failure must show
+# QEMU's own words) each QEMU opens its qtest log as /dev/fd/2 with fopen "w+", which
+# truncates a log file shared with the test and its other QEMU, and an O_APPEND open does
+# not help (the reopen is a new open file description without it); on a pipe the truncate
+# does nothing. A test still running after $QTEST_TIMEOUT s (180) is taken as hung: the
+# stacks of its QEMU processes go into the log (gdb), then everything is killed; whatever
+# the test leaves behind in its process group is killed too (it would hold the pipe open).
 qemu_run_qtest() {
-  local side=$1 t=$2 limit=${QTEST_TIMEOUT:-180}
+  local side=$1 t=$2 tap=$3 limit=${QTEST_TIMEOUT:-180}
   local bld=$CACHE/$side/build
+  exec 2>&1
   (cd "$bld" && QTEST_LOG=1 QTEST_QEMU_BINARY=./qemu-system-x86_64 \
-    exec setsid -w ./tests/qtest/migration-test -p "/x86_64/migration/$t" --tap -k) &
+    exec setsid -w ./tests/qtest/migration-test -p "/x86_64/migration/$t" --tap -k >"$tap") &
   local pid=$! waited=0 rc
   while kill -0 "$pid" 2>/dev/null && [ "$waited" -lt "$limit" ]; do
     sleep 1
@@ -199,12 +211,79 @@ qemu_run_qtest() {
     kill -9 -- -"$pid" 2>/dev/null || true
   fi
   wait "$pid" && rc=0 || rc=$?
+  kill -9 -- -"$pid" 2>/dev/null || true
+  return "$rc"
+}
+
+# Runs one case (qemu_run_qtest) with its log in $3 (through a pipe, so that every QEMU's
+# stderr stays in it) and its TAP output in $3.tap, then prints the verdict: "ok" only when
+# the TAP output shows the case ran and passed (plan 1..1 and "ok 1 <path>" without a
+# SKIP); "skip: <reason>" for a case glib skipped; "fail: <reason>" otherwise (a path that
+# matches no registered test prints plan 1..0 and exits 0: a failure here, since the check
+# has made sure the tests' precondition, a userfaultfd, holds).
+qemu_qtest() {
+  local side=$1 t=$2 log=$3 rc path=/x86_64/migration/$2
+  local tap=$log.tap
+  : >"$tap"
+  if qemu_run_qtest "$side" "$t" "$tap" 9>&- | cat >"$log"; then rc=0; else rc=$?; fi
+  if grep -q "^ok 1 $path # SKIP" "$tap"; then
+    echo "skip: glib skipped it:$(sed -n "s|^ok 1 $path # SKIP||p" "$tap" | head -1)"
+  elif [ "$rc" -ne 0 ]; then
+    echo "fail: exit status $rc$(grep -q "^not ok" "$tap" && echo ", $(grep -m1 '^not ok' "$tap")")"
+  elif ! grep -qx '1\.\.1' "$tap"; then
+    echo "fail: TAP plan $(grep -m1 -E '^1\.\.[0-9]+' "$tap" || echo missing), not 1..1 (no test $path ran)"
+  elif ! grep -qxF "ok 1 $path" "$tap"; then
+    echo "fail: no line 'ok 1 $path' in its TAP output"
+  else
+    echo ok
+  fi
+}
+
+# The postcopy qtests that QEMU 7.2's migration-test registers (when it can open a
+# userfaultfd), from its source $1: "postcopy/plain" and the like, one a line.
+qemu_postcopy_qtests() {
+  grep -o 'qtest_add_func("/migration/postcopy/[^"]*"' "$1/tests/qtest/migration-test.c" |
+    sed -e 's|^qtest_add_func("/migration/||' -e 's|"$||'
+}
+
+# Compiles the shim as shipped (integrations/qemu-7.2/postcopy-ram.c, without the check's
+# PCR_QEMU_CHECK) into the object file $1, with the patched build's own compiler command
+# for migration/postcopy-ram.c (compile_commands.json); prints the object file of that
+# build (the instrumented one).
+qemu_compile_shipped_shim() {
+  local bld=$CACHE/patched/build tree=$CACHE/patched/src out=$1 rc=0
+  cp "$ROOT/integrations/qemu-7.2/postcopy-ram.c" "$tree/migration/pcr-shipped-postcopy-ram.c"
+  (cd "$bld" && python3 - "$out" <<'PY'
+import json, os, shlex, subprocess, sys
+out = sys.argv[1]
+for e in json.load(open("compile_commands.json")):
+    if e["file"].endswith("/migration/postcopy-ram.c"):
+        break
+else:
+    sys.exit("no migration/postcopy-ram.c in compile_commands.json")
+argv, cmd, skip = shlex.split(e["command"]), [], False
+obj = argv[argv.index("-o") + 1]
+for a in argv:
+    if skip:
+        skip = False
+    elif a in ("-MQ", "-MF", "-o"):
+        skip = True
+    elif a not in ("-MD", "-c", e["file"]):
+        cmd.append(a)
+src = e["file"].replace("/migration/postcopy-ram.c", "/migration/pcr-shipped-postcopy-ram.c")
+subprocess.run(cmd + ["-o", out, "-c", src], check=True)
+print(os.path.abspath(obj))
+PY
+  ) || rc=$?
+  rm -f "$tree/migration/pcr-shipped-postcopy-ram.c"
   return "$rc"
 }
 
 # What a failed qtest's log says, without the QMP traffic: QEMU's own messages, the
 # assertion, the migration states reached, and stacks if it hung.
 qemu_qtest_failure_summary() {
-  grep -a -E 'qemu-system-x86_64:|ERROR|Bail out|^not ok|HUNG|^===|^Thread|^#[0-9]' "$1" | head -60
+  # (|| true: under set -e and pipefail, no match must not end the caller.)
+  grep -h -a -E 'qemu-system-x86_64:|ERROR|Bail out|^not ok|HUNG|^===|^Thread|^#[0-9]' "$1" "$1.tap" 2>/dev/null |
+    head -60 || true
   echo "last states seen: $(grep -a -o '"status": "[a-z-]*"' "$1" | uniq | tail -8 | sed 's/"status": //' | tr '\n' ' ')"
 }

@@ -2,8 +2,22 @@
 """Postcopy migrations between two QEMU binaries, driven through QMP (standard library only).
 
   qmp_migrate.py interop  --src BIN --dst BIN --logdir DIR
-      KVM guest writing memory; precopy, then postcopy; the migration completes, the guest
-      runs on at the destination and its memory holds the pattern (guest.py).
+      KVM guest writing memory; precopy, then postcopy; the migration completes with pages
+      requested in postcopy (the source's postcopy-requests > 0; a run with none did not
+      exercise the request path and is run again, up to eight times), the guest runs on
+      at the destination and its memory holds the pattern (guest.py).
+  qmp_migrate.py discard-fails --src BIN --dst BIN --logdir DIR --fail CALL --preload SO
+                              [--fail-block NAME]
+      The source runs with LD_PRELOAD=SO making the library call CALL (pcr_source_new or
+      pcr_discard_send_init, for block NAME only if given) return NULL: the migration must fail at the switch to
+      postcopy, before the device state is sent, and the source's guest must run on (QEMU
+      7.2 leaves it stopped after a failed switch: it must resume with "cont"); a silently
+      dropped discard would leave stale pages at the destination instead.
+  qmp_migrate.py shared-ufd-refused --src BIN --dst BIN --logdir DIR
+      The destination (the check's build) registers a shared userfaultfd at ADVISE as
+      vhost-user does (PCR_QEMU_FAKE_SHARED_UFD=1): the migration must fail before
+      postcopy starts, with the shim's refusal in the destination's log, and the source's
+      guest must run on.
   qmp_migrate.py recovery --src BIN --dst BIN --logdir DIR
       The same with the postcopy bandwidth capped at 4 KiB/s, so that pages arrive only on
       request; the source pauses the migration, it is recovered on a new socket, and the
@@ -187,7 +201,7 @@ def check_guest(dst, d, end):
     return "%s; 1 s later: %s" % (desc, desc2)
 
 
-def setup(args, d, mem_mib, dst_env=None, blocktime=False, trace=None, delay=1):
+def setup(args, d, mem_mib, dst_env=None, blocktime=False, trace=None, delay=1, src_env=None):
     end = (mem_mib - 1) * MiB
     boot = os.path.join(d, "boot.img")
     # 'B' after every pass (a pass over 128 MiB takes ~0.3-0.5 s under nested KVM here).
@@ -195,7 +209,7 @@ def setup(args, d, mem_mib, dst_env=None, blocktime=False, trace=None, delay=1):
     sock = os.path.join(d, "mig.sock")
     if os.path.exists(sock):
         os.unlink(sock)
-    src = Vm("src", args.src, d, mem_mib, boot)
+    src = Vm("src", args.src, d, mem_mib, boot, env=src_env)
     try:
         dst = Vm("dst", args.dst, d, mem_mib, boot, incoming=True, env=dst_env, trace=trace)
     except BaseException:
@@ -237,7 +251,23 @@ def precopy_then_postcopy(src, uri, precopy=True):
     src.qmp.cmd("migrate-start-postcopy")
 
 
+class Inconclusive(Exception):
+    pass
+
+
 def run_interop(args):
+    # 3 of 9 runs here had no page requested (the guest's sweep was behind the source's
+    # push when postcopy started): with eight attempts a false failure is rare
+    # (0.33**8 < 0.02%); a destination that never requests fails all eight.
+    for attempt in range(1, 9):
+        try:
+            return interop_once(args)
+        except Inconclusive as e:
+            print("attempt %d inconclusive (%s), again" % (attempt, e))
+    raise AssertionError("eight runs without a page requested in postcopy")
+
+
+def interop_once(args):
     src, dst, uri, end = setup(args, args.logdir, args.mem)
     try:
         t0 = time.time()
@@ -250,6 +280,108 @@ def run_interop(args):
               "%d pages requested in postcopy)" % (time.time() - t0, info.get("total-time"),
                                                    info.get("downtime"), reqs))
         print("destination guest:", check_guest(dst, args.logdir, end))
+    finally:
+        src.close()
+        dst.close()
+    if reqs <= 0:
+        raise Inconclusive("no page requested in postcopy")
+
+
+def watch_until_final(src, started_postcopy, timeout=90):
+    """Polls the source until its migration fails, completes or pauses; returns the final
+    status and every status seen. With started_postcopy=False, switches to postcopy once
+    the first precopy pass has ended (as a user would)."""
+    seen = []
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        info = src.qmp.cmd("query-migrate")
+        st = info.get("status")
+        if not seen or seen[-1] != st:
+            seen.append(st)
+        if st in ("failed", "completed", "cancelled", "postcopy-paused"):
+            return st, seen
+        if (not started_postcopy and st == "active"
+                and info.get("ram", {}).get("dirty-sync-count", 0) >= 2):
+            try:
+                src.qmp.cmd("migrate-start-postcopy")
+            except RuntimeError as e:
+                print("migrate-start-postcopy: %s" % e)
+            started_postcopy = True
+        time.sleep(0.02)
+    return "timeout", seen
+
+
+def stderr_of(d, name):
+    with open(os.path.join(d, name + ".stderr"), errors="replace") as f:
+        return f.read()
+
+
+def assert_failed_cleanly(src, final, seen):
+    print("source migration states: %s" % " -> ".join(seen))
+    assert final == "failed", "source migration ended %s, not failed" % final
+    assert not any(s.startswith("postcopy") for s in seen), \
+        "the source reached postcopy (%s) before the failure" % seen
+    time.sleep(0.5)
+    st = src.qmp.cmd("query-status")["status"]
+    print("source guest after the failure: %s" % st)
+    assert st == "running", "source guest is %s after the failed migration" % st
+    b = src.serial_text().count("B")
+    time.sleep(1.5)
+    assert src.serial_text().count("B") > b, "the source guest made no progress"
+    print("source guest runs on (%d more passes in 1.5 s)" % (src.serial_text().count("B") - b))
+
+
+def run_discard_fails(args):
+    """The library returns NULL from args.fail on the source (LD_PRELOAD): the migration
+    must fail at the switch to postcopy, the source's guest running on."""
+    env = {"LD_PRELOAD": args.preload, "PCR_FAIL_CALL": args.fail}
+    if args.fail_block:
+        env["PCR_FAIL_BLOCK"] = args.fail_block
+    src, dst, uri, end = setup(args, args.logdir, args.mem, src_env=env)
+    try:
+        precopy_then_postcopy(src, uri)
+        final, seen = watch_until_final(src, True)
+        print("source stderr: %s" % " | ".join(dict.fromkeys(
+            line for line in stderr_of(args.logdir, "src").splitlines() if "postcopy" in line)))
+        # The switch itself fails: postcopy-active is set by postcopy_start before the
+        # discards, so the states seen may include it; the guest must not stay stopped.
+        print("source migration states: %s" % " -> ".join(seen))
+        assert final == "failed", "source migration ended %s, not failed" % final
+        assert "%s failed" % args.fail in stderr_of(args.logdir, "src"), \
+            "no '%s failed' in the source's log" % args.fail
+        # QEMU 7.2 leaves the source stopped (postmigrate) when postcopy_start fails, as
+        # for any failure there; the destination never got the device state, so the
+        # source's guest is intact: it must resume where it stopped.
+        time.sleep(0.5)
+        st = src.qmp.cmd("query-status")["status"]
+        print("source guest after the failure: %s" % st)
+        assert st in ("running", "postmigrate"), \
+            "source guest is %s after the failed migration" % st
+        if st == "postmigrate":
+            src.qmp.cmd("cont")
+        b = src.serial_text().count("B")
+        time.sleep(1.5)
+        assert src.serial_text().count("B") > b, "the source guest made no progress"
+        print("source guest runs on (%d more passes in 1.5 s)" % (
+            src.serial_text().count("B") - b))
+    finally:
+        src.close()
+        dst.close()
+
+
+def run_shared_ufd_refused(args):
+    """A shared userfaultfd registered at ADVISE (as vhost-user does): the destination
+    refuses it at ADVISE; the migration fails in precopy, the source's guest running on."""
+    src, dst, uri, end = setup(args, args.logdir, args.mem,
+                               dst_env={"PCR_QEMU_FAKE_SHARED_UFD": "1"})
+    try:
+        src.qmp.cmd("migrate", uri=uri)
+        final, seen = watch_until_final(src, False)
+        log = stderr_of(args.logdir, "dst")
+        print("destination stderr: %s" % " | ".join(log.splitlines()[-4:]))
+        assert_failed_cleanly(src, final, seen)
+        assert "postcopy_ram_incoming_init: vhost-user shared-memory postcopy is not " \
+            "supported" in log, "no refusal at ADVISE in the destination's log"
     finally:
         src.close()
         dst.close()
@@ -282,10 +414,6 @@ def read_stats(path):
             parts = line.split()
             out.append((parts[0], {k: int(v) for k, v in (p.split("=") for p in parts[1:])}))
     return out
-
-
-class Inconclusive(Exception):
-    pass
 
 
 def recovery_once(args, d):
@@ -423,18 +551,23 @@ def run_bench(args):
 
 def main():
     ap = argparse.ArgumentParser()
-    ap.add_argument("mode", choices=["interop", "recovery", "bench", "precopy-only"])
+    ap.add_argument("mode", choices=["interop", "recovery", "bench", "precopy-only",
+                                     "discard-fails", "shared-ufd-refused"])
     ap.add_argument("--src", required=True)
     ap.add_argument("--dst", required=True)
     ap.add_argument("--logdir", required=True)
     ap.add_argument("--mem", type=int, default=128, help="guest RAM in MiB")
     ap.add_argument("--trace", action="store_true")
+    ap.add_argument("--fail", help="discard-fails: the library call that returns NULL")
+    ap.add_argument("--preload", help="discard-fails: the LD_PRELOAD library")
+    ap.add_argument("--fail-block", help="discard-fails: fail for this RAM block only")
     ap.add_argument("--postcopy-bandwidth", type=int, default=0,
                     help="bench: max-postcopy-bandwidth in bytes/s (0: unlimited)")
     args = ap.parse_args()
     os.makedirs(args.logdir, exist_ok=True)
     {"interop": run_interop, "recovery": run_recovery, "bench": run_bench,
-     "precopy-only": run_precopy_only}[args.mode](args)
+     "precopy-only": run_precopy_only, "discard-fails": run_discard_fails,
+     "shared-ufd-refused": run_shared_ufd_refused}[args.mode](args)
 
 
 if __name__ == "__main__":

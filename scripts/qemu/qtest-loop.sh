@@ -6,9 +6,10 @@
 #   bash scripts/qemu/qtest-loop.sh [ROUNDS [TEST...]]
 #   e.g. bash scripts/qemu/qtest-loop.sh 30 postcopy/preempt/recovery/plain
 #
-# Default: 10 rounds of the five postcopy qtests. A failed run's log (QEMU's stderr, every
-# QMP exchange, stacks when it hung) is kept in target/qemu/logs/loop/; passing ones are
-# removed. PCR_QTEST_LOAD=N adds N busy loops for the duration (load as on a shared CI host).
+# Default: 10 rounds of every postcopy qtest 7.2 registers (eight). A run counts as passed
+# only when its TAP output shows it ran and passed (qemu_qtest); a failed run's log (QEMU's
+# stderr, every QMP exchange, stacks when it hung) is kept in target/qemu/logs/loop/;
+# passing ones are removed. PCR_QTEST_LOAD=N adds N busy loops for the duration (load as on a shared CI host).
 set -euo pipefail
 ROOT=$(cd "$(dirname "$0")/../.." && pwd)
 CACHE=${PCR_QEMU_CACHE:-/var/cache/postcopy-ram-qemu}
@@ -18,7 +19,8 @@ LOGS=$OUT/logs/loop
 . "$ROOT/scripts/qemu/lib.sh"
 rounds=${1:-10}
 shift || true
-tests=${*:-postcopy/plain postcopy/recovery/plain postcopy/preempt/plain postcopy/preempt/recovery/plain postcopy/tls/psk}
+src=$(ls -d "$CACHE"/src/qemu-7.2* | head -1)
+tests=${*:-$(qemu_postcopy_qtests "$src" | tr '\n' ' ')}
 for side in stock patched; do
   [ -x "$CACHE/$side/build/qemu-system-x86_64" ] || { echo "no $side build in $CACHE: run scripts/qemu-check.sh first" >&2; exit 2; }
 done
@@ -38,12 +40,13 @@ for r in $(seq 1 "$rounds"); do
     for side in stock patched; do
       k="$side $t"
       log=$LOGS/$side-${t//\//-}-$r.log
-      if qemu_run_qtest "$side" "$t" 9>&- >"$log" 2>&1; then
+      v=$(qemu_qtest "$side" "$t" "$log")
+      if [ "$v" = ok ]; then
         pass[$k]=$((${pass[$k]:-0} + 1))
-        rm -f "$log"
+        rm -f "$log" "$log.tap"
       else
         fail[$k]=$((${fail[$k]:-0} + 1))
-        echo "FAIL round $r: $k (load $(cut -d' ' -f1 /proc/loadavg)); log $log"
+        echo "FAIL round $r: $k (load $(cut -d' ' -f1 /proc/loadavg)): $v; log $log"
         qemu_qtest_failure_summary "$log" | sed 's/^/    /'
       fi
     done
