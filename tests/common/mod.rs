@@ -1,18 +1,22 @@
 //! Shared helpers for the integration tests: guest memory, a page server, skip checks.
 #![allow(dead_code)]
 
+mod skip;
+#[allow(unused_imports)] // not every test binary skips
+pub use skip::{skip, SKIP_LOG_ENV};
+
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Weak};
 
 use parking_lot::Mutex;
 use postcopy_ram::{Backing, BlockName, Incoming, IncomingConfig, IncomingHooks, RamBlock, Result};
 
-/// Skips the test (returns early) when userfaultfd cannot be used here.
+/// Skips the test ([`skip`], then returns) when userfaultfd cannot be used here.
 #[macro_export]
 macro_rules! require_uffd {
     () => {
         if let Err(e) = postcopy_ram::sys::uffd::probe() {
-            eprintln!("SKIP: userfaultfd unavailable: {e}");
+            $crate::common::skip(format_args!("userfaultfd unavailable: {e}"));
             return;
         }
     };
