@@ -35,11 +35,14 @@ step_skipped() { # LABEL REASON: a whole step that does not run
   echo "$1: $2" >>"$work/skips"
 }
 
-# A runner that failed (exit RC) without a failed test in its count: one failure.
-check_exit() { # LABEL RC FAILED-COUNTED
+# The failed count of LABEL, given the runner's exit status RC: a runner that failed
+# without a failed test in its count (a build error) counts as one failure.
+failures() { # LABEL RC FAILED-COUNTED
   if [ "$2" -ne 0 ] && [ "$3" -eq 0 ]; then
-    count "$1" 0 1 0
     echo "$1: exited with status $2 before reporting a failed test (see its output above)" >>"$work/fails"
+    echo 1
+  else
+    echo "$3"
   fi
 }
 
@@ -68,7 +71,7 @@ count_libtest() { # LABEL LOG SKIPS RC
       t = name_of($0, "ignored"); why_ign = $0; sub(/^.* \.\.\. ignored,? ?/, "", why_ign)
       if (t ~ /(^|::)helper_[A-Za-z0-9_]*_as_child$/) next
       ignored++
-      print label " " short(bin) "::" t ": ignored" (why_ign != "" ? " (" why_ign ")" : "") >> out
+      print label ": " short(bin) "::" t ": ignored" (why_ign != "" ? " (" why_ign ")" : "") >> out
       next
     }
     /^test result: / { p += $4; f += $6 }
@@ -77,22 +80,22 @@ count_libtest() { # LABEL LOG SKIPS RC
         k = order[i]; split(k, kb, SUBSEP)
         if (k in ok) {
           p--; s++
-          print label " " short(kb[1]) "::" kb[2] ": " why[k] >> out
+          print label ": " short(kb[1]) "::" kb[2] ": " why[k] >> out
         } else if (!(k in bad)) {
-          print label " " short(kb[1]) "::" kb[2] ": recorded a skip but did not pass (not counted): " why[k] >> out
+          print label ": " short(kb[1]) "::" kb[2] ": recorded a skip, but no test of that name passed or failed (counted as libtest did): " why[k] >> out
         }
       }
       printf "%d %d %d\n", p, f, s + ignored
     }' "$3" "$2")
   read -r p f s <<<"$line"
+  f=$(failures "$1" "$4" "$f")
   echo "$1: $p passed, $f failed, $s skipped"
   count "$1" "$p" "$f" "$s"
-  check_exit "$1" "$4" "$f"
 }
 
 # Counts a runner that ends with its own line "[WORD: ]N passed, M failed[, K skipped]"
-# and prints a line "skipped: WHAT: REASON" (or, without the K field, "SKIP: REASON") per
-# skip. No such line: the runner failed.
+# and prints a line "skipped: WHAT: REASON" or "SKIP: REASON" per skip (without the K
+# field, the SKIP lines are the skips). No such line: the runner failed.
 count_summary() { # LABEL LOG RC
   local line p f s
   line=$(grep -E '^([A-Za-z0-9_-]+: )?[0-9]+ passed, [0-9]+ failed(, [0-9]+ skipped)?$' "$2" | tail -1)
@@ -106,19 +109,18 @@ count_summary() { # LABEL LOG RC
   f=$(echo "$line" | sed -E 's/^[0-9]+ passed, ([0-9]+) failed.*/\1/')
   if [[ $line == *skipped ]]; then
     s=$(echo "$line" | sed -E 's/.*, ([0-9]+) skipped$/\1/')
-    grep -E '^skipped: ' "$2" | sed "s/^skipped: /$1 /" >>"$work/skips"
+    grep -E '^(skipped: |SKIP)' "$2" | sed -E "s/^(skipped: |SKIP:? ?)/$1: /" >>"$work/skips"
   else
     s=$(grep -cE '^SKIP' "$2")
     grep -E '^SKIP' "$2" | sed -E "s/^SKIP:? ?/$1: /" >>"$work/skips"
   fi
-  count "$1" "$p" "$f" "$s"
-  check_exit "$1" "$3" "$f"
+  count "$1" "$p" "$(failures "$1" "$3" "$f")" "$s"
 }
 
 echo "== Dependencies (cmake, pkg-config, valgrind)"
 bash scripts/install-deps.sh
 rc=$?
-check_exit install-deps $rc 0
+[ $rc -eq 0 ] || count install-deps 0 "$(failures install-deps $rc 0)" 0
 
 echo "== Rust tests (library, wire codecs, fault storm, KVM guest, end-to-end migrations)"
 if [ "${PCR_TEST_RUST:-1}" = 0 ]; then
@@ -189,7 +191,9 @@ else
 fi
 
 echo "== Summary"
-awk '{ printf "%-12s %d passed, %d failed, %d skipped\n", $1 ":", $2, $3, $4 }' "$work/counts"
+awk '!($1 in p) { order[++n] = $1 } { p[$1] += $2; f[$1] += $3; s[$1] += $4 }
+     END { for (i = 1; i <= n; i++) { l = order[i]
+             printf "%-12s %d passed, %d failed, %d skipped\n", l ":", p[l], f[l], s[l] } }' "$work/counts"
 if [ -s "$work/skips" ]; then
   echo "skipped, and why:"
   sed 's/^/  /' "$work/skips"
