@@ -206,10 +206,24 @@ impl Rng {
 
 pub mod hooks;
 
-/// Joins `h`, failing the test if it has not finished within `secs` seconds (a stranded
-/// thread would otherwise hang the test run).
+/// The least time [`join_within`] and [`wait_for`] wait before calling it a hang: a liveness
+/// guard, not a timing check. Far above any run on a loaded machine, it only turns a hang
+/// (a stranded thread, a condition that never comes) into a failure.
+pub const HANG_GUARD_SECS: u64 = 120;
+
+/// The hang guard for a caller's `secs`: at least [`HANG_GUARD_SECS`].
+fn hang_guard(secs: u64) -> (std::time::Instant, u64) {
+    let secs = secs.max(HANG_GUARD_SECS);
+    (
+        std::time::Instant::now() + std::time::Duration::from_secs(secs),
+        secs,
+    )
+}
+
+/// Joins `h`, failing the test if it has not finished within `secs` seconds, at least
+/// [`HANG_GUARD_SECS`] (a stranded thread would otherwise hang the test run).
 pub fn join_within<T>(h: std::thread::JoinHandle<T>, secs: u64, what: &str) -> T {
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(secs);
+    let (deadline, secs) = hang_guard(secs);
     while !h.is_finished() {
         assert!(
             std::time::Instant::now() < deadline,
@@ -220,9 +234,10 @@ pub fn join_within<T>(h: std::thread::JoinHandle<T>, secs: u64, what: &str) -> T
     h.join().expect("thread panicked")
 }
 
-/// Waits up to `secs` seconds for `cond`, failing the test with `what` otherwise.
+/// Waits for `cond` up to `secs` seconds, at least [`HANG_GUARD_SECS`], failing the test
+/// with `what` otherwise.
 pub fn wait_for(secs: u64, what: &str, mut cond: impl FnMut() -> bool) {
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(secs);
+    let (deadline, _) = hang_guard(secs);
     while !cond() {
         assert!(
             std::time::Instant::now() < deadline,
