@@ -68,8 +68,9 @@ fn per_vcpu_and_total_blocktime_and_latency() {
     }
     assert_eq!(r.vcpus, 2);
     assert!(r.per_vcpu_ms[0] >= 99, "{r:?}");
+    // Whole milliseconds of a clock, as QEMU counts them: a difference may read 1 high.
     assert!(
-        u64::from(r.per_vcpu_ms[0]) <= span_ms,
+        u64::from(r.per_vcpu_ms[0]) <= span_ms + 1,
         "{r:?}: more than the {span_ms} ms span"
     );
     assert!(
