@@ -5,10 +5,12 @@
 #   bash scripts/fuzz.sh              smoke run: every target, 60 s in all (in scripts/test.sh)
 #   bash scripts/fuzz.sh SECONDS [T]  every target (or just T) for SECONDS each
 #
-# Installs what is missing: the nightly toolchain (rustup) and cargo-fuzz (crates.io). Skips,
-# saying why, only when no nightly toolchain can be had. New inputs go to a temporary
-# directory, so the committed corpus (fuzz/corpus/<target>) stays as it is; a crashing input
-# is kept in fuzz/artifacts/<target>/. Ends with `fuzz: N passed, M failed`.
+# Installs what is missing: the nightly toolchain (rustup) and cargo-fuzz (crates.io). Skips
+# every target, saying why, only when no nightly toolchain or no cargo-fuzz can be had (no
+# network). New inputs go to a temporary directory, so the committed corpus
+# (fuzz/corpus/<target>) stays as it is; a crashing input is kept in fuzz/artifacts/<target>/.
+# Ends with `fuzz: N passed, M failed, K skipped` (after a line `skipped: TARGET: REASON` per
+# skipped target); a build failure fails every target.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -16,18 +18,6 @@ cd "$(dirname "$0")/.."
 SMOKE_TOTAL=56
 per=${1:-}
 only=${2:-}
-
-if ! rustup run nightly rustc --version >/dev/null 2>&1; then
-    echo "nightly toolchain missing: rustup toolchain install nightly --profile minimal"
-    if ! rustup toolchain install nightly --profile minimal; then
-        echo "fuzz: SKIPPED: no nightly Rust toolchain could be installed (cargo-fuzz needs one)"
-        exit 0
-    fi
-fi
-if ! cargo fuzz --version >/dev/null 2>&1; then
-    echo "cargo-fuzz missing: cargo install cargo-fuzz --locked"
-    cargo install cargo-fuzz --locked
-fi
 
 targets=()
 for f in fuzz/fuzz_targets/*.rs; do
@@ -44,8 +34,32 @@ if [ -z "$per" ]; then
     per=$((SMOKE_TOTAL / ${#targets[@]}))
 fi
 
+# Every target skipped, for REASON (the host lacks what fuzzing needs).
+skip_all() {
+    for t in "${targets[@]}"; do
+        echo "skipped: $t: $1"
+    done
+    echo "fuzz: 0 passed, 0 failed, ${#targets[@]} skipped"
+    exit 0
+}
+
+if ! rustup run nightly rustc --version >/dev/null 2>&1; then
+    echo "nightly toolchain missing: rustup toolchain install nightly --profile minimal"
+    rustup toolchain install nightly --profile minimal ||
+        skip_all "no nightly Rust toolchain could be installed (cargo-fuzz needs one)"
+fi
+if ! cargo fuzz --version >/dev/null 2>&1; then
+    echo "cargo-fuzz missing: cargo install cargo-fuzz --locked"
+    cargo install cargo-fuzz --locked ||
+        skip_all "cargo-fuzz is not installed and could not be (cargo install cargo-fuzz --locked)"
+fi
+
 echo "building ${#targets[@]} fuzz targets (nightly, ASan)"
-(cd fuzz && cargo +nightly fuzz build)
+if ! (cd fuzz && cargo +nightly fuzz build); then
+    echo "the fuzz targets do not build: every target fails"
+    echo "fuzz: 0 passed, ${#targets[@]} failed, 0 skipped"
+    exit 1
+fi
 
 work=$(mktemp -d)
 trap 'rm -rf "$work"' EXIT
@@ -69,5 +83,5 @@ for t in "${targets[@]}"; do
         tail -60 "$work/$t.log"
     fi
 done
-echo "fuzz: $passed passed, $failed failed"
+echo "fuzz: $passed passed, $failed failed, 0 skipped"
 [ $failed -eq 0 ]

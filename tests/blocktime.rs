@@ -5,7 +5,7 @@ mod common;
 
 use std::sync::{mpsc, Arc};
 use std::thread;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use common::hooks::TestHooks;
 use common::*;
@@ -39,6 +39,8 @@ fn per_vcpu_and_total_blocktime_and_latency() {
     let (v1, tid1, go1) = vcpu(mem.addr, 2);
     incoming.register_vcpu(0, tid0).unwrap();
     incoming.register_vcpu(1, tid1).unwrap();
+    // The span in which vCPU 0 can have been blocked: its blocktime lies within it.
+    let span = Instant::now();
     go0.send(()).unwrap();
     wait_for(5, "vCPU 0 blocked", || incoming.stats().pending_pages == 1);
     go1.send(()).unwrap();
@@ -53,6 +55,7 @@ fn per_vcpu_and_total_blocktime_and_latency() {
     hooks.place("ram", 4096, 4096).unwrap(); // vCPU 0: ~100 ms
     hooks.place("ram", 3 * 4096, 4096).unwrap();
     assert!(join_within(v0, 5, "vCPU 0") && join_within(v1, 5, "vCPU 1"));
+    let span_ms = span.elapsed().as_millis() as u64;
     assert!(join_within(other, 5, "the other thread"));
     incoming.cleanup().unwrap();
     // Readable after cleanup.
@@ -60,11 +63,16 @@ fn per_vcpu_and_total_blocktime_and_latency() {
     eprintln!("{r:?}");
     assert!(r.enabled);
     if !r.thread_id_available {
-        eprintln!("SKIP per-vCPU checks: no UFFD_FEATURE_THREAD_ID on this kernel");
+        skip("per-vCPU checks: no UFFD_FEATURE_THREAD_ID on this kernel");
         return;
     }
     assert_eq!(r.vcpus, 2);
-    assert!(r.per_vcpu_ms[0] >= 99 && r.per_vcpu_ms[0] < 400, "{r:?}");
+    assert!(r.per_vcpu_ms[0] >= 99, "{r:?}");
+    // Whole milliseconds of a clock, as QEMU counts them: a difference may read 1 high.
+    assert!(
+        u64::from(r.per_vcpu_ms[0]) <= span_ms + 1,
+        "{r:?}: more than the {span_ms} ms span"
+    );
     assert!(
         r.per_vcpu_ms[1] >= 59 && r.per_vcpu_ms[1] < r.per_vcpu_ms[0],
         "{r:?}"

@@ -165,7 +165,7 @@ fn place(incoming: &Incoming, block: &RamBlock, offset: u64, buf: &mut [u8], cou
 #[test]
 fn storm_of_faults_races_with_background_placement() {
     if let Err(e) = postcopy_ram::sys::uffd::probe() {
-        eprintln!("SKIP: userfaultfd unavailable: {e}");
+        common::skip(format_args!("userfaultfd unavailable: {e}"));
         return;
     }
     let mut regions = Vec::new();

@@ -225,13 +225,13 @@ fn refuse_madv_dontneed_on_this_thread() -> bool {
 fn private_hugetlbfs_blocks_are_dropped_without_madv_dontneed() {
     let _serial = HUGE_LOCK.lock();
     let Some(_pool) = HugePages::reserve(2) else {
-        eprintln!("SKIP: cannot reserve 2 huge pages");
+        skip("cannot reserve 2 huge pages");
         return;
     };
     // SAFETY: memfd_create with a static name.
     let fd = unsafe { libc::memfd_create(c"huge".as_ptr(), libc::MFD_HUGETLB) };
     if fd < 0 {
-        eprintln!("SKIP: memfd_create(MFD_HUGETLB) failed");
+        skip("memfd_create(MFD_HUGETLB) failed");
         return;
     }
     // SAFETY: just created; owned here.
@@ -282,7 +282,7 @@ fn private_hugetlbfs_blocks_are_dropped_without_madv_dontneed() {
     .join()
     .unwrap();
     let Some(result) = outcome else {
-        eprintln!("SKIP: no seccomp filter on this architecture");
+        skip("no seccomp filter on this architecture");
         return;
     };
     result.unwrap();

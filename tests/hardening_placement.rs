@@ -16,11 +16,11 @@ fn placement_length_overflow_is_refused() {
     require_uffd!();
     let _serial = HUGE_LOCK.lock();
     let Some(_pool) = HugePages::reserve(2) else {
-        eprintln!("SKIP: cannot reserve 2 huge pages");
+        skip("cannot reserve 2 huge pages");
         return;
     };
     let Some(mem) = GuestMem::huge(2 * HUGE) else {
-        eprintln!("SKIP: MAP_HUGETLB failed");
+        skip("MAP_HUGETLB failed");
         return;
     };
     let a = mem.sub_block("a", 0, HUGE, HUGE as u64);

@@ -551,7 +551,7 @@ fn round(
 #[ignore = "soak: run with scripts/soak.sh"]
 fn soak_million_faults_every_block_kind() {
     if let Err(e) = postcopy_ram::sys::uffd::probe() {
-        eprintln!("SKIP: userfaultfd unavailable: {e}");
+        common::skip(format_args!("userfaultfd unavailable: {e}"));
         return;
     }
     let target_faults = env_u64("PCR_SOAK_FAULTS", 1_000_000);

@@ -1,14 +1,16 @@
 //! Tests for the KVM checksum guest (`postcopy_demo::kvm`).
 //!
-//! Each test prints `SKIP: ...` and returns when /dev/kvm (or userfaultfd) is
+//! Each test is skipped (`common::skip`) and returns when /dev/kvm (or userfaultfd) is
 //! unusable. The tests are serialized by a global lock: they use a lot of
 //! memory, and some of them count this process's open fds.
+
+mod common;
 
 use std::mem::size_of;
 use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
-use std::time::Duration;
 
+use common::{skip, wait_until};
 use postcopy_demo::kvm::{self, GuestOptions, PAGE_SIZE};
 
 static SERIAL: Mutex<()> = Mutex::new(());
@@ -17,12 +19,12 @@ fn serial() -> MutexGuard<'static, ()> {
     SERIAL.lock().unwrap_or_else(|e| e.into_inner())
 }
 
-/// Returns false (after printing why) if KVM is unusable.
+/// Returns false (after `skip`, which says why) if KVM is unusable.
 fn kvm_or_skip(test: &str) -> bool {
     match kvm::kvm_available() {
         Ok(()) => true,
         Err(e) => {
-            eprintln!("SKIP: {test}: KVM unavailable: {e}");
+            skip(format_args!("{test}: KVM unavailable: {e}"));
             false
         }
     }
@@ -493,9 +495,9 @@ fn userfaultfd_missing_pages_fault_through_uffd() {
     {
         Ok(x) => x,
         Err(e) => {
-            eprintln!(
-                "SKIP: userfaultfd_missing_pages_fault_through_uffd: userfaultfd unavailable: {e}"
-            );
+            skip(format_args!(
+                "userfaultfd_missing_pages_fault_through_uffd: userfaultfd unavailable: {e}"
+            ));
             return;
         }
     };
@@ -524,10 +526,10 @@ fn userfaultfd_missing_pages_fault_through_uffd() {
         )
     };
     if r < 0 {
-        eprintln!(
-            "SKIP: userfaultfd_missing_pages_fault_through_uffd: UFFDIO_REGISTER: {}",
+        skip(format_args!(
+            "userfaultfd_missing_pages_fault_through_uffd: UFFDIO_REGISTER: {}",
             std::io::Error::last_os_error()
-        );
+        ));
         return;
     }
     assert_ne!(
@@ -563,17 +565,9 @@ fn userfaultfd_missing_pages_fault_through_uffd() {
     // meanwhile. Only the handler's UFFDIO_COPY fills it.
     let vcpu = unsafe { kvm::spawn_checksum_guest(region.ptr, len, opts) };
     // Watchdog: a guest stuck on an unresolved fault would otherwise hang forever.
-    let mut waited = Duration::ZERO;
-    while !vcpu.is_finished() {
-        std::thread::sleep(Duration::from_millis(20));
-        waited += Duration::from_millis(20);
-        assert!(
-            waited < Duration::from_secs(120),
-            "guest stuck: progress {} pages, {} faults",
-            progress.load(Ordering::Relaxed),
-            stats.faults.load(Ordering::Relaxed)
-        );
-    }
+    wait_until("the guest is stuck on an unresolved fault", || {
+        vcpu.is_finished()
+    });
     let res = vcpu.join().expect("vCPU thread panicked");
     stop.store(true, Ordering::Release);
     handler.join().expect("uffd handler panicked");

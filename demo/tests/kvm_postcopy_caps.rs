@@ -2,11 +2,16 @@
 //! from inside KVM_RUN. Blocktime is attributed to the registered vCPU thread, and an
 //! abort never leaves the vCPU hanging or reading zeros: it gets a memory-failure error.
 //!
-//! Each test prints `SKIP: ...` and returns when /dev/kvm or userfaultfd is unusable.
+//! Each test is skipped (`common::skip`) and returns when /dev/kvm or userfaultfd is
+//! unusable.
+
+mod common;
 
 use std::sync::atomic::{AtomicI32, AtomicU32, Ordering};
 use std::sync::{mpsc, Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::time::Duration;
+
+use common::{skip, wait_until};
 
 use postcopy_demo::kvm::{self, GuestOptions, PAGE_SIZE};
 use postcopy_ram::{Backing, BlockName, Incoming, IncomingConfig, IncomingHooks, RamBlock};
@@ -15,11 +20,11 @@ static SERIAL: Mutex<()> = Mutex::new(());
 
 fn usable(test: &str) -> bool {
     if let Err(e) = kvm::kvm_available() {
-        eprintln!("SKIP: {test}: KVM unavailable: {e}");
+        skip(format_args!("{test}: KVM unavailable: {e}"));
         return false;
     }
     if let Err(e) = postcopy_ram::sys::uffd::probe() {
-        eprintln!("SKIP: {test}: userfaultfd unavailable: {e}");
+        skip(format_args!("{test}: userfaultfd unavailable: {e}"));
         return false;
     }
     true
@@ -161,14 +166,9 @@ fn kvm_vcpu_blocktime_is_attributed_to_the_registered_vcpu() {
     };
     // SAFETY: the region outlives the joined vCPU thread; only placements fill it.
     let vcpu = unsafe { kvm::spawn_checksum_guest(ram.addr as *mut u8, len, opts) };
-    let t0 = Instant::now();
-    while tid.load(Ordering::SeqCst) == 0 {
-        assert!(
-            t0.elapsed() < Duration::from_secs(10),
-            "the vCPU thread never started"
-        );
-        std::thread::sleep(Duration::from_millis(1));
-    }
+    wait_until("the vCPU thread never started", || {
+        tid.load(Ordering::SeqCst) != 0
+    });
     incoming
         .register_vcpu(0, tid.load(Ordering::SeqCst))
         .unwrap();
@@ -193,7 +193,7 @@ fn kvm_vcpu_blocktime_is_attributed_to_the_registered_vcpu() {
     );
     assert!(r.enabled);
     if !r.thread_id_available {
-        eprintln!("SKIP per-vCPU checks: no UFFD_FEATURE_THREAD_ID on this kernel");
+        skip("per-vCPU checks: no UFFD_FEATURE_THREAD_ID on this kernel");
         return;
     }
     let pages = (len / PAGE_SIZE) as u64;
@@ -232,26 +232,14 @@ fn kvm_abort_gives_the_vcpu_a_memory_failure_not_a_hang() {
     };
     // SAFETY: the region outlives the joined vCPU thread; only placements fill it.
     let vcpu = unsafe { kvm::spawn_checksum_guest(ram.addr as *mut u8, len, opts) };
-    let t0 = Instant::now();
-    while incoming.stats().pending_pages == 0 || incoming.stats().pages_placed < 256 {
-        assert!(
-            t0.elapsed() < Duration::from_secs(20),
-            "the guest never blocked on page 256"
-        );
-        std::thread::sleep(Duration::from_millis(2));
-    }
+    wait_until("the guest never blocked on page 256", || {
+        incoming.stats().pending_pages != 0 && incoming.stats().pages_placed >= 256
+    });
     std::thread::sleep(Duration::from_millis(20));
     assert!(!vcpu.is_finished(), "the vCPU waits for page 256");
     let out = incoming.abort().unwrap();
-    let aborted = Instant::now();
     assert_eq!(out.pages_lost, 256);
-    while !vcpu.is_finished() {
-        assert!(
-            aborted.elapsed() < Duration::from_secs(5),
-            "the vCPU hangs after abort"
-        );
-        std::thread::sleep(Duration::from_millis(2));
-    }
+    wait_until("the vCPU hangs after abort", || vcpu.is_finished());
     let res = vcpu.join().unwrap();
     eprintln!("KVM abort: poisoned {}, vCPU: {res:?}", out.poisoned);
     if out.poisoned {

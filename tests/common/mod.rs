@@ -1,18 +1,22 @@
 //! Shared helpers for the integration tests: guest memory, a page server, skip checks.
 #![allow(dead_code)]
 
+mod skip;
+#[allow(unused_imports)] // not every test binary skips
+pub use skip::{skip, SKIP_LOG_ENV};
+
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Weak};
 
 use parking_lot::Mutex;
 use postcopy_ram::{Backing, BlockName, Incoming, IncomingConfig, IncomingHooks, RamBlock, Result};
 
-/// Skips the test (returns early) when userfaultfd cannot be used here.
+/// Skips the test ([`skip`], then returns) when userfaultfd cannot be used here.
 #[macro_export]
 macro_rules! require_uffd {
     () => {
         if let Err(e) = postcopy_ram::sys::uffd::probe() {
-            eprintln!("SKIP: userfaultfd unavailable: {e}");
+            $crate::common::skip(format_args!("userfaultfd unavailable: {e}"));
             return;
         }
     };
@@ -202,10 +206,24 @@ impl Rng {
 
 pub mod hooks;
 
-/// Joins `h`, failing the test if it has not finished within `secs` seconds (a stranded
-/// thread would otherwise hang the test run).
+/// The least time [`join_within`] and [`wait_for`] wait before calling it a hang: a liveness
+/// guard, not a timing check. Far above any run on a loaded machine, it only turns a hang
+/// (a stranded thread, a condition that never comes) into a failure.
+pub const HANG_GUARD_SECS: u64 = 120;
+
+/// The hang guard for a caller's `secs`: at least [`HANG_GUARD_SECS`].
+fn hang_guard(secs: u64) -> (std::time::Instant, u64) {
+    let secs = secs.max(HANG_GUARD_SECS);
+    (
+        std::time::Instant::now() + std::time::Duration::from_secs(secs),
+        secs,
+    )
+}
+
+/// Joins `h`, failing the test if it has not finished within `secs` seconds, at least
+/// [`HANG_GUARD_SECS`] (a stranded thread would otherwise hang the test run).
 pub fn join_within<T>(h: std::thread::JoinHandle<T>, secs: u64, what: &str) -> T {
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(secs);
+    let (deadline, secs) = hang_guard(secs);
     while !h.is_finished() {
         assert!(
             std::time::Instant::now() < deadline,
@@ -216,9 +234,10 @@ pub fn join_within<T>(h: std::thread::JoinHandle<T>, secs: u64, what: &str) -> T
     h.join().expect("thread panicked")
 }
 
-/// Waits up to `secs` seconds for `cond`, failing the test with `what` otherwise.
+/// Waits for `cond` up to `secs` seconds, at least [`HANG_GUARD_SECS`], failing the test
+/// with `what` otherwise.
 pub fn wait_for(secs: u64, what: &str, mut cond: impl FnMut() -> bool) {
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(secs);
+    let (deadline, _) = hang_guard(secs);
     while !cond() {
         assert!(
             std::time::Instant::now() < deadline,
