@@ -87,11 +87,11 @@ fn abort_fills_every_lost_page_on_hugetlbfs() {
     require_uffd!();
     let _serial = HUGE_LOCK.lock();
     let Some(_reserved) = HugePages::reserve(4) else {
-        eprintln!("SKIP: cannot reserve 4 huge pages of 2 MiB (vm.nr_hugepages)");
+        skip("cannot reserve 4 huge pages of 2 MiB (vm.nr_hugepages)");
         return;
     };
     let Some(mem) = GuestMem::huge(4 * HUGE).map(KeepOnPanic::new) else {
-        eprintln!("SKIP: MAP_HUGETLB refused");
+        skip("MAP_HUGETLB refused");
         return;
     };
     let block = mem.sub_block("ram", 0, 4 * HUGE, HUGE as u64);

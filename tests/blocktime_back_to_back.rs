@@ -78,7 +78,7 @@ fn run(vcpus: usize) {
     incoming.init(0).unwrap();
     incoming.enable_notify().unwrap();
     if !incoming.blocktime().thread_id_available {
-        eprintln!("SKIP: no UFFD_FEATURE_THREAD_ID: faults are not attributed to vCPUs");
+        skip("no UFFD_FEATURE_THREAD_ID: faults are not attributed to vCPUs");
         incoming.cleanup().unwrap();
         return;
     }

@@ -97,7 +97,7 @@ fn a_cleanup_before_listen_locks_memory_again() {
     require_uffd!();
     let mem = GuestMem::anon(16 * 4096);
     if !mlock(mem.addr, mem.len) {
-        eprintln!("SKIP: mlock: {}", std::io::Error::last_os_error());
+        skip(format_args!("mlock: {}", std::io::Error::last_os_error()));
         return;
     }
     let server = Server::new(vec![mem.block("ram")], false);
@@ -126,7 +126,7 @@ fn the_default_mlock_policy_acts_on_this_destinations_locked_ranges_only() {
     let on_fault_ok =
         unsafe { libc::mlock2(on_fault.addr as *const libc::c_void, on_fault.len, 1) } == 0;
     if !(mlock(other_locked.addr, other_locked.len) && mlock(guest.addr, half) && on_fault_ok) {
-        eprintln!("SKIP: mlock: {}", std::io::Error::last_os_error());
+        skip(format_args!("mlock: {}", std::io::Error::last_os_error()));
         return;
     }
     // The guest block: its first half locked, its second half not.
@@ -199,7 +199,7 @@ fn a_block_grown_locked_after_init_is_unlocked_for_its_discard() {
     let mem = GuestMem::anon(32 * 4096);
     let half = 16 * 4096;
     if !mlock(mem.addr, half) {
-        eprintln!("SKIP: mlock: {}", std::io::Error::last_os_error());
+        skip(format_args!("mlock: {}", std::io::Error::last_os_error()));
         return;
     }
     let mut small = mem.block("ram");
