@@ -35,9 +35,18 @@ fn munlock(part: &VmaPart) -> Result<()> {
 }
 
 fn mlock(part: &VmaPart) -> Result<()> {
-    let flags = if part.lock_on_fault { MLOCK_ONFAULT } else { 0 };
-    // SAFETY: as munlock: mlock2 populates and locks the range, contents and mappings stay.
-    if unsafe { libc::syscall(libc::SYS_mlock2, part.start, part.len(), flags) } != 0 {
+    // mlock2 only where its flag is needed: plain mlock is the older call, which every
+    // kernel and valgrind (which lacks mlock2) implement.
+    let rc = if part.lock_on_fault {
+        // SAFETY: as munlock: mlock2 locks the range as it faults in; contents and
+        // mappings stay.
+        unsafe { libc::syscall(libc::SYS_mlock2, part.start, part.len(), MLOCK_ONFAULT) }
+    } else {
+        // SAFETY: as munlock: mlock populates and locks the range; contents and mappings
+        // stay.
+        unsafe { libc::syscall(libc::SYS_mlock, part.start, part.len()) }
+    };
+    if rc != 0 {
         return Err(Error::os(
             &std::io::Error::last_os_error(),
             format_args!("mlock of [{:#x}, {:#x})", part.start, part.end),
