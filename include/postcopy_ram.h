@@ -354,8 +354,12 @@ typedef struct PcrIncomingOps {
    */
   void (*fault_thread_started)(void *opaque);
   /**
-   * Optional. Runs on the fault thread, last thing, also when it ends on an error
-   * (QEMU: `rcu_unregister_thread`).
+   * Optional. Runs on the fault thread, last thing (QEMU: `rcu_unregister_thread`):
+   * when cleanup stops the thread, or when the thread stopped on its own on a failure
+   * (a fatal userfaultfd error, an internal panic). In that case the failure is
+   * recorded first, so `pcr_incoming_fault_thread_status` called from here says why,
+   * and the destination was already aborted (missing pages poisoned or zero-filled: no
+   * fault hangs).
    */
   void (*fault_thread_stopping)(void *opaque);
   /**
@@ -517,6 +521,31 @@ typedef struct PcrAbortResult {
    */
   bool poisoned;
 } PcrAbortResult;
+
+/**
+ * Whether the fault thread stopped on its own, and why (`pcr_incoming_fault_thread_status`).
+ */
+typedef struct PcrFaultThreadStatus {
+  /**
+   * true: the fault thread of the current (or last) migration stopped on a failure, not
+   * for cleanup. The destination is then in a failed state: it was aborted as by
+   * `pcr_incoming_abort` (every missing page poisoned, or zero-filled: a later fault
+   * raises SIGBUS or reads zeros, never hangs), `pcr_incoming_resend_pending` and
+   * `pcr_incoming_pause_requests` fail with -ESRCH, and cleanup reports a failure
+   * (`shut` with `failed` true). Signals (EINTR) and other transient errors (EAGAIN,
+   * ENOMEM, ENOBUFS) never stop the thread. Reset by `pcr_incoming_enable_notify`.
+   */
+  bool failed;
+  /**
+   * true: the failure was an internal panic (`error` is then EFAULT).
+   */
+  bool panicked;
+  /**
+   * Positive errno of the failure (of the userfaultfd read or poll that failed), 0 when
+   * `failed` is false.
+   */
+  int error;
+} PcrFaultThreadStatus;
 
 /**
  * Blocktime and fault latency of a destination (`pcr_incoming_get_blocktime`), with QEMU
@@ -948,6 +977,15 @@ ptrdiff_t pcr_incoming_encode_recv_bitmap(const struct PcrIncoming *mis,
  * 0 or a negative errno.
  */
 int pcr_incoming_abort(struct PcrIncoming *mis, struct PcrAbortResult *out);
+
+/**
+ * Writes into `*out` whether the fault thread stopped on a failure, and why (see
+ * `PcrFaultThreadStatus`). The failure is recorded before `fault_thread_stopping` runs,
+ * so that callback may call this to learn why the thread stops. Any thread, any time.
+ * Returns 0 or -EINVAL for NULL arguments.
+ */
+int pcr_incoming_fault_thread_status(const struct PcrIncoming *mis,
+                                     struct PcrFaultThreadStatus *out);
 
 /**
  * Registers vCPU `cpu_index` (< PCR_MAX_VCPUS) as thread `tid` (gettid()) for blocktime:

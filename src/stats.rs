@@ -24,6 +24,9 @@ pub(crate) struct Counters {
     pub last_placement_errno: AtomicI32,
     pub remove_events: AtomicU64,
     pub pages_lost: AtomicU64,
+    /// Why the fault thread stopped on its own ([`crate::destination::fault_thread::FaultThreadFailure`],
+    /// encoded: 0 none); cleared when a fault thread starts.
+    pub fault_thread_failure: AtomicI32,
 }
 
 /// A snapshot of the counters of a destination (`pcr_incoming_get_stats` in C, where it is

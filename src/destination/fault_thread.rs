@@ -36,6 +36,50 @@ pub enum WaitStrategy {
     Spin(Duration),
 }
 
+/// Why the fault thread stopped serving faults before cleanup asked it to (see
+/// [`crate::Incoming::fault_thread_failure`]). Transient errors (EINTR, EAGAIN, ENOMEM,
+/// ENOBUFS) never stop it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FaultThreadFailure {
+    /// Reading or polling the userfaultfd failed for good with this errno (positive).
+    Os(i32),
+    /// The fault thread panicked (a bug, or a panicking `fault_thread_started` hook).
+    Panic,
+}
+
+impl FaultThreadFailure {
+    /// The errno that stands for it: the OS error's, or EFAULT for a panic (as an internal
+    /// panic reaches C).
+    pub fn errno(self) -> i32 {
+        match self {
+            FaultThreadFailure::Os(errno) => errno,
+            FaultThreadFailure::Panic => libc::EFAULT,
+        }
+    }
+
+    /// Stored form in [`Counters::fault_thread_failure`]: 0 none, errno, or -1 (panic).
+    pub(crate) fn encode(failure: Option<FaultThreadFailure>) -> i32 {
+        match failure {
+            None => 0,
+            Some(FaultThreadFailure::Os(errno)) => errno.max(1),
+            Some(FaultThreadFailure::Panic) => -1,
+        }
+    }
+
+    pub(crate) fn decode(raw: i32) -> Option<FaultThreadFailure> {
+        match raw {
+            0 => None,
+            -1 => Some(FaultThreadFailure::Panic),
+            errno => Some(FaultThreadFailure::Os(errno)),
+        }
+    }
+}
+
+/// Run by the fault thread when it stops on a failure (not when told to quit): the
+/// destination's abort ([`crate::Incoming::abort`]), so that no fault waits for a thread
+/// that is gone.
+pub(crate) type OnFailure = Box<dyn Fn() + Send + Sync>;
+
 /// The fault thread's state beyond the table, hooks and counters: the pause flag and the
 /// host's commands, the blocktime accounting, the "name the next request" flag.
 pub(crate) struct FaultState {
@@ -49,6 +93,8 @@ pub(crate) struct FaultState {
     pub track_remove: bool,
     /// Identity of the owning destination, for [`on_fault_thread_of`].
     pub owner: usize,
+    /// The abort, run when the thread stops on a failure.
+    pub on_failure: OnFailure,
 }
 
 /// What the fault thread shares with its owner.
@@ -127,31 +173,14 @@ impl FaultThread {
             wake,
             wait,
         });
+        shared
+            .counters
+            .fault_thread_failure
+            .store(0, Ordering::Release);
         let thread_shared = shared.clone();
         let handle = std::thread::Builder::new()
             .name("postcopy/fault".into())
-            .spawn(move || {
-                let s = &thread_shared;
-                FAULT_OWNER.with(|o| o.set(s.state.owner));
-                if let Err(payload) = catch_unwind(AssertUnwindSafe(|| {
-                    s.hooks.fault_thread_started();
-                    run(s);
-                })) {
-                    log::error!(
-                        "postcopy fault thread: internal panic, faults are no longer served: {}",
-                        crate::panic::panic_text(payload.as_ref())
-                    );
-                }
-                if let Err(payload) =
-                    catch_unwind(AssertUnwindSafe(|| s.hooks.fault_thread_stopping()))
-                {
-                    log::error!(
-                        "postcopy fault thread: fault_thread_stopping panicked: {}",
-                        crate::panic::panic_text(payload.as_ref())
-                    );
-                }
-                s.state.control.thread_exited();
-            })
+            .spawn(move || thread_main(&thread_shared))
             .map_err(|e| Error::os(&e, "starting the fault thread"))?;
         Ok(FaultThread {
             shared,
@@ -179,14 +208,102 @@ impl FaultThread {
     }
 }
 
+/// The fault thread's body: the started hook and the loop, then, if the loop ended on a
+/// failure rather than on quit, the failed state (recorded before anything else, so that
+/// the hooks and woken threads see it) and the abort; last, the stopping hook.
+fn thread_main(s: &FaultShared) {
+    FAULT_OWNER.with(|o| o.set(s.state.owner));
+    let failure = match catch_unwind(AssertUnwindSafe(|| {
+        s.hooks.fault_thread_started();
+        run(s)
+    })) {
+        Ok(Ok(())) => None,
+        Ok(Err(failure)) => Some(failure),
+        Err(payload) => {
+            log::error!(
+                "postcopy fault thread: internal panic: {}",
+                crate::panic::panic_text(payload.as_ref())
+            );
+            Some(FaultThreadFailure::Panic)
+        }
+    };
+    if let Some(failure) = failure {
+        s.counters
+            .fault_thread_failure
+            .store(FaultThreadFailure::encode(Some(failure)), Ordering::Release);
+        // Commands fail from now on (ESRCH) rather than wait for a thread that is gone.
+        s.state.control.thread_exited();
+        if s.quit.load(Ordering::Acquire) {
+            log::error!("postcopy fault thread: stopped on {failure:?} while quitting");
+        } else {
+            log::error!(
+                "postcopy fault thread: stopped on {failure:?}: faults are no longer served; aborting (every missing page poisoned or zero-filled)"
+            );
+            if let Err(payload) = catch_unwind(AssertUnwindSafe(|| (s.state.on_failure)())) {
+                log::error!(
+                    "postcopy fault thread: the abort after a failure panicked: {}",
+                    crate::panic::panic_text(payload.as_ref())
+                );
+            }
+        }
+    }
+    if let Err(payload) = catch_unwind(AssertUnwindSafe(|| s.hooks.fault_thread_stopping(failure)))
+    {
+        log::error!(
+            "postcopy fault thread: fault_thread_stopping panicked: {}",
+            crate::panic::panic_text(payload.as_ref())
+        );
+    }
+    s.state.control.thread_exited();
+}
+
+/// Errors of read(2) and poll(2) on the userfaultfd (or the wake eventfd) that pass: a
+/// signal (EINTR), a spurious wake-up (EAGAIN), a short lack of kernel memory (ENOMEM,
+/// ENOBUFS). Anything else is a failure of the thread.
+fn transient(errno: i32) -> bool {
+    matches!(
+        errno,
+        libc::EINTR | libc::EAGAIN | libc::ENOMEM | libc::ENOBUFS
+    )
+}
+
+/// Counts consecutive transient errors other than EINTR: logs the first of a run, and
+/// backs off 1 ms before each retry, so that a lasting ENOMEM does not spin a core. An
+/// EINTR is retried at once: a signal is no error, and a sleep of a fixed length would
+/// never end under a flood of signals (each one restarts it).
+#[derive(Default)]
+struct Retry {
+    run: u32,
+}
+
+impl Retry {
+    #[cold]
+    fn again(&mut self, what: &str, err: &std::io::Error) {
+        if err.raw_os_error() == Some(libc::EINTR) {
+            return;
+        }
+        self.run = self.run.saturating_add(1);
+        if self.run == 1 {
+            log::warn!("postcopy fault thread: {what}: {err}; retrying");
+        }
+        // SAFETY: poll with no descriptors is a 1 ms sleep; a signal only ends it early.
+        unsafe { libc::poll(std::ptr::null_mut(), 0, 1) };
+    }
+
+    #[inline]
+    fn reset(&mut self) {
+        self.run = 0;
+    }
+}
+
 fn drain_eventfd(fd: &OwnedFd) {
     let mut value: u64 = 0;
     // SAFETY: reads at most 8 bytes into a live u64; the eventfd is non-blocking.
     unsafe { libc::read(fd.as_raw_fd(), (&mut value as *mut u64).cast(), 8) };
 }
 
-/// Blocks in poll until the uffd or the wake fd is readable. Returns false on a fatal error.
-fn wait_readable(shared: &FaultShared) -> bool {
+/// Blocks in poll until the uffd or the wake fd is readable; retries transient errors.
+fn wait_readable(shared: &FaultShared) -> std::result::Result<(), FaultThreadFailure> {
     let mut fds = [
         libc::pollfd {
             fd: shared.uffd.raw_fd(),
@@ -199,6 +316,7 @@ fn wait_readable(shared: &FaultShared) -> bool {
             revents: 0,
         },
     ];
+    let mut retry = Retry::default();
     loop {
         // SAFETY: `fds` is a live array of two pollfd structures.
         let rc = unsafe { libc::poll(fds.as_mut_ptr(), 2, -1) };
@@ -206,22 +324,29 @@ fn wait_readable(shared: &FaultShared) -> bool {
             if fds[1].revents != 0 {
                 drain_eventfd(&shared.wake);
             }
-            return true;
+            return Ok(());
         }
         let err = std::io::Error::last_os_error();
-        if err.raw_os_error() != Some(libc::EINTR) {
-            log::error!("postcopy fault thread: poll failed, faults are no longer served: {err}");
-            return false;
+        let errno = err.raw_os_error().unwrap_or(libc::EIO);
+        if !transient(errno) {
+            log::error!("postcopy fault thread: poll failed: {err}");
+            return Err(FaultThreadFailure::Os(errno));
         }
+        if shared.quit.load(Ordering::Acquire) {
+            return Ok(());
+        }
+        retry.again("poll", &err);
     }
 }
 
-fn run(shared: &FaultShared) {
+/// The fault loop: until quit (`Ok`) or a failure that is not transient (`Err`).
+fn run(shared: &FaultShared) -> std::result::Result<(), FaultThreadFailure> {
     let mut msgs = [UffdMsg::default(); BATCH];
     // Index of the block named by the last request; usize::MAX = none yet.
     let mut last_block = usize::MAX;
     let mut seen_command = 0u64;
     let mut spin_until: Option<Instant> = None;
+    let mut retry = Retry::default();
     log::debug!("postcopy fault thread: serving faults");
     loop {
         if shared.quit.load(Ordering::Acquire) {
@@ -244,11 +369,20 @@ fn run(shared: &FaultShared) {
             seen_command = seq;
         }
         let n = match shared.uffd.read_messages(&mut msgs) {
-            Ok(n) => n,
-            Err(e) => {
-                log::error!("postcopy fault thread: reading the userfaultfd failed, faults are no longer served: {e}");
-                break;
+            Ok(n) => {
+                retry.reset();
+                n
             }
+            Err(e) => match e.raw_os_error() {
+                Some(errno) if transient(errno) => {
+                    retry.again("reading the userfaultfd", &e);
+                    continue;
+                }
+                errno => {
+                    log::error!("postcopy fault thread: reading the userfaultfd failed: {e}");
+                    return Err(FaultThreadFailure::Os(errno.unwrap_or(libc::EIO)));
+                }
+            },
         };
         if n == 0 {
             if let WaitStrategy::Spin(window) = shared.wait {
@@ -259,9 +393,7 @@ fn run(shared: &FaultShared) {
                 }
             }
             spin_until = None;
-            if !wait_readable(shared) {
-                break;
-            }
+            wait_readable(shared)?;
             continue;
         }
         spin_until = None;
@@ -277,11 +409,12 @@ fn run(shared: &FaultShared) {
         }
         // A short batch means the queue was drained: sleep in poll now rather than spend a
         // read(2) that would only answer EAGAIN (one syscall less per fault round trip).
-        if n < BATCH && shared.wait == WaitStrategy::Block && !wait_readable(shared) {
-            break;
+        if n < BATCH && shared.wait == WaitStrategy::Block {
+            wait_readable(shared)?;
         }
     }
     log::debug!("postcopy fault thread: exiting");
+    Ok(())
 }
 
 /// The bookkeeping of one userfaultfd message: a page fault is counted and its page
@@ -479,6 +612,18 @@ fn resend(
     }
     log::debug!("postcopy fault thread: re-sent {sent} pending page requests");
     Ok(sent)
+}
+
+impl crate::destination::incoming::Incoming {
+    /// `Some` when the fault thread of the current (or last) migration stopped on its own
+    /// rather than for cleanup: a fatal userfaultfd error or a panic. The destination is
+    /// then in a failed state: it was aborted as by [`crate::Incoming::abort`] (every
+    /// missing page poisoned or zero-filled, so a later fault raises SIGBUS or reads zeros
+    /// and never hangs), `resend_pending` and `pause_requests` fail with ESRCH, and cleanup
+    /// reports the migration failed. Reset when `enable_notify` starts a new fault thread.
+    pub fn fault_thread_failure(&self) -> Option<FaultThreadFailure> {
+        FaultThreadFailure::decode(self.counters.fault_thread_failure.load(Ordering::Acquire))
+    }
 }
 
 impl Drop for FaultThread {
