@@ -401,9 +401,12 @@ typedef struct PcrIncomingOps {
 
 /**
  * A snapshot of the counters of a destination (`pcr_incoming_get_stats` in C, where it is
- * `PcrStats`). Each counter is updated right after the event it counts, so while postcopy
- * runs a woken thread may read them a step behind (a page it saw placed not yet in
- * `pages_placed`); after cleanup, which joins the fault thread, they are final.
+ * `PcrStats`). `faults` and its categories are read as of one moment, so `faults ==
+ * requests + request_errors + duplicate_faults + late_faults + faults_outside +
+ * paused_faults` holds in every snapshot, postcopy running or not. The other counters
+ * are each updated right after the event they count, so while postcopy runs a woken
+ * thread may read them a step behind (a page it saw placed not yet in `pages_placed`);
+ * after cleanup, which joins the fault thread, all are final.
  */
 typedef struct PcrStats {
   /**
@@ -411,10 +414,11 @@ typedef struct PcrStats {
    */
   uint64_t faults;
   /**
-   * Page requests for faults that the request callback accepted (`request_errors` counts
-   * the ones it refused; re-sends are counted apart, in `resent`). Every fault is counted
-   * once: faults = requests + request_errors + duplicate_faults + late_faults +
-   * faults_outside + paused_faults.
+   * Page requests for faults, counted when the request callback is called, and moved to
+   * `request_errors` if it refuses (so, once it returned, the requests it accepted);
+   * re-sends are counted apart, in `resent`. Every fault is counted once, with its
+   * category, in one step: faults = requests + request_errors + duplicate_faults +
+   * late_faults + faults_outside + paused_faults in every snapshot.
    */
   uint64_t requests;
   /**

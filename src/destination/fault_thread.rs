@@ -468,10 +468,9 @@ fn handle_fault(
     msg: &UffdMsg,
     last_block: &mut usize,
 ) {
-    c.faults.fetch_add(1, Ordering::Relaxed);
     let addr = msg.address as usize;
     let Some(index) = table.index_of(addr) else {
-        c.faults_outside.fetch_add(1, Ordering::Relaxed);
+        c.count_fault(&c.faults_outside);
         log::error!(
             "postcopy fault thread: fault at {addr:#x} outside every RAM block; still serving"
         );
@@ -486,7 +485,7 @@ fn handle_fault(
         (st.blocktime.begin(msg.ptid, page_addr), page_addr)
     });
     let late = || {
-        c.late_faults.fetch_add(1, Ordering::Relaxed);
+        c.count_fault(&c.late_faults);
         if let Some((b, a)) = begun {
             st.blocktime.undo(b, a);
         }
@@ -496,7 +495,7 @@ fn handle_fault(
         return;
     }
     if entry.requested.test_and_set(page) {
-        c.duplicate_faults.fetch_add(1, Ordering::Relaxed);
+        c.count_fault(&c.duplicate_faults);
         return;
     }
     // The page may have been placed between the two tests; a request then is harmless
@@ -508,7 +507,7 @@ fn handle_fault(
     }
     if st.control.paused.load(Ordering::Acquire) {
         // Pending: re-sent by resend_pending.
-        c.paused_faults.fetch_add(1, Ordering::Relaxed);
+        c.count_fault(&c.paused_faults);
         return;
     }
     let _ = send_request(table, hooks, c, st, index, page, false, last_block);
@@ -539,14 +538,19 @@ fn send_request(
     let named = *last_block != index;
     let offset = page << entry.page_shift;
     let len = entry.block.page_size;
+    if !resend {
+        // The fault is counted now, as a request: a refusal moves it to request_errors.
+        c.count_fault(&c.requests);
+    }
     let result = catch_unwind(AssertUnwindSafe(|| {
         hooks.request_page_in(entry, named, offset, len)
     }));
     let (errno, panic) = match result {
         Ok(Ok(())) => {
             *last_block = index;
-            let counter = if resend { &c.resent } else { &c.requests };
-            counter.fetch_add(1, Ordering::Relaxed);
+            if resend {
+                c.resent.fetch_add(1, Ordering::Relaxed);
+            }
             return Ok(());
         }
         Ok(Err(errno)) => (errno, None),
@@ -556,12 +560,14 @@ fn send_request(
     st.control.paused.store(true, Ordering::Release);
     // The peer may not have seen the block name: name it again next time.
     *last_block = usize::MAX;
-    let counter = if resend {
-        &c.resend_errors
+    if resend {
+        c.resend_errors.fetch_add(1, Ordering::Relaxed);
     } else {
-        &c.request_errors
-    };
-    counter.fetch_add(1, Ordering::Relaxed);
+        c.fault_update(|| {
+            c.requests.fetch_sub(1, Ordering::Relaxed);
+            c.request_errors.fetch_add(1, Ordering::Relaxed);
+        });
+    }
     c.last_request_errno.store(errno, Ordering::Relaxed);
     match panic {
         None => log::error!(
