@@ -107,22 +107,17 @@ static void phase_survive(uint32_t spin_wait_us)
     atomic_store(&resends_done, 0);
     atomic_store(&resend_errors, 0);
     pthread_t sig, res;
-    bool signals = true;
     CHECK_EQ(pthread_create(&sig, NULL, signaller, NULL), 0);
     CHECK_EQ(pthread_create(&res, NULL, resender, &v), 0);
     for (uint64_t p = 0; p < PAGES / 2; p++)
         vmm_check_page(&v, 0, p * 4096);
-    /* Enough signals and empty wake-ups to kill the thread of d48cf57 (fewer under
-     * valgrind, which serialises the threads). */
-    unsigned long long want_signals = signals ? 500000 : 0;
-    unsigned long long want_resends = pcr_under_valgrind() ? 1000 : 20000;
-    while (atomic_load(&signals_sent) < want_signals || atomic_load(&resends_done) < want_resends)
+    /* Enough signals and empty wake-ups to kill the thread of d48cf57. */
+    while (atomic_load(&signals_sent) < 500000 || atomic_load(&resends_done) < 20000)
         pcr_sleep_ms(1);
     for (uint64_t p = PAGES / 2; p < PAGES; p++)
         vmm_check_page(&v, 0, p * 4096);
     atomic_store(&storm_stop, true);
-    if (signals)
-        pthread_join(sig, NULL);
+    pthread_join(sig, NULL);
     pthread_join(res, NULL);
     printf("  %llu signals, %llu resends\n", (unsigned long long)atomic_load(&signals_sent),
            (unsigned long long)atomic_load(&resends_done));
