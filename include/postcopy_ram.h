@@ -357,8 +357,12 @@ typedef struct PcrIncomingOps {
    */
   void (*fault_thread_started)(void *opaque);
   /**
-   * Optional. Runs on the fault thread, last thing, also when it ends on an error
-   * (QEMU: `rcu_unregister_thread`).
+   * Optional. Runs on the fault thread, last thing (QEMU: `rcu_unregister_thread`):
+   * when cleanup stops the thread, or when the thread stopped on its own on a failure
+   * (a fatal userfaultfd error, an internal panic). In that case the failure is
+   * recorded first, so `pcr_incoming_fault_thread_status` called from here says why,
+   * and the destination was already aborted (missing pages poisoned or zero-filled: no
+   * fault hangs).
    */
   void (*fault_thread_stopping)(void *opaque);
   /**
@@ -401,9 +405,12 @@ typedef struct PcrIncomingOps {
 
 /**
  * A snapshot of the counters of a destination (`pcr_incoming_get_stats` in C, where it is
- * `PcrStats`). Each counter is updated right after the event it counts, so while postcopy
- * runs a woken thread may read them a step behind (a page it saw placed not yet in
- * `pages_placed`); after cleanup, which joins the fault thread, they are final.
+ * `PcrStats`). `faults` and its categories are read as of one moment, so `faults ==
+ * requests + request_errors + duplicate_faults + late_faults + faults_outside +
+ * paused_faults` holds in every snapshot, postcopy running or not. The other counters
+ * are each updated right after the event they count, so while postcopy runs a woken
+ * thread may read them a step behind (a page it saw placed not yet in `pages_placed`);
+ * after cleanup, which joins the fault thread, all are final.
  */
 typedef struct PcrStats {
   /**
@@ -411,10 +418,11 @@ typedef struct PcrStats {
    */
   uint64_t faults;
   /**
-   * Page requests for faults that the request callback accepted (`request_errors` counts
-   * the ones it refused; re-sends are counted apart, in `resent`). Every fault is counted
-   * once: faults = requests + request_errors + duplicate_faults + late_faults +
-   * faults_outside + paused_faults.
+   * Page requests for faults, counted when the request callback is called, and moved to
+   * `request_errors` if it refuses (so, once it returned, the requests it accepted);
+   * re-sends are counted apart, in `resent`. Every fault is counted once, with its
+   * category, in one step: faults = requests + request_errors + duplicate_faults +
+   * late_faults + faults_outside + paused_faults in every snapshot.
    */
   uint64_t requests;
   /**
@@ -523,6 +531,31 @@ typedef struct PcrAbortResult {
    */
   bool poisoned;
 } PcrAbortResult;
+
+/**
+ * Whether the fault thread stopped on its own, and why (`pcr_incoming_fault_thread_status`).
+ */
+typedef struct PcrFaultThreadStatus {
+  /**
+   * true: the fault thread of the current (or last) migration stopped on a failure, not
+   * for cleanup. The destination is then in a failed state: it was aborted as by
+   * `pcr_incoming_abort` (every missing page poisoned, or zero-filled: a later fault
+   * raises SIGBUS or reads zeros, never hangs), `pcr_incoming_resend_pending` and
+   * `pcr_incoming_pause_requests` fail with -ESRCH, and cleanup reports a failure
+   * (`shut` with `failed` true). Signals (EINTR) and other transient errors (EAGAIN,
+   * ENOMEM, ENOBUFS) never stop the thread. Reset by `pcr_incoming_enable_notify`.
+   */
+  bool failed;
+  /**
+   * true: the failure was an internal panic (`error` is then EFAULT).
+   */
+  bool panicked;
+  /**
+   * Positive errno of the failure (of the userfaultfd read or poll that failed), 0 when
+   * `failed` is false.
+   */
+  int error;
+} PcrFaultThreadStatus;
 
 /**
  * Blocktime and fault latency of a destination (`pcr_incoming_get_blocktime`), with QEMU
@@ -965,6 +998,15 @@ ptrdiff_t pcr_incoming_encode_recv_bitmap(const struct PcrIncoming *mis,
  */
 int pcr_incoming_abort(struct PcrIncoming *mis,
                        struct PcrAbortResult *out);
+
+/**
+ * Writes into `*out` whether the fault thread stopped on a failure, and why (see
+ * `PcrFaultThreadStatus`). The failure is recorded before `fault_thread_stopping` runs,
+ * so that callback may call this to learn why the thread stops. Any thread, any time.
+ * Returns 0 or -EINVAL for NULL arguments.
+ */
+int pcr_incoming_fault_thread_status(const struct PcrIncoming *mis,
+                                     struct PcrFaultThreadStatus *out);
 
 /**
  * Registers vCPU `cpu_index` (< PCR_MAX_VCPUS) as thread `tid` (gettid()) for blocktime:

@@ -33,7 +33,7 @@ pub use source::discard_walk;
 
 pub use destination::block::{Backing, BlockName, RamBlock};
 pub use destination::blocktime::BlocktimeReport;
-pub use destination::fault_thread::WaitStrategy;
+pub use destination::fault_thread::{FaultThreadFailure, WaitStrategy};
 pub use destination::incoming::{
     check_host_support, Incoming, IncomingConfig, IncomingHooks, Placement, RunPlacement,
 };

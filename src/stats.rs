@@ -1,10 +1,22 @@
 //! Counters of a postcopy incoming migration, updated lock-free from any thread.
+//!
+//! `faults` and its categories (requests, request_errors, duplicate_faults, late_faults,
+//! faults_outside, paused_faults) are written by the fault thread alone, each fault
+//! counted in `faults` and in its category in one step under a sequence counter
+//! ([`Counters::fault_update`]); [`Counters::snapshot`] reads them under the same counter
+//! (a seqlock), so that `faults` equals the sum of its categories in every snapshot. The
+//! writer never waits and never holds it across a syscall or a callback; a reader retries
+//! only while the fault thread is inside one of those few stores.
 
-use std::sync::atomic::{AtomicI32, AtomicU64, Ordering::Relaxed};
+use std::sync::atomic::{
+    fence, AtomicI32, AtomicU64, Ordering::Acquire, Ordering::Relaxed, Ordering::Release,
+};
 
 /// Live counters.
 #[derive(Debug, Default)]
 pub(crate) struct Counters {
+    /// Odd while the fault thread updates `faults` and its categories.
+    fault_seq: AtomicU64,
     pub faults: AtomicU64,
     pub requests: AtomicU64,
     pub duplicate_faults: AtomicU64,
@@ -24,21 +36,28 @@ pub(crate) struct Counters {
     pub last_placement_errno: AtomicI32,
     pub remove_events: AtomicU64,
     pub pages_lost: AtomicU64,
+    /// Why the fault thread stopped on its own ([`crate::destination::fault_thread::FaultThreadFailure`],
+    /// encoded: 0 none); cleared when a fault thread starts.
+    pub fault_thread_failure: AtomicI32,
 }
 
 /// A snapshot of the counters of a destination (`pcr_incoming_get_stats` in C, where it is
-/// `PcrStats`). Each counter is updated right after the event it counts, so while postcopy
-/// runs a woken thread may read them a step behind (a page it saw placed not yet in
-/// `pages_placed`); after cleanup, which joins the fault thread, they are final.
+/// `PcrStats`). `faults` and its categories are read as of one moment, so `faults ==
+/// requests + request_errors + duplicate_faults + late_faults + faults_outside +
+/// paused_faults` holds in every snapshot, postcopy running or not. The other counters
+/// are each updated right after the event they count, so while postcopy runs a woken
+/// thread may read them a step behind (a page it saw placed not yet in `pages_placed`);
+/// after cleanup, which joins the fault thread, all are final.
 #[repr(C)]
 #[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
 pub struct Stats {
     /// Page-fault messages read from the userfaultfd.
     pub faults: u64,
-    /// Page requests for faults that the request callback accepted (`request_errors` counts
-    /// the ones it refused; re-sends are counted apart, in `resent`). Every fault is counted
-    /// once: faults = requests + request_errors + duplicate_faults + late_faults +
-    /// faults_outside + paused_faults.
+    /// Page requests for faults, counted when the request callback is called, and moved to
+    /// `request_errors` if it refuses (so, once it returned, the requests it accepted);
+    /// re-sends are counted apart, in `resent`. Every fault is counted once, with its
+    /// category, in one step: faults = requests + request_errors + duplicate_faults +
+    /// late_faults + faults_outside + paused_faults in every snapshot.
     pub requests: u64,
     /// Faults on a page already requested and not yet placed (no new request).
     pub duplicate_faults: u64,
@@ -85,21 +104,68 @@ pub struct Stats {
 }
 
 impl Counters {
+    /// Fault thread only (the one writer of the fault counters): runs `update`, a few
+    /// relaxed stores to `faults` and its categories, as one step for
+    /// [`Counters::snapshot`]. No syscall, callback or lock inside.
+    #[inline(always)]
+    pub(crate) fn fault_update(&self, update: impl FnOnce()) {
+        let seq = self.fault_seq.load(Relaxed);
+        self.fault_seq.store(seq.wrapping_add(1), Relaxed);
+        fence(Release);
+        update();
+        self.fault_seq.store(seq.wrapping_add(2), Release);
+    }
+
+    /// Fault thread only: one fault, counted in `faults` and in `category` together.
+    #[inline(always)]
+    pub(crate) fn count_fault(&self, category: &AtomicU64) {
+        self.fault_update(|| {
+            self.faults.fetch_add(1, Relaxed);
+            category.fetch_add(1, Relaxed);
+        });
+    }
+
+    /// `faults` and its categories as of one moment of the fault thread.
+    fn fault_counts(&self) -> [u64; 7] {
+        loop {
+            let before = self.fault_seq.load(Acquire);
+            if before & 1 == 0 {
+                let counts = [
+                    self.faults.load(Relaxed),
+                    self.requests.load(Relaxed),
+                    self.request_errors.load(Relaxed),
+                    self.duplicate_faults.load(Relaxed),
+                    self.late_faults.load(Relaxed),
+                    self.faults_outside.load(Relaxed),
+                    self.paused_faults.load(Relaxed),
+                ];
+                fence(Acquire);
+                if self.fault_seq.load(Relaxed) == before {
+                    return counts;
+                }
+            }
+            std::hint::spin_loop();
+            std::thread::yield_now();
+        }
+    }
+
     pub(crate) fn snapshot(&self) -> Stats {
+        let [faults, requests, request_errors, duplicate_faults, late_faults, faults_outside, paused_faults] =
+            self.fault_counts();
         Stats {
-            faults: self.faults.load(Relaxed),
-            requests: self.requests.load(Relaxed),
-            duplicate_faults: self.duplicate_faults.load(Relaxed),
-            late_faults: self.late_faults.load(Relaxed),
-            faults_outside: self.faults_outside.load(Relaxed),
-            request_errors: self.request_errors.load(Relaxed),
+            faults,
+            requests,
+            duplicate_faults,
+            late_faults,
+            faults_outside,
+            request_errors,
             last_request_errno: self.last_request_errno.load(Relaxed),
             pages_placed: self.pages_placed.load(Relaxed),
             zero_pages_placed: self.zero_pages_placed.load(Relaxed),
             already_present: self.already_present.load(Relaxed),
             unexpected_events: self.unexpected_events.load(Relaxed),
             pending_pages: 0,
-            paused_faults: self.paused_faults.load(Relaxed),
+            paused_faults,
             resent: self.resent.load(Relaxed),
             resend_errors: self.resend_errors.load(Relaxed),
             placement_errors: self.placement_errors.load(Relaxed),

@@ -22,6 +22,9 @@ use crate::error::{Error, Result};
 use crate::stats::Counters;
 use crate::sys::uffd::{Uffd, UffdMsg, EVENT_PAGEFAULT, EVENT_REMOVE};
 
+pub use super::fault_thread_failure::FaultThreadFailure;
+use super::fault_thread_failure::{transient, Retry};
+
 /// How many messages one read takes at most.
 const BATCH: usize = 64;
 
@@ -36,6 +39,11 @@ pub enum WaitStrategy {
     Spin(Duration),
 }
 
+/// Run by the fault thread when it stops on a failure (not when told to quit): the
+/// destination's abort ([`crate::Incoming::abort`]), so that no fault waits for a thread
+/// that is gone.
+pub(crate) type OnFailure = Box<dyn Fn() + Send + Sync>;
+
 /// The fault thread's state beyond the table, hooks and counters: the pause flag and the
 /// host's commands, the blocktime accounting, the "name the next request" flag.
 pub(crate) struct FaultState {
@@ -49,6 +57,8 @@ pub(crate) struct FaultState {
     pub track_remove: bool,
     /// Identity of the owning destination, for [`on_fault_thread_of`].
     pub owner: usize,
+    /// The abort, run when the thread stops on a failure.
+    pub on_failure: OnFailure,
 }
 
 /// What the fault thread shares with its owner.
@@ -127,31 +137,14 @@ impl FaultThread {
             wake,
             wait,
         });
+        shared
+            .counters
+            .fault_thread_failure
+            .store(0, Ordering::Release);
         let thread_shared = shared.clone();
         let handle = std::thread::Builder::new()
             .name("postcopy/fault".into())
-            .spawn(move || {
-                let s = &thread_shared;
-                FAULT_OWNER.with(|o| o.set(s.state.owner));
-                if let Err(payload) = catch_unwind(AssertUnwindSafe(|| {
-                    s.hooks.fault_thread_started();
-                    run(s);
-                })) {
-                    log::error!(
-                        "postcopy fault thread: internal panic, faults are no longer served: {}",
-                        crate::panic::panic_text(payload.as_ref())
-                    );
-                }
-                if let Err(payload) =
-                    catch_unwind(AssertUnwindSafe(|| s.hooks.fault_thread_stopping()))
-                {
-                    log::error!(
-                        "postcopy fault thread: fault_thread_stopping panicked: {}",
-                        crate::panic::panic_text(payload.as_ref())
-                    );
-                }
-                s.state.control.thread_exited();
-            })
+            .spawn(move || thread_main(&thread_shared))
             .map_err(|e| Error::os(&e, "starting the fault thread"))?;
         Ok(FaultThread {
             shared,
@@ -179,14 +172,63 @@ impl FaultThread {
     }
 }
 
+/// The fault thread's body: the started hook and the loop, then, if the loop ended on a
+/// failure rather than on quit, the failed state (recorded before anything else, so that
+/// the hooks and woken threads see it) and the abort; last, the stopping hook.
+fn thread_main(s: &FaultShared) {
+    FAULT_OWNER.with(|o| o.set(s.state.owner));
+    let failure = match catch_unwind(AssertUnwindSafe(|| {
+        s.hooks.fault_thread_started();
+        run(s)
+    })) {
+        Ok(Ok(())) => None,
+        Ok(Err(failure)) => Some(failure),
+        Err(payload) => {
+            log::error!(
+                "postcopy fault thread: internal panic: {}",
+                crate::panic::panic_text(payload.as_ref())
+            );
+            Some(FaultThreadFailure::Panic)
+        }
+    };
+    if let Some(failure) = failure {
+        s.counters
+            .fault_thread_failure
+            .store(FaultThreadFailure::encode(Some(failure)), Ordering::Release);
+        // Commands fail from now on (ESRCH) rather than wait for a thread that is gone.
+        s.state.control.thread_exited();
+        if s.quit.load(Ordering::Acquire) {
+            log::error!("postcopy fault thread: stopped on {failure:?} while quitting");
+        } else {
+            log::error!(
+                "postcopy fault thread: stopped on {failure:?}: faults are no longer served; aborting (every missing page poisoned or zero-filled)"
+            );
+            if let Err(payload) = catch_unwind(AssertUnwindSafe(|| (s.state.on_failure)())) {
+                log::error!(
+                    "postcopy fault thread: the abort after a failure panicked: {}",
+                    crate::panic::panic_text(payload.as_ref())
+                );
+            }
+        }
+    }
+    if let Err(payload) = catch_unwind(AssertUnwindSafe(|| s.hooks.fault_thread_stopping(failure)))
+    {
+        log::error!(
+            "postcopy fault thread: fault_thread_stopping panicked: {}",
+            crate::panic::panic_text(payload.as_ref())
+        );
+    }
+    s.state.control.thread_exited();
+}
+
 fn drain_eventfd(fd: &OwnedFd) {
     let mut value: u64 = 0;
     // SAFETY: reads at most 8 bytes into a live u64; the eventfd is non-blocking.
     unsafe { libc::read(fd.as_raw_fd(), (&mut value as *mut u64).cast(), 8) };
 }
 
-/// Blocks in poll until the uffd or the wake fd is readable. Returns false on a fatal error.
-fn wait_readable(shared: &FaultShared) -> bool {
+/// Blocks in poll until the uffd or the wake fd is readable; retries transient errors.
+fn wait_readable(shared: &FaultShared) -> std::result::Result<(), FaultThreadFailure> {
     let mut fds = [
         libc::pollfd {
             fd: shared.uffd.raw_fd(),
@@ -199,6 +241,7 @@ fn wait_readable(shared: &FaultShared) -> bool {
             revents: 0,
         },
     ];
+    let mut retry = Retry::default();
     loop {
         // SAFETY: `fds` is a live array of two pollfd structures.
         let rc = unsafe { libc::poll(fds.as_mut_ptr(), 2, -1) };
@@ -206,22 +249,29 @@ fn wait_readable(shared: &FaultShared) -> bool {
             if fds[1].revents != 0 {
                 drain_eventfd(&shared.wake);
             }
-            return true;
+            return Ok(());
         }
         let err = std::io::Error::last_os_error();
-        if err.raw_os_error() != Some(libc::EINTR) {
-            log::error!("postcopy fault thread: poll failed, faults are no longer served: {err}");
-            return false;
+        let errno = err.raw_os_error().unwrap_or(libc::EIO);
+        if !transient(errno) {
+            log::error!("postcopy fault thread: poll failed: {err}");
+            return Err(FaultThreadFailure::Os(errno));
         }
+        if shared.quit.load(Ordering::Acquire) {
+            return Ok(());
+        }
+        retry.again("poll", &err);
     }
 }
 
-fn run(shared: &FaultShared) {
+/// The fault loop: until quit (`Ok`) or a failure that is not transient (`Err`).
+fn run(shared: &FaultShared) -> std::result::Result<(), FaultThreadFailure> {
     let mut msgs = [UffdMsg::default(); BATCH];
     // Index of the block named by the last request; usize::MAX = none yet.
     let mut last_block = usize::MAX;
     let mut seen_command = 0u64;
     let mut spin_until: Option<Instant> = None;
+    let mut retry = Retry::default();
     log::debug!("postcopy fault thread: serving faults");
     loop {
         if shared.quit.load(Ordering::Acquire) {
@@ -244,11 +294,20 @@ fn run(shared: &FaultShared) {
             seen_command = seq;
         }
         let n = match shared.uffd.read_messages(&mut msgs) {
-            Ok(n) => n,
-            Err(e) => {
-                log::error!("postcopy fault thread: reading the userfaultfd failed, faults are no longer served: {e}");
-                break;
+            Ok(n) => {
+                retry.reset();
+                n
             }
+            Err(e) => match e.raw_os_error() {
+                Some(errno) if transient(errno) => {
+                    retry.again("reading the userfaultfd", &e);
+                    continue;
+                }
+                errno => {
+                    log::error!("postcopy fault thread: reading the userfaultfd failed: {e}");
+                    return Err(FaultThreadFailure::Os(errno.unwrap_or(libc::EIO)));
+                }
+            },
         };
         if n == 0 {
             if let WaitStrategy::Spin(window) = shared.wait {
@@ -259,9 +318,7 @@ fn run(shared: &FaultShared) {
                 }
             }
             spin_until = None;
-            if !wait_readable(shared) {
-                break;
-            }
+            wait_readable(shared)?;
             continue;
         }
         spin_until = None;
@@ -277,11 +334,12 @@ fn run(shared: &FaultShared) {
         }
         // A short batch means the queue was drained: sleep in poll now rather than spend a
         // read(2) that would only answer EAGAIN (one syscall less per fault round trip).
-        if n < BATCH && shared.wait == WaitStrategy::Block && !wait_readable(shared) {
-            break;
+        if n < BATCH && shared.wait == WaitStrategy::Block {
+            wait_readable(shared)?;
         }
     }
     log::debug!("postcopy fault thread: exiting");
+    Ok(())
 }
 
 /// The bookkeeping of one userfaultfd message: a page fault is counted and its page
@@ -336,10 +394,9 @@ fn handle_fault(
     msg: &UffdMsg,
     last_block: &mut usize,
 ) {
-    c.faults.fetch_add(1, Ordering::Relaxed);
     let addr = msg.address as usize;
     let Some(index) = table.index_of(addr) else {
-        c.faults_outside.fetch_add(1, Ordering::Relaxed);
+        c.count_fault(&c.faults_outside);
         log::error!(
             "postcopy fault thread: fault at {addr:#x} outside every RAM block; still serving"
         );
@@ -354,7 +411,7 @@ fn handle_fault(
         (st.blocktime.begin(msg.ptid, page_addr), page_addr)
     });
     let late = || {
-        c.late_faults.fetch_add(1, Ordering::Relaxed);
+        c.count_fault(&c.late_faults);
         if let Some((b, a)) = begun {
             st.blocktime.undo(b, a);
         }
@@ -365,7 +422,7 @@ fn handle_fault(
     }
     // Already requested: a duplicate, unless its placement failed since (retry).
     if entry.requested.test_and_set(page) && !entry.retry.take(page) {
-        c.duplicate_faults.fetch_add(1, Ordering::Relaxed);
+        c.count_fault(&c.duplicate_faults);
         return;
     }
     // The page may have been placed between the two tests; a request then is harmless
@@ -377,7 +434,7 @@ fn handle_fault(
     }
     if st.control.paused.load(Ordering::Acquire) {
         // Pending: re-sent by resend_pending.
-        c.paused_faults.fetch_add(1, Ordering::Relaxed);
+        c.count_fault(&c.paused_faults);
         return;
     }
     let _ = send_request(table, hooks, c, st, index, page, false, last_block);
@@ -408,14 +465,19 @@ fn send_request(
     let named = *last_block != index;
     let offset = page << entry.page_shift;
     let len = entry.block.page_size;
+    if !resend {
+        // The fault is counted now, as a request: a refusal moves it to request_errors.
+        c.count_fault(&c.requests);
+    }
     let result = catch_unwind(AssertUnwindSafe(|| {
         hooks.request_page_in(entry, named, offset, len)
     }));
     let (errno, panic) = match result {
         Ok(Ok(())) => {
             *last_block = index;
-            let counter = if resend { &c.resent } else { &c.requests };
-            counter.fetch_add(1, Ordering::Relaxed);
+            if resend {
+                c.resent.fetch_add(1, Ordering::Relaxed);
+            }
             return Ok(());
         }
         Ok(Err(errno)) => (errno, None),
@@ -425,12 +487,14 @@ fn send_request(
     st.control.paused.store(true, Ordering::Release);
     // The peer may not have seen the block name: name it again next time.
     *last_block = usize::MAX;
-    let counter = if resend {
-        &c.resend_errors
+    if resend {
+        c.resend_errors.fetch_add(1, Ordering::Relaxed);
     } else {
-        &c.request_errors
-    };
-    counter.fetch_add(1, Ordering::Relaxed);
+        c.fault_update(|| {
+            c.requests.fetch_sub(1, Ordering::Relaxed);
+            c.request_errors.fetch_add(1, Ordering::Relaxed);
+        });
+    }
     c.last_request_errno.store(errno, Ordering::Relaxed);
     match panic {
         None => log::error!(

@@ -79,6 +79,7 @@ impl Rig {
                 name_next_request: AtomicBool::new(false),
                 track_remove: false,
                 owner: 1,
+                on_failure: Box::new(|| {}),
             },
             last: usize::MAX,
         }

@@ -16,7 +16,9 @@ use super::active::{ActiveGuard, ActiveSlot};
 use crate::destination::block::{BlockEntry, BlockName, BlockTable, RamBlock};
 use crate::destination::blocktime::Blocktime;
 use crate::destination::discard;
-use crate::destination::fault_thread::{on_fault_thread_of, FaultThread, WaitStrategy};
+use crate::destination::fault_thread::{
+    on_fault_thread_of, FaultThread, FaultThreadFailure, WaitStrategy,
+};
 use crate::destination::pending::Control;
 use crate::error::{Error, Result};
 use crate::state::State;
@@ -64,8 +66,12 @@ pub trait IncomingHooks: Send + Sync {
     /// Runs on the fault thread, first thing (QEMU registers the thread with its RCU here).
     fn fault_thread_started(&self) {}
 
-    /// Runs on the fault thread, last thing, also when it ends on an error.
-    fn fault_thread_stopping(&self) {}
+    /// Runs on the fault thread, last thing. `failure` is `None` when cleanup stopped it;
+    /// otherwise why it stopped on its own (a fatal userfaultfd error, a panic): by then
+    /// the failure is recorded ([`Incoming::fault_thread_failure`]) and the destination
+    /// aborted ([`Incoming::abort`]: every missing page poisoned or zero-filled, so no
+    /// fault waits for the thread that is gone).
+    fn fault_thread_stopping(&self, _failure: Option<FaultThreadFailure>) {}
 
     /// Drops `[start, start+length)` of `block`. `None` (the default) lets the library do
     /// it (see [`crate::destination::discard::drop_range`]).
@@ -159,8 +165,8 @@ pub struct Incoming {
     tmp_page: Mutex<Option<AnonMapping>>,
     pub(super) counters: Arc<Counters>,
     pub(super) blocktime: Arc<Blocktime>,
-    /// Set by abort, cleared by init.
-    pub(super) aborted: AtomicBool,
+    /// Set by abort (also the fault thread's, after a failure), cleared by init.
+    pub(super) aborted: Arc<AtomicBool>,
     /// Blocks whose transparent huge pages prepare_discard turned off (back on at cleanup).
     thp: super::thp::ThpOff,
     /// Block ranges the default mlock policy unlocked (locked again at cleanup).
@@ -196,7 +202,7 @@ impl Incoming {
             unlocked: Default::default(),
             counters: Default::default(),
             blocktime: Default::default(),
-            aborted: AtomicBool::new(false),
+            aborted: Default::default(),
         })
     }
 

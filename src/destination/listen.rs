@@ -87,6 +87,19 @@ impl Incoming {
             name_next_request: AtomicBool::new(false),
             track_remove: self.config.track_remove,
             owner: self.owner_id(),
+            on_failure: {
+                let active = Arc::downgrade(&active);
+                let (poison, counters, aborted) = (
+                    self.config.abort_poison,
+                    self.counters.clone(),
+                    self.aborted.clone(),
+                );
+                Box::new(move || {
+                    if let Some(active) = active.upgrade() {
+                        let _ = Incoming::abort_active(&active, poison, &counters, &aborted);
+                    }
+                })
+            },
         };
         let thread = match FaultThread::spawn(
             uffd.clone(),

@@ -7,6 +7,7 @@ mod block_probe;
 pub mod blocktime;
 pub mod discard;
 pub mod fault_thread;
+mod fault_thread_failure;
 pub mod host_support;
 pub mod incoming;
 mod listen;

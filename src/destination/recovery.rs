@@ -1,12 +1,13 @@
 //! Never strand a vCPU: the pending set and its re-send, the received bitmap of a
 //! recovery, abort with poison, and the blocktime figures (issue 10).
 
-use std::sync::atomic::Ordering;
+use std::sync::atomic::{AtomicBool, Ordering};
 
 use crate::destination::block::{BlockEntry, BlockTable};
 use crate::destination::blocktime::BlocktimeReport;
 use crate::destination::incoming::{Active, Incoming};
 use crate::error::{Error, Result};
+use crate::stats::Counters;
 use crate::sys::uffd::PlaceError;
 
 /// What [`Incoming::abort`] did.
@@ -177,16 +178,32 @@ impl Incoming {
     /// Callable from any thread, the fault thread included, between LISTEN and cleanup.
     pub fn abort(&self) -> Result<AbortOutcome> {
         let active = self.active("abort")?;
+        Self::abort_active(
+            &active,
+            self.config.abort_poison,
+            &self.counters,
+            &self.aborted,
+        )
+    }
+
+    /// The body of [`Incoming::abort`], also run by the fault thread when it stops on a
+    /// failure (it holds the pieces, not the destination).
+    pub(super) fn abort_active(
+        active: &Active,
+        abort_poison: bool,
+        counters: &Counters,
+        aborted: &AtomicBool,
+    ) -> Result<AbortOutcome> {
         active.control.paused.store(true, Ordering::Release);
         active.control.aborted.store(true, Ordering::Release);
-        self.aborted.store(true, Ordering::Release);
+        aborted.store(true, Ordering::Release);
         let mut out = AbortOutcome {
             poisoned: true,
             ..Default::default()
         };
         let mut failure = None;
         for entry in active.table.entries() {
-            let poison = self.config.abort_poison && entry.poison_ok.load(Ordering::Acquire);
+            let poison = abort_poison && entry.poison_ok.load(Ordering::Acquire);
             out.poisoned &= poison;
             let pages = entry.block.length >> entry.page_shift;
             let psize = entry.block.page_size as usize;
@@ -206,7 +223,7 @@ impl Incoming {
                     let len = (end - at) as usize * psize;
                     // The bytes given up from `dst` on, and whether the page after them
                     // is to be skipped (present, or neither poisoned nor filled).
-                    let (done, skip) = match self.give_up(&active, entry, poison, dst, len) {
+                    let (done, skip) = match Self::give_up(active, entry, poison, dst, len) {
                         Ok(n) => (n, false),
                         Err(PlaceError::AlreadyPresent { placed }) => {
                             (placed - placed % psize, true)
@@ -217,7 +234,7 @@ impl Incoming {
                             // Poisoning refused: zero-fill that page rather than leave its
                             // threads blocked.
                             let filled =
-                                poison && Self::zero_fill(&active, entry, page_at, psize).is_ok();
+                                poison && Self::zero_fill(active, entry, page_at, psize).is_ok();
                             // Not every page poisoned then: zeros are data loss.
                             out.poisoned &= !filled;
                             if !filled {
@@ -245,7 +262,7 @@ impl Incoming {
                 page = end;
             }
         }
-        self.counters
+        counters
             .pages_lost
             .fetch_add(out.pages_lost, Ordering::Relaxed);
         if out.pages_lost == 0 {
@@ -277,7 +294,6 @@ impl Incoming {
     /// given up, which a zero fill by copy (no UFFDIO_ZEROPAGE: hugetlbfs, or the
     /// test-only knob) leaves at one page: the caller goes on from there.
     fn give_up(
-        &self,
         active: &Active,
         entry: &BlockEntry,
         poison: bool,

@@ -6,6 +6,7 @@ use std::panic::{catch_unwind, AssertUnwindSafe};
 
 use super::types::{errno_of, PcrRamBlock, PcrRamBlockVisitor, PcrState};
 use crate::destination::block::{Backing, BlockEntry, BlockName, RamBlock};
+use crate::destination::fault_thread::FaultThreadFailure;
 use crate::destination::incoming::IncomingHooks;
 use crate::destination::return_path_sender::ReturnPathSender;
 use crate::error::{Error, Result};
@@ -98,8 +99,12 @@ pub struct PcrIncomingOps {
     /// Optional. Runs on the fault thread, first thing, before any other callback there
     /// (QEMU: `rcu_register_thread`).
     pub fault_thread_started: Option<unsafe extern "C" fn(opaque: *mut c_void)>,
-    /// Optional. Runs on the fault thread, last thing, also when it ends on an error
-    /// (QEMU: `rcu_unregister_thread`).
+    /// Optional. Runs on the fault thread, last thing (QEMU: `rcu_unregister_thread`):
+    /// when cleanup stops the thread, or when the thread stopped on its own on a failure
+    /// (a fatal userfaultfd error, an internal panic). In that case the failure is
+    /// recorded first, so `pcr_incoming_fault_thread_status` called from here says why,
+    /// and the destination was already aborted (missing pages poisoned or zero-filled: no
+    /// fault hangs).
     pub fault_thread_stopping: Option<unsafe extern "C" fn(opaque: *mut c_void)>,
     /// The guest's target page size in bytes (discard ranges and received bitmaps count in
     /// it): a power of two no larger than the host page size (`pcr_incoming_new` refuses
@@ -310,7 +315,9 @@ impl IncomingHooks for COps {
         }
     }
 
-    fn fault_thread_stopping(&self) {
+    fn fault_thread_stopping(&self, _failure: Option<FaultThreadFailure>) {
+        // The C callback reads the reason with pcr_incoming_fault_thread_status (the
+        // table's signature stays as it was: no ABI change).
         if let Some(cb) = self.ops.fault_thread_stopping {
             // SAFETY: a callback of the table with its opaque pointer.
             unsafe { cb(self.opaque) };

@@ -7,6 +7,7 @@ use super::args::{try_out, try_slice_mut, try_str};
 use super::incoming::{incoming, PcrIncoming};
 use super::ret::ffi_call;
 use crate::destination::blocktime::{LATENCY_BUCKETS, MAX_VCPUS};
+use crate::destination::fault_thread::FaultThreadFailure;
 use crate::error::{Error, Result};
 
 /// Largest vCPU index + 1 that `pcr_incoming_register_vcpu` accepts.
@@ -178,6 +179,51 @@ pub extern "C" fn pcr_incoming_abort(mis: *mut PcrIncoming, out: *mut PcrAbortRe
                 })
             };
         }
+        Ok(())
+    })
+}
+
+/// Whether the fault thread stopped on its own, and why (`pcr_incoming_fault_thread_status`).
+#[repr(C)]
+#[derive(Debug, Default, Clone, Copy)]
+pub struct PcrFaultThreadStatus {
+    /// true: the fault thread of the current (or last) migration stopped on a failure, not
+    /// for cleanup. The destination is then in a failed state: it was aborted as by
+    /// `pcr_incoming_abort` (every missing page poisoned, or zero-filled: a later fault
+    /// raises SIGBUS or reads zeros, never hangs), `pcr_incoming_resend_pending` and
+    /// `pcr_incoming_pause_requests` fail with -ESRCH, and cleanup reports a failure
+    /// (`shut` with `failed` true). Signals (EINTR) and other transient errors (EAGAIN,
+    /// ENOMEM, ENOBUFS) never stop the thread. Reset by `pcr_incoming_enable_notify`.
+    pub failed: bool,
+    /// true: the failure was an internal panic (`error` is then EFAULT).
+    pub panicked: bool,
+    /// Positive errno of the failure (of the userfaultfd read or poll that failed), 0 when
+    /// `failed` is false.
+    pub error: c_int,
+}
+
+/// Writes into `*out` whether the fault thread stopped on a failure, and why (see
+/// `PcrFaultThreadStatus`). The failure is recorded before `fault_thread_stopping` runs,
+/// so that callback may call this to learn why the thread stops. Any thread, any time.
+/// Returns 0 or -EINVAL for NULL arguments.
+#[no_mangle]
+pub extern "C" fn pcr_incoming_fault_thread_status(
+    mis: *const PcrIncoming,
+    out: *mut PcrFaultThreadStatus,
+) -> c_int {
+    ffi_call!(|| -> Result<()> {
+        // SAFETY: `mis` is NULL or a live handle (the header's contract).
+        let incoming = unsafe { incoming(mis) }?;
+        let out = try_out("out", out)?;
+        let failure = incoming.fault_thread_failure();
+        let status = PcrFaultThreadStatus {
+            failed: failure.is_some(),
+            panicked: failure == Some(FaultThreadFailure::Panic),
+            error: failure.map_or(0, FaultThreadFailure::errno),
+        };
+        // SAFETY: `out` is non-NULL and points to a writable PcrFaultThreadStatus (the
+        // header's contract).
+        unsafe { out.write(status) };
         Ok(())
     })
 }

@@ -589,7 +589,11 @@ impl Uffd {
     }
 
     /// Reads as many pending messages as fit in `buf` without blocking; returns how many.
-    /// `Ok(0)` means none was pending.
+    /// `Ok(0)` means none was read now: none was pending (EAGAIN), or a signal interrupted
+    /// the read (EINTR: finding the queue empty, the kernel checks for a pending signal
+    /// before it honours O_NONBLOCK, so a signal handler without SA_RESTART makes even
+    /// a non-blocking read fail so); either way, read again. Other errors are returned as
+    /// they are (the fault thread tells transient ones from fatal ones).
     pub fn read_messages(&self, buf: &mut [UffdMsg]) -> io::Result<usize> {
         let bytes = std::mem::size_of_val(buf);
         // SAFETY: `buf` is a valid, writable slice of plain-old-data messages of `bytes` bytes;
@@ -598,7 +602,7 @@ impl Uffd {
         if n < 0 {
             let err = io::Error::last_os_error();
             return match err.raw_os_error() {
-                Some(libc::EAGAIN) => Ok(0),
+                Some(libc::EAGAIN | libc::EINTR) => Ok(0),
                 _ => Err(err),
             };
         }

@@ -136,7 +136,7 @@ impl IncomingHooks for TestHooks {
         self.started.lock().push(thread_name());
     }
 
-    fn fault_thread_stopping(&self) {
+    fn fault_thread_stopping(&self, _: Option<postcopy_ram::FaultThreadFailure>) {
         self.stopping.lock().push(thread_name());
     }
 
