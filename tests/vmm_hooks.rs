@@ -25,7 +25,7 @@ fn fault_thread_callbacks_run_on_it_and_blocks_carry_their_opaque() {
     assert!(check_page(a.addr, "ram-a", 0));
     assert!(check_page(a.addr + 4096, "ram-a", 4096));
     assert!(check_page(b.addr, "ram-b", 0));
-    wait_for(5, "three requests", || incoming.stats().requests == 3);
+    wait_for(5, "three requests", || hooks.requests().len() == 3);
     let reqs = hooks.requests();
     assert_eq!(
         reqs.iter()
@@ -83,7 +83,7 @@ fn enable_notify_reads_the_blocks_again() {
         check_page(mem.addr + 6 * 4096, "ram", 6 * 4096),
         "the grown tail is served"
     );
-    wait_for(5, "one request", || incoming.stats().requests == 1);
+    wait_for(5, "one request", || hooks.requests().len() == 1);
     assert_eq!(hooks.requests()[0].offset, 6 * 4096);
     // The mark made at ADVISE survived the re-read.
     let mut buf = vec![0u8; 24];
