@@ -140,3 +140,32 @@ fn abort_without_poison_zero_fills_and_says_so() {
 fn kernel() -> String {
     std::fs::read_to_string("/proc/sys/kernel/osrelease").unwrap_or_default()
 }
+
+/// After an abort no page can be requested any more: a discard after LISTEN would drop a
+/// page that never comes back, so it is refused (EPIPE) and the page keeps its contents;
+/// a thread touching it afterwards reads it at once instead of hanging.
+#[test]
+fn a_discard_after_an_abort_is_refused_and_drops_nothing() {
+    require_uffd!();
+    let _serial = SERIAL.lock();
+    let mem = GuestMem::anon(4 * 4096);
+    let hooks = TestHooks::new(vec![mem.block("ram")], Arc::new(|_, _| Ok(())));
+    let incoming = hooks.incoming(IncomingConfig::default());
+    incoming.init(0).unwrap();
+    incoming.enable_notify().unwrap();
+    incoming.set_state(State::Running).unwrap();
+    hooks.place("ram", 0, 4096).unwrap();
+    // Before the abort a discard after LISTEN is allowed (a balloon).
+    hooks.place("ram", 4096, 4096).unwrap();
+    incoming.discard_range("ram", 4096, 4096).unwrap();
+    incoming.abort().unwrap();
+    let err = incoming.discard_range("ram", 0, 4096).unwrap_err();
+    assert_eq!(err.errno(), libc::EPIPE, "{err}");
+    let base = mem.addr;
+    let reader = thread::spawn(move || check_page(base, "ram", 0));
+    assert!(
+        join_within(reader, 5, "the thread reading the kept page"),
+        "page 0 kept its contents"
+    );
+    incoming.cleanup().unwrap();
+}

@@ -61,7 +61,9 @@ fn precopy_marks_placements_and_discards_make_an_exact_bitmap() {
     assert!(check_page(mem.addr + 21 * 4096, "ram", 21 * 4096));
     hooks.place("ram", 90 * 4096, 4096).unwrap();
     // `requests` counts a request from the call of request_page on: wait for the placements.
-    wait_for(5, "pages 20, 21 and 90 placed", || incoming.stats().pages_placed == 3);
+    wait_for(5, "pages 20, 21 and 90 placed", || {
+        incoming.stats().pages_placed == 3
+    });
     // A discard after LISTEN (a balloon) clears page 5.
     incoming.discard_range("ram", 5 * 4096, 4096).unwrap();
     let (buf, bits, n) = bitmap_of(&incoming, "ram");

@@ -349,6 +349,9 @@ impl Incoming {
     /// most the block length) is skipped and counted ([`Stats::discard_ranges_empty`]).
     /// After LISTEN, a placement of the same pages may race the discard: the page then ends
     /// either placed and received, or dropped and not received (its next fault requested).
+    /// After LISTEN once postcopy was aborted ([`Incoming::abort`], or the fault thread
+    /// stopped on a failure) it fails with EPIPE and drops nothing: no page can be
+    /// requested any more, so a dropped page would never come back.
     pub fn discard_range(&self, name: &str, start: u64, length: u64) -> Result<()> {
         let table = self.require_table("discard_range")?;
         let state = self.state();
@@ -368,6 +371,14 @@ impl Incoming {
             // No discard before THP is off for its block: khugepaged could collapse over
             // the hole before registration, leaving a present zero page that never faults.
             self.prepare_discard()?;
+        }
+        if live && self.aborted.load(Ordering::Acquire) {
+            // Requests stopped for good (an abort, or a failed fault thread): a page dropped
+            // now would fault and never come back.
+            return Err(Error::new(
+                libc::EPIPE,
+                "discard_range after an abort: no page can be requested any more",
+            ));
         }
         if live && self.config.track_remove {
             // The kernel holds the madvise until the fault thread reads the REMOVE event:

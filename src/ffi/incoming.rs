@@ -170,7 +170,10 @@ pub extern "C" fn pcr_incoming_prepare_discard(mis: *mut PcrIncoming) -> c_int {
 /// size and inside the block (checked arithmetic: -EINVAL if `start + length` wraps). An
 /// empty range (aligned, at most the block length) is skipped and counted in
 /// `PcrStats.discard_ranges_empty`. -EDEADLK from a callback on the fault thread when
-/// `track_remove` is on. Returns 0 or a negative errno.
+/// `track_remove` is on. -EPIPE after LISTEN once postcopy was aborted
+/// (`pcr_incoming_abort`, or the fault thread stopped on a failure): no page can be
+/// requested any more, so a dropped page would never come back. Returns 0 or a negative
+/// errno.
 #[no_mangle]
 pub extern "C" fn pcr_incoming_discard_range(
     mis: *mut PcrIncoming,
