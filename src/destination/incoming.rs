@@ -349,9 +349,8 @@ impl Incoming {
     /// most the block length) is skipped and counted ([`Stats::discard_ranges_empty`]).
     /// After LISTEN, a placement of the same pages may race the discard: the page then ends
     /// either placed and received, or dropped and not received (its next fault requested).
-    /// After LISTEN once postcopy was aborted ([`Incoming::abort`], or the fault thread
-    /// stopped on a failure) it fails with EPIPE and drops nothing: no page can be
-    /// requested any more, so a dropped page would never come back.
+    /// After an abort (or a failed fault thread) it fails with EPIPE and drops nothing: no
+    /// page can be requested any more, so a dropped page would never come back.
     pub fn discard_range(&self, name: &str, start: u64, length: u64) -> Result<()> {
         let table = self.require_table("discard_range")?;
         let state = self.state();
@@ -373,8 +372,6 @@ impl Incoming {
             self.prepare_discard()?;
         }
         if live && self.aborted.load(Ordering::Acquire) {
-            // Requests stopped for good (an abort, or a failed fault thread): a page dropped
-            // now would fault and never come back.
             return Err(Error::new(
                 libc::EPIPE,
                 "discard_range after an abort: no page can be requested any more",
