@@ -5,7 +5,7 @@
 
 mod common;
 
-use std::sync::atomic::{AtomicI32, AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::thread;
 
@@ -13,42 +13,7 @@ use common::hooks::TestHooks;
 use common::*;
 use postcopy_ram::{IncomingConfig, State};
 
-static SIGBUS_COUNT: AtomicU64 = AtomicU64::new(0);
-static SIGBUS_ADDR: AtomicUsize = AtomicUsize::new(0);
-static SIGBUS_CODE: AtomicI32 = AtomicI32::new(0);
 static SERIAL: parking_lot::Mutex<()> = parking_lot::Mutex::new(());
-
-/// Records the SIGBUS and maps a fresh page over the poisoned one, so that the access
-/// completes and the thread can report it.
-extern "C" fn on_sigbus(_sig: libc::c_int, info: *mut libc::siginfo_t, _ctx: *mut libc::c_void) {
-    // SAFETY: the kernel passes a valid siginfo to an SA_SIGINFO handler.
-    let (addr, code) = unsafe { ((*info).si_addr() as usize, (*info).si_code) };
-    SIGBUS_ADDR.store(addr, Ordering::SeqCst);
-    SIGBUS_CODE.store(code, Ordering::SeqCst);
-    SIGBUS_COUNT.fetch_add(1, Ordering::SeqCst);
-    // SAFETY: replaces one page of the test's own guest memory (async-signal-safe syscall).
-    unsafe {
-        libc::mmap(
-            (addr & !4095) as *mut libc::c_void,
-            4096,
-            libc::PROT_READ | libc::PROT_WRITE,
-            libc::MAP_FIXED | libc::MAP_PRIVATE | libc::MAP_ANONYMOUS,
-            -1,
-            0,
-        )
-    };
-}
-
-fn install_sigbus_handler() {
-    // SAFETY: a zeroed sigaction with our SA_SIGINFO handler; the old action is not needed.
-    unsafe {
-        let mut sa: libc::sigaction = std::mem::zeroed();
-        sa.sa_sigaction = on_sigbus as *const () as usize;
-        sa.sa_flags = libc::SA_SIGINFO;
-        libc::sigemptyset(&mut sa.sa_mask);
-        assert_eq!(libc::sigaction(libc::SIGBUS, &sa, std::ptr::null_mut()), 0);
-    }
-}
 
 fn read_first_u64(addr: usize) -> u64 {
     // SAFETY: a page of the test's guest memory.
@@ -62,7 +27,7 @@ const BUS_MCEERR_AR: i32 = 4;
 fn abort_poisons_missing_pages_and_blocked_threads_get_sigbus() {
     require_uffd!();
     let _serial = SERIAL.lock();
-    install_sigbus_handler();
+    sigbus::install();
     let mem = GuestMem::anon(16 * 4096);
     let hooks = TestHooks::new(vec![mem.block("ram")], Arc::new(|_, _| Ok(())));
     let incoming = hooks.incoming(IncomingConfig::default());
@@ -71,7 +36,7 @@ fn abort_poisons_missing_pages_and_blocked_threads_get_sigbus() {
     incoming.set_state(State::Running).unwrap();
     hooks.place("ram", 0, 4096).unwrap();
     hooks.place("ram", 4096, 4096).unwrap();
-    let before = SIGBUS_COUNT.load(Ordering::SeqCst);
+    let before = sigbus::COUNT.load(Ordering::SeqCst);
     // A thread blocks on page 2, which will never come.
     let base = mem.addr;
     let blocked = thread::spawn(move || read_first_u64(base + 2 * 4096));
@@ -81,19 +46,19 @@ fn abort_poisons_missing_pages_and_blocked_threads_get_sigbus() {
     assert_eq!((out.pages_lost, out.bytes_lost), (14, 14 * 4096));
     // The blocked thread is woken into SIGBUS (not a zero page it would trust).
     join_within(blocked, 5, "the thread blocked on page 2");
-    assert_eq!(SIGBUS_COUNT.load(Ordering::SeqCst), before + 1);
-    assert_eq!(SIGBUS_ADDR.load(Ordering::SeqCst), base + 2 * 4096);
+    assert_eq!(sigbus::COUNT.load(Ordering::SeqCst), before + 1);
+    assert_eq!(sigbus::ADDR.load(Ordering::SeqCst), base + 2 * 4096);
     // Linux 6.6 reported poison markers as a memory failure (BUS_MCEERR_AR); later kernels
     // report a plain SIGBUS (BUS_ADRERR) so as not to fake a hardware error.
-    let code = SIGBUS_CODE.load(Ordering::SeqCst);
+    let code = sigbus::CODE.load(Ordering::SeqCst);
     assert!(
         code == BUS_MCEERR_AR || code == BUS_ADRERR,
         "si_code {code}"
     );
     // A later access to another missing page: SIGBUS again, the process survives.
     read_first_u64(base + 9 * 4096);
-    assert_eq!(SIGBUS_COUNT.load(Ordering::SeqCst), before + 2);
-    assert_eq!(SIGBUS_ADDR.load(Ordering::SeqCst), base + 9 * 4096);
+    assert_eq!(sigbus::COUNT.load(Ordering::SeqCst), before + 2);
+    assert_eq!(sigbus::ADDR.load(Ordering::SeqCst), base + 9 * 4096);
     // Received pages are intact.
     assert!(check_page(base, "ram", 0) && check_page(base + 4096, "ram", 4096));
     assert_eq!(incoming.resend_pending().unwrap_err().errno(), libc::EPIPE);
@@ -120,7 +85,7 @@ fn abort_without_poison_zero_fills_and_says_so() {
     incoming.init(0).unwrap();
     incoming.enable_notify().unwrap();
     hooks.place("ram", 3 * 4096, 4096).unwrap();
-    let before = SIGBUS_COUNT.load(Ordering::SeqCst);
+    let before = sigbus::COUNT.load(Ordering::SeqCst);
     let base = mem.addr;
     let blocked = thread::spawn(move || read_first_u64(base + 5 * 4096));
     wait_for(5, "page 5 pending", || incoming.stats().pending_pages == 1);
@@ -132,7 +97,7 @@ fn abort_without_poison_zero_fills_and_says_so() {
         0,
         "woken onto a zero page"
     );
-    assert_eq!(SIGBUS_COUNT.load(Ordering::SeqCst), before);
+    assert_eq!(sigbus::COUNT.load(Ordering::SeqCst), before);
     assert!(check_page(base + 3 * 4096, "ram", 3 * 4096));
     incoming.cleanup().unwrap();
 }

@@ -257,40 +257,6 @@ fn spin_mode_survives_signals_and_resend_bursts() {
     survive(WaitStrategy::Spin(Duration::from_secs(3600)), true);
 }
 
-static SIGBUS_COUNT: AtomicU64 = AtomicU64::new(0);
-static SIGBUS_ADDR: AtomicU64 = AtomicU64::new(0);
-
-/// Records the SIGBUS and maps a fresh page over the poisoned one, so that the access
-/// completes and the thread can report it.
-extern "C" fn on_sigbus(_sig: libc::c_int, info: *mut libc::siginfo_t, _ctx: *mut libc::c_void) {
-    // SAFETY: the kernel passes a valid siginfo to an SA_SIGINFO handler.
-    let addr = unsafe { (*info).si_addr() as usize };
-    SIGBUS_ADDR.store(addr as u64, Ordering::SeqCst);
-    SIGBUS_COUNT.fetch_add(1, Ordering::SeqCst);
-    // SAFETY: replaces one page of the test's own guest memory (async-signal-safe syscall).
-    unsafe {
-        libc::mmap(
-            (addr & !4095) as *mut libc::c_void,
-            4096,
-            libc::PROT_READ | libc::PROT_WRITE,
-            libc::MAP_FIXED | libc::MAP_PRIVATE | libc::MAP_ANONYMOUS,
-            -1,
-            0,
-        )
-    };
-}
-
-fn install_sigbus() {
-    // SAFETY: a zeroed sigaction with our SA_SIGINFO handler; the old action is not needed.
-    unsafe {
-        let mut sa: libc::sigaction = std::mem::zeroed();
-        sa.sa_sigaction = on_sigbus as *const () as usize;
-        sa.sa_flags = libc::SA_SIGINFO;
-        libc::sigemptyset(&mut sa.sa_mask);
-        assert_eq!(libc::sigaction(libc::SIGBUS, &sa, std::ptr::null_mut()), 0);
-    }
-}
-
 /// A fault thread that stops on a failure (here a panic in its first hook, the one way
 /// from outside to make it fail) leaves a failed state that the destination reports and
 /// the stopping hook is told of, and the abort path instead of a hang: with `poison`,
@@ -315,7 +281,7 @@ fn failed_thread_aborts(poison: bool, wait: WaitStrategy) {
     );
     assert_eq!(*hooks.failure.lock(), Some(FaultThreadFailure::Panic));
     assert!(incoming.aborted());
-    let before = SIGBUS_COUNT.load(Ordering::SeqCst);
+    let before = sigbus::COUNT.load(Ordering::SeqCst);
     let base = mem.addr;
     let faulter = thread::spawn(move || {
         // SAFETY: a page of the test's guest memory.
@@ -323,8 +289,8 @@ fn failed_thread_aborts(poison: bool, wait: WaitStrategy) {
     });
     join_or_report_value(faulter, &incoming, "a fault after the failure");
     if poison {
-        assert_eq!(SIGBUS_COUNT.load(Ordering::SeqCst), before + 1);
-        assert_eq!(SIGBUS_ADDR.load(Ordering::SeqCst), (base + 3 * 4096) as u64);
+        assert_eq!(sigbus::COUNT.load(Ordering::SeqCst), before + 1);
+        assert_eq!(sigbus::ADDR.load(Ordering::SeqCst), base + 3 * 4096);
     } else {
         assert!(mem.read_u64(5 * 4096) == 0, "zero-filled");
     }
@@ -363,7 +329,7 @@ static SIGBUS_SERIAL: Mutex<()> = Mutex::new(());
 fn a_failed_fault_thread_poisons_and_a_fault_gets_sigbus() {
     require_uffd!();
     let _serial = SIGBUS_SERIAL.lock();
-    install_sigbus();
+    sigbus::install();
     failed_thread_aborts(true, WaitStrategy::Block);
 }
 

@@ -205,6 +205,7 @@ impl Rng {
 }
 
 pub mod hooks;
+pub mod sigbus;
 
 /// The least time [`join_within`] and [`wait_for`] wait before calling it a hang: a liveness
 /// guard, not a timing check. Far above any run on a loaded machine, it only turns a hang
