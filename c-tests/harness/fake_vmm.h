@@ -61,6 +61,7 @@ typedef struct vmm {
     vmm_serve serve;
     vmm_request reqs[VMM_MAX_REQS];
     size_t nreqs;
+    int calls_in_flight;  /* request_page calls running (vmm_stats waits for none) */
     size_t queue_head;    /* next request the server thread serves */
     int last_named;       /* block of the last successful named request */
     int fail_requests;    /* fail this many coming requests with -EIO */
@@ -135,7 +136,7 @@ void vmm_stop_server(vmm *v);
 bool vmm_wait_requests(vmm *v, size_t n, unsigned timeout_ms);
 size_t vmm_nreqs(vmm *v);
 void vmm_check_no_anomaly(vmm *v);
-/* The counters now, and once the fault thread is done with the messages it has read. */
+/* The counters now, and once no request_page call is running (its placement counted). */
 PcrStats vmm_stats_now(vmm *v);
 PcrStats vmm_stats(vmm *v);
 /* Every fault message is exactly one of: a request made, a request that failed, a
