@@ -103,12 +103,19 @@ pub struct Stats {
     pub discard_ranges_empty: u64,
 }
 
+/// Adds `n` (wrapping: `u64::MAX` subtracts one) to a counter that has one writer, the
+/// fault thread: a load and a store, no locked read-modify-write on the hot path.
+#[inline(always)]
+fn add_one_writer(counter: &AtomicU64, n: u64) {
+    counter.store(counter.load(Relaxed).wrapping_add(n), Relaxed);
+}
+
 impl Counters {
     /// Fault thread only (the one writer of the fault counters): runs `update`, a few
     /// relaxed stores to `faults` and its categories, as one step for
     /// [`Counters::snapshot`]. No syscall, callback or lock inside.
     #[inline(always)]
-    pub(crate) fn fault_update(&self, update: impl FnOnce()) {
+    fn fault_update(&self, update: impl FnOnce()) {
         let seq = self.fault_seq.load(Relaxed);
         self.fault_seq.store(seq.wrapping_add(1), Relaxed);
         fence(Release);
@@ -120,8 +127,18 @@ impl Counters {
     #[inline(always)]
     pub(crate) fn count_fault(&self, category: &AtomicU64) {
         self.fault_update(|| {
-            self.faults.fetch_add(1, Relaxed);
-            category.fetch_add(1, Relaxed);
+            add_one_writer(&self.faults, 1);
+            add_one_writer(category, 1);
+        });
+    }
+
+    /// Fault thread only: a request `request_page` refused moves from `requests` to
+    /// `request_errors`, in one step.
+    #[inline]
+    pub(crate) fn request_refused(&self) {
+        self.fault_update(|| {
+            add_one_writer(&self.requests, u64::MAX);
+            add_one_writer(&self.request_errors, 1);
         });
     }
 

@@ -490,10 +490,7 @@ fn send_request(
     if resend {
         c.resend_errors.fetch_add(1, Ordering::Relaxed);
     } else {
-        c.fault_update(|| {
-            c.requests.fetch_sub(1, Ordering::Relaxed);
-            c.request_errors.fetch_add(1, Ordering::Relaxed);
-        });
+        c.request_refused();
     }
     c.last_request_errno.store(errno, Ordering::Relaxed);
     match panic {
