@@ -129,7 +129,7 @@ fn signaller(tid: i32, stop: Arc<AtomicBool>, sent: Arc<AtomicU64>) -> thread::J
 
 /// Joins `h` (a thread faulting on guest pages); a thread still blocked after 120 s fails
 /// the test with the destination's counters and fault-thread status.
-fn join_or_report(h: thread::JoinHandle<()>, incoming: &Incoming, what: &str) {
+fn join_or_report<T>(h: thread::JoinHandle<T>, incoming: &Incoming, what: &str) -> T {
     let deadline = std::time::Instant::now() + Duration::from_secs(120);
     while !h.is_finished() {
         assert!(
@@ -140,7 +140,7 @@ fn join_or_report(h: thread::JoinHandle<()>, incoming: &Incoming, what: &str) {
         );
         thread::sleep(Duration::from_millis(5));
     }
-    h.join().expect("faulting thread panicked");
+    h.join().expect("faulting thread panicked")
 }
 
 const PAGES: usize = 512;
@@ -287,7 +287,7 @@ fn failed_thread_aborts(poison: bool, wait: WaitStrategy) {
         // SAFETY: a page of the test's guest memory.
         unsafe { std::ptr::read_volatile((base + 3 * 4096) as *const u64) }
     });
-    join_or_report_value(faulter, &incoming, "a fault after the failure");
+    join_or_report(faulter, &incoming, "a fault after the failure");
     if poison {
         assert_eq!(sigbus::COUNT.load(Ordering::SeqCst), before + 1);
         assert_eq!(sigbus::ADDR.load(Ordering::SeqCst), base + 3 * 4096);
@@ -307,20 +307,6 @@ fn failed_thread_aborts(poison: bool, wait: WaitStrategy) {
         incoming.fault_thread_failure(),
         Some(FaultThreadFailure::Panic)
     );
-}
-
-fn join_or_report_value(h: thread::JoinHandle<u64>, incoming: &Incoming, what: &str) {
-    let deadline = std::time::Instant::now() + Duration::from_secs(120);
-    while !h.is_finished() {
-        assert!(
-            std::time::Instant::now() < deadline,
-            "{what}: still blocked after 120 s; fault thread failure {:?}, {:?}",
-            incoming.fault_thread_failure(),
-            incoming.stats()
-        );
-        thread::sleep(Duration::from_millis(5));
-    }
-    h.join().expect("faulting thread panicked");
 }
 
 static SIGBUS_SERIAL: Mutex<()> = Mutex::new(());
